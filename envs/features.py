@@ -1,0 +1,179 @@
+"""Reporting stats -> observation vector: the single source of the observation's layout.
+
+This module is what a production allocator calls on real reporting data, so it depends on NumPy
+alone (no Numba, no Gymnasium). The simulator fills the same :data:`STAT_COLUMNS` from its own
+bookkeeping and calls the same :func:`build_observation`; nothing here reads hidden truth.
+
+Windows: ``_last`` is the last decision step (an hour by default), ``_24h`` the last 24 hours,
+``_total`` everything since the episode (or the reporting period) started. Money features are
+divided by the portfolio's daily budget so one policy serves portfolios of any size.
+
+Layout: ``max_plans`` blocks of :data:`PLAN_FEATURES` (padded plans are all zeros, their
+``active`` flag 0), then :data:`GLOBAL_FEATURES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+CHANNELS: tuple[str, ...] = ("feed", "network", "search")
+VERTICALS: tuple[str, ...] = ("credit", "insurance", "securities")
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    meaning: str
+    unit: str
+
+
+# What a reporting API returns per plan: the input of build_observation (and of the production
+# loader's CSV). Counts and money are non-negative; channel and vertical are names.
+STAT_COLUMNS: tuple[Feature, ...] = (
+    Feature("channel", f"traffic source, one of {list(CHANNELS)}", "name"),
+    Feature("vertical", f"business line, one of {list(VERTICALS)}", "name"),
+    Feature("age_hours", "hours since the plan was launched", "hours"),
+    Feature("learning", "1 while the platform reports the plan in its learning phase, else 0", "flag"),
+    Feature("target_cpa", "the plan's oCPM target cost per conversion", "currency"),
+    Feature("budget_last", "budget the plan was given for the last step", "currency"),
+    *(
+        Feature(f"{stat}_{window}", f"{meaning} over the {wname}", unit)
+        for window, wname in (("last", "last step"), ("24h", "last 24 hours"), ("total", "whole period"))
+        for stat, meaning, unit in (
+            ("spend", "spend", "currency"),
+            ("impressions", "impressions", "count"),
+            ("clicks", "clicks", "count"),
+            ("conversions", "shallow conversions (the event the platform optimises)", "count"),
+            ("deep_events", "matured deep conversions (first deep stage)", "count"),
+            ("deep_value", "value of matured deep events, all stages", "currency"),
+        )
+    ),
+)
+STAT_NAMES: tuple[str, ...] = tuple(f.name for f in STAT_COLUMNS)
+NUMERIC_STATS: tuple[str, ...] = tuple(n for n in STAT_NAMES if n not in ("channel", "vertical"))
+
+PLAN_FEATURES: tuple[Feature, ...] = (
+    Feature("active", "1 if the plan exists and runs, 0 for padding", "flag"),
+    Feature("spend_last", "spend over the last step / daily budget x 100", "% of daily budget"),
+    Feature("spend_24h", "spend over the last 24 h / daily budget x 100", "% of daily budget"),
+    Feature("spend_total", "spend so far / daily budget x 100", "% of daily budget"),
+    Feature("budget_last", "budget given for the last step / daily budget x 100", "% of daily budget"),
+    Feature("budget_used_last", "spend_last / budget_last (0 when no budget was given)", "ratio [0, 1]"),
+    Feature("impressions_24h", "log1p(impressions over the last 24 h)", "log count"),
+    Feature("clicks_24h", "log1p(clicks over the last 24 h)", "log count"),
+    Feature("ctr_24h", "clicks / impressions over the last 24 h x 100", "%"),
+    Feature("conversions_last", "log1p(conversions over the last step)", "log count"),
+    Feature("conversions_24h", "log1p(conversions over the last 24 h)", "log count"),
+    Feature("conversions_total", "log1p(conversions so far)", "log count"),
+    Feature("deep_24h", "log1p(matured deep conversions over the last 24 h)", "log count"),
+    Feature("deep_total", "log1p(matured deep conversions so far)", "log count"),
+    Feature("deep_value_24h", "deep value matured over the last 24 h / daily budget x 100", "% of daily budget"),
+    Feature("deep_value_total", "deep value matured so far / daily budget x 100", "% of daily budget"),
+    Feature("cpa_ratio_total", "spend / max(conversions, 1) / target CPA so far, clipped to [0, 5]", "ratio"),
+    Feature("roi_24h", "deep value / max(spend, 1% of daily budget) over 24 h, clipped to [0, 20]", "ratio"),
+    Feature("roi_total", "deep value / max(spend, 1% of daily budget) so far, clipped to [0, 20]", "ratio"),
+    Feature("target_cpa", "log(target CPA)", "log currency"),
+    Feature("age_days", "min(age, 30 days) / 30 days", "fraction"),
+    Feature("learning", "1 while in the learning phase", "flag"),
+    *(Feature(f"channel_{c}", f"1 if the plan runs on {c}", "one-hot") for c in CHANNELS),
+    *(Feature(f"vertical_{v}", f"1 if the plan is in {v}", "one-hot") for v in VERTICALS),
+)
+GLOBAL_FEATURES: tuple[Feature, ...] = (
+    Feature("hour_sin", "sin(2 pi hour / 24) of the step about to be decided", "[-1, 1]"),
+    Feature("hour_cos", "cos(2 pi hour / 24)", "[-1, 1]"),
+    Feature("day_frac", "day index / days in the episode", "fraction"),
+    Feature("budget_left_today", "unspent share of today's budget", "fraction"),
+    Feature("hours_left_today", "hours left today (this one included) / 24", "fraction"),
+)
+N_PLAN_FEATURES = len(PLAN_FEATURES)
+N_GLOBAL_FEATURES = len(GLOBAL_FEATURES)
+# Observation bounds: every feature is clipped into them (money ratios can grow with the episode).
+OBS_LOW, OBS_HIGH = -1.0, 1.0e6
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Where in the day and the period the decision about to be made sits."""
+
+    hour: int  # 0..23, hour of day of the step about to be decided
+    day: int  # 0-based day index
+    days: int  # days in the episode (production: the planning period)
+    daily_budget: float  # currency
+    budget_left_today: float  # currency still unspent today
+
+
+def observation_size(max_plans: int) -> int:
+    return max_plans * N_PLAN_FEATURES + N_GLOBAL_FEATURES
+
+
+def feature_names(max_plans: int) -> list[str]:
+    """Names of the observation's entries, in order (``plan{i}.{feature}``, then globals)."""
+    names = [f"plan{i}.{f.name}" for i in range(max_plans) for f in PLAN_FEATURES]
+    return names + [f.name for f in GLOBAL_FEATURES]
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def build_observation(stats: Mapping[str, np.ndarray], clock: Clock, max_plans: int,
+                      active: np.ndarray | None = None) -> np.ndarray:
+    """The observation vector (float32, :func:`observation_size`) from per-plan reporting stats.
+
+    :param stats: arrays of length ``n_plans <= max_plans`` for every name in :data:`STAT_NAMES`;
+        ``channel`` and ``vertical`` hold indices into :data:`CHANNELS` and :data:`VERTICALS`.
+    :param clock: the time and budget position of the decision.
+    :param max_plans: padding width.
+    :param active: (n_plans,) bool, plans that exist now (default: all).
+    """
+    n = len(stats["target_cpa"])
+    if n > max_plans:
+        raise ValueError(f"{n} plans do not fit an observation of max_plans={max_plans}")
+    budget = float(clock.daily_budget)
+    pct = 100.0 / budget
+    one_pct = 0.01 * budget
+    spend_24h = stats["spend_24h"]
+    spend_total = stats["spend_total"]
+    plan = np.zeros((max_plans, N_PLAN_FEATURES))
+    block = plan[:n]
+    block[:, 0] = 1.0
+    block[:, 1] = stats["spend_last"] * pct
+    block[:, 2] = spend_24h * pct
+    block[:, 3] = spend_total * pct
+    block[:, 4] = stats["budget_last"] * pct
+    block[:, 5] = np.clip(_ratio(stats["spend_last"], stats["budget_last"]), 0.0, 1.0)
+    block[:, 6] = np.log1p(stats["impressions_24h"])
+    block[:, 7] = np.log1p(stats["clicks_24h"])
+    block[:, 8] = 100.0 * _ratio(stats["clicks_24h"], stats["impressions_24h"])
+    block[:, 9] = np.log1p(stats["conversions_last"])
+    block[:, 10] = np.log1p(stats["conversions_24h"])
+    block[:, 11] = np.log1p(stats["conversions_total"])
+    block[:, 12] = np.log1p(stats["deep_events_24h"])
+    block[:, 13] = np.log1p(stats["deep_events_total"])
+    block[:, 14] = stats["deep_value_24h"] * pct
+    block[:, 15] = stats["deep_value_total"] * pct
+    cpa = _ratio(spend_total, np.maximum(stats["conversions_total"], 1.0))
+    block[:, 16] = np.clip(cpa / stats["target_cpa"], 0.0, 5.0)
+    block[:, 17] = np.clip(stats["deep_value_24h"] / np.maximum(spend_24h, one_pct), 0.0, 20.0)
+    block[:, 18] = np.clip(stats["deep_value_total"] / np.maximum(spend_total, one_pct), 0.0, 20.0)
+    block[:, 19] = np.log(stats["target_cpa"])
+    block[:, 20] = np.minimum(stats["age_hours"] / 24.0, 30.0) / 30.0
+    block[:, 21] = stats["learning"]
+    n_ch = len(CHANNELS)
+    block[np.arange(n), 22 + stats["channel"].astype(np.int64)] = 1.0
+    block[np.arange(n), 22 + n_ch + stats["vertical"].astype(np.int64)] = 1.0
+    if active is not None:
+        block[~active] = 0.0
+    angle = 2.0 * np.pi * clock.hour / 24.0
+    glob = np.array([
+        np.sin(angle),
+        np.cos(angle),
+        clock.day / clock.days,
+        clock.budget_left_today / budget,
+        (24 - clock.hour) / 24.0,
+    ])
+    obs = np.concatenate([plan.ravel(), glob])
+    return np.clip(obs, OBS_LOW, OBS_HIGH).astype(np.float32)

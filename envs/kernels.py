@@ -1,0 +1,278 @@
+"""Numba kernels: one decision step of a portfolio's auctions, funnel and delayed deep events.
+
+Kernels take arrays and return arrays; no Python objects, no global state. All randomness comes from
+a counter-based hash (splitmix64 finaliser) of ``(key, step, channel, opportunity, slot)``: a draw
+does not depend on loop order or thread count, and ``envs/reference.py`` reproduces every draw
+exactly, so the alignment test compares counts exactly.
+
+One step, per channel:
+
+1. ``n ~ Poisson(volume * diurnal[hour] * hours_per_step)`` opportunities (exact inversion below a
+   mean of 30, the rounded normal approximation above).
+2. Each opportunity (a lot of ``lot`` impressions) draws an audience segment, a user quality
+   ``q = exp(sigma_q z - sigma_q^2/2)`` and the highest competing bid
+   ``market_bid * market_hour * market_day * exp(sigma_m z')`` (per impression).
+3. Each plan of the channel bids ``target_cpa * pCTR * pCVR * q * lot`` where the platform's
+   ``pCTR * pCVR = CTR * fatigue * CVR * exp(bias0 * lambda)`` times per-bidder noise
+   ``1 + amp * (2u - 1)``; ``lambda = max(0, 1 - conversions / learning_conversions)`` is the
+   learning phase, ``amp`` shrinks from ``noise0`` to ``noise_floor`` with it. A plan is eligible
+   when it exists, targets the segment and has at least its bid left of its step budget, so spend
+   never exceeds the budget it was given. The bid vector is masked without branching, then scanned
+   for the top two.
+4. The top bid wins if it beats the market; it pays the runner-up (plan or market) on second-price
+   channels, its own bid on first-price ones.
+5. Clicks ~ Binomial(lot, CTR * fatigue * ctr_mult), conversions ~ Binomial(clicks,
+   min(1, CVR * cvr_mult * q)); each conversion walks the deep funnel: stage ``s`` happens with its
+   rate, after a discretised log-normal delay (at least one step) from the previous stage, and is
+   scheduled in ``pending[plan, s, step]``; events beyond the attribution horizon are dropped.
+
+Fatigue and the learning state are read at the start of the step and updated at its end.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+# Columns of a step's per-plan output (n_plans, N_STEP_FIELDS); deep stage counts follow.
+SPEND, IMPRESSIONS, CLICKS, CONVERSIONS, DEEP_VALUE, BUDGET = 0, 1, 2, 3, 4, 5
+DEEP0 = 6  # DEEP0 + s: deep events of stage s that matured this step
+
+
+def n_step_fields(n_stages: int) -> int:
+    return DEEP0 + n_stages
+
+
+# Columns of the channel matrix (n_channels, N_CHANNEL_FIELDS).
+CH_VOLUME, CH_MARKET, CH_MARKET_SIGMA, CH_CTR_MULT, CH_CVR_MULT, CH_FIRST_PRICE = 0, 1, 2, 3, 4, 5
+N_CHANNEL_FIELDS = 6
+# Columns of the plan matrix (n_plans, N_PLAN_FIELDS).
+(PL_CTR, PL_CVR, PL_CPA, PL_BIAS0, PL_NOISE0, PL_FATIGUE_SCALE, PL_FATIGUE_FLOOR, PL_CHANNEL,
+ PL_LAUNCH) = range(9)
+N_PLAN_FIELDS = 9
+# Last axis of the stage tensor (n_plans, n_stages, N_STAGE_FIELDS).
+ST_RATE, ST_VALUE, ST_DELAY_MEDIAN, ST_DELAY_SIGMA = 0, 1, 2, 3
+N_STAGE_FIELDS = 4
+# Columns of the dynamic plan state (n_plans, N_STATE_FIELDS).
+STATE_CONVERSIONS, STATE_IMPRESSIONS = 0, 1
+N_STATE_FIELDS = 2
+
+# Hash slots of one opportunity's draws. Bidder noise uses SLOT_BIDDER + plan index; deep-funnel
+# draws use SLOT_DEEP + 4 * (conversion * n_stages + stage) + {0: happens?, 1, 2: delay normal}.
+SLOT_SEGMENT, SLOT_Z1, SLOT_Z2, SLOT_CLICKS, SLOT_CONVERSIONS = 0, 1, 2, 3, 4
+SLOT_DEEP = 16
+SLOT_BIDDER = 1 << 40
+# Stream of the per-(step, channel) opportunity count.
+STREAM_COUNT = 1 << 41
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
+_ONE = np.uint64(1)
+_INV53 = 1.0 / 9007199254740992.0  # 2**-53
+
+
+@nb.njit(inline="always", cache=True)
+def mix64(x):
+    """splitmix64's finaliser: a bijective, well-mixing map of 64-bit words."""
+    x = (x ^ (x >> _S30)) * _M1
+    x = (x ^ (x >> _S27)) * _M2
+    return x ^ (x >> _S31)
+
+
+@nb.njit(inline="always", cache=True)
+def hash_at(h, index):
+    """The child hash of ``h`` at a non-negative integer ``index``."""
+    return mix64(h + (np.uint64(index) + _ONE) * GOLDEN)
+
+
+@nb.njit(inline="always", cache=True)
+def uniform_at(h, slot):
+    """A uniform draw in the open interval (0, 1) from ``h`` and a slot."""
+    return ((hash_at(h, slot) >> _S11) + 0.5) * _INV53
+
+
+@nb.njit(inline="always", cache=True)
+def normal_pair_at(h, slot):
+    """Two independent standard normals (Box-Muller) from slots ``slot`` and ``slot + 1``."""
+    r = np.sqrt(-2.0 * np.log(uniform_at(h, slot)))
+    angle = 2.0 * np.pi * uniform_at(h, slot + 1)
+    return r * np.cos(angle), r * np.sin(angle)
+
+
+@nb.njit(cache=True)
+def poisson_at(h, lam):
+    """Poisson(lam): exact inversion for lam < 30, rounded normal approximation above."""
+    if lam <= 0.0:
+        return 0
+    if lam < 30.0:
+        u = uniform_at(h, 0)
+        k = 0
+        p = np.exp(-lam)
+        c = p
+        while u > c and k < 1000:
+            k += 1
+            p *= lam / k
+            c += p
+        return k
+    z, _ = normal_pair_at(h, 1)
+    return max(0, int(np.floor(lam + np.sqrt(lam) * z + 0.5)))
+
+
+@nb.njit(cache=True)
+def binomial_at(h, slot, n, p):
+    """Binomial(n, p) by inversion (normal approximation when n * p > 50)."""
+    if n <= 0 or p <= 0.0:
+        return 0
+    if p >= 1.0:
+        return n
+    if n * p > 50.0:
+        z, _ = normal_pair_at(h, slot + 1)
+        k = int(np.floor(n * p + np.sqrt(n * p * (1.0 - p)) * z + 0.5))
+        return min(n, max(0, k))
+    u = uniform_at(h, slot)
+    q = 1.0 - p
+    ratio = p / q
+    pmf = q**n
+    c = pmf
+    k = 0
+    while u > c and k < n:
+        pmf *= ratio * (n - k) / (k + 1)
+        k += 1
+        c += pmf
+    return k
+
+
+@nb.njit(cache=True)
+def step_kernel(
+    t,  # int: the step being simulated, 0-based
+    key,  # uint64: the episode's random root
+    hours_per_step,  # int
+    steps_per_day,  # int
+    lot,  # int: impressions per opportunity
+    quality_sigma,  # float
+    learning_conversions,  # float
+    noise_floor,  # float
+    chan,  # (C, N_CHANNEL_FIELDS) float64
+    chan_diurnal,  # (C, 24) float64 traffic multiplier by hour
+    chan_market_hour,  # (C, 24) float64 competitor-pressure multiplier by hour
+    market_day,  # (days, C) float64 competitor-pressure multiplier by day
+    plan,  # (P, N_PLAN_FIELDS) float64
+    audience,  # (P,) uint64 segment bit masks
+    stage,  # (P, S, N_STAGE_FIELDS) float64
+    chan_plans,  # (P,) int64 plan indices sorted by channel
+    chan_start,  # (C + 1,) int64 offsets of each channel's plans in chan_plans
+    state,  # (P, N_STATE_FIELDS) float64, updated in place
+    pending,  # (P, S, H) int32 deep events scheduled by step, updated in place
+    step_budget,  # (P,) float64 budget given to each plan for this step
+    out,  # (P, DEEP0 + S) float64, overwritten with this step's per-plan results
+):
+    n_plans = plan.shape[0]
+    n_stages = stage.shape[1]
+    horizon = pending.shape[2]
+    hour = (t % steps_per_day) * hours_per_step
+    day = t // steps_per_day
+    out[:, :] = 0.0
+
+    base_bid = np.empty(n_plans)  # per lot, before user quality and noise
+    noise_amp = np.empty(n_plans)
+    click_p = np.empty(n_plans)
+    active = np.empty(n_plans)
+    remaining = np.empty(n_plans)
+    for p in range(n_plans):
+        lam = max(0.0, 1.0 - state[p, STATE_CONVERSIONS] / learning_conversions)
+        fatigue = plan[p, PL_FATIGUE_FLOOR] + (1.0 - plan[p, PL_FATIGUE_FLOOR]) * np.exp(
+            -state[p, STATE_IMPRESSIONS] / plan[p, PL_FATIGUE_SCALE]
+        )
+        c = int(plan[p, PL_CHANNEL])
+        click_p[p] = min(1.0, plan[p, PL_CTR] * fatigue * chan[c, CH_CTR_MULT])
+        base_bid[p] = (
+            plan[p, PL_CPA] * click_p[p] * plan[p, PL_CVR] * chan[c, CH_CVR_MULT]
+            * np.exp(plan[p, PL_BIAS0] * lam) * lot
+        )
+        noise_amp[p] = noise_floor + (plan[p, PL_NOISE0] - noise_floor) * lam
+        active[p] = 1.0 if t >= plan[p, PL_LAUNCH] else 0.0
+        remaining[p] = step_budget[p]
+        out[p, BUDGET] = step_budget[p]
+
+    h_step = hash_at(key, t)
+    for c in range(chan.shape[0]):
+        h_chan = hash_at(h_step, c)
+        lam_opp = chan[c, CH_VOLUME] * chan_diurnal[c, hour] * hours_per_step
+        n_opp = poisson_at(hash_at(h_chan, STREAM_COUNT), lam_opp)
+        first = chan_start[c]
+        last = chan_start[c + 1]
+        if last == first:
+            continue
+        market_base = chan[c, CH_MARKET] * chan_market_hour[c, hour] * market_day[day, c] * lot
+        market_sigma = chan[c, CH_MARKET_SIGMA]
+        first_price = chan[c, CH_FIRST_PRICE] > 0.5
+        for o in range(n_opp):
+            h = hash_at(h_chan, o)
+            segment = np.uint64(int(uniform_at(h, SLOT_SEGMENT) * 32.0))
+            z_quality, z_market = normal_pair_at(h, SLOT_Z1)
+            quality = np.exp(quality_sigma * z_quality - 0.5 * quality_sigma * quality_sigma)
+            market = market_base * np.exp(market_sigma * z_market)
+            best = 0.0
+            second = 0.0
+            winner = -1
+            for i in range(first, last):
+                p = chan_plans[i]
+                u = uniform_at(h, SLOT_BIDDER + p)
+                bid = base_bid[p] * quality * (1.0 + noise_amp[p] * (2.0 * u - 1.0))
+                targeted = float((audience[p] >> segment) & _ONE)
+                affordable = 1.0 if remaining[p] >= bid else 0.0
+                bid = bid * active[p] * targeted * affordable
+                if bid > best:
+                    second = best
+                    best = bid
+                    winner = p
+                elif bid > second:
+                    second = bid
+            if winner < 0 or best <= market:
+                continue
+            price = best if first_price else max(second, market)
+            remaining[winner] -= price
+            out[winner, SPEND] += price
+            out[winner, IMPRESSIONS] += lot
+            clicks = binomial_at(h, SLOT_CLICKS, lot, click_p[winner])
+            cvr = min(1.0, plan[winner, PL_CVR] * chan[c, CH_CVR_MULT] * quality)
+            conversions = binomial_at(h, SLOT_CONVERSIONS, clicks, cvr)
+            out[winner, CLICKS] += clicks
+            out[winner, CONVERSIONS] += conversions
+            for j in range(conversions):
+                t_event = t
+                for s in range(n_stages):
+                    slot = SLOT_DEEP + 4 * (j * n_stages + s)
+                    if uniform_at(h, slot) >= stage[winner, s, ST_RATE]:
+                        break
+                    z_delay, _ = normal_pair_at(h, slot + 1)
+                    delay = np.floor(
+                        stage[winner, s, ST_DELAY_MEDIAN] * np.exp(stage[winner, s, ST_DELAY_SIGMA] * z_delay) + 0.5
+                    )
+                    t_event += max(1, int(delay))
+                    if t_event >= horizon:
+                        break
+                    pending[winner, s, t_event] += 1
+
+    for p in range(n_plans):
+        state[p, STATE_CONVERSIONS] += out[p, CONVERSIONS]
+        state[p, STATE_IMPRESSIONS] += out[p, IMPRESSIONS]
+        if t < horizon:
+            for s in range(n_stages):
+                matured = pending[p, s, t]
+                out[p, DEEP0 + s] = matured
+                out[p, DEEP_VALUE] += matured * stage[p, s, ST_VALUE]
+
+
+@nb.njit(cache=True, parallel=True)
+def step_batch_kernel(t, keys, hours_per_step, steps_per_day, lot, quality_sigma, learning_conversions,
+                      noise_floor, chan, chan_diurnal, chan_market_hour, market_day, plan, audience, stage,
+                      chan_plans, chan_start, state, pending, step_budget, out):
+    """:func:`step_kernel` over a batch of environments (leading axis ``E`` on every per-episode
+    array: ``t``, ``keys``, ``market_day``, ``plan`` ... ``out``), one ``prange`` iteration each."""
+    for e in nb.prange(keys.shape[0]):
+        step_kernel(t[e], keys[e], hours_per_step, steps_per_day, lot, quality_sigma, learning_conversions,
+                    noise_floor, chan, chan_diurnal, chan_market_hour, market_day[e], plan[e], audience[e],
+                    stage[e], chan_plans[e], chan_start[e], state[e], pending[e], step_budget[e], out[e])

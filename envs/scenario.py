@@ -1,0 +1,662 @@
+"""Scenarios: what a simulated advertiser portfolio is made of, and how its hidden truth is drawn.
+
+A :class:`Scenario` fixes the structure (accounts, plans per account, channels, verticals, the
+episode length, the daily budget, the objective's target) and the distributions that each plan's
+hidden parameters are drawn from at ``reset``. :class:`PortfolioGenerator` turns a scenario and a
+seeded ``numpy.random.Generator`` into a :class:`Portfolio`: flat arrays over plans, the only form
+the Numba kernels see.
+
+Presets live in ``conf/env/<name>.yaml``; the same files are Hydra's ``env`` group. A preset lists
+the channels and verticals it uses; every field it does not give comes from the calibrated
+catalogues :data:`CHANNEL_CATALOGUE` and :data:`VERTICAL_CATALOGUE` below. Every field is validated
+and a bad value raises :class:`ScenarioError` naming the field, the value, what was expected and the
+file it came from.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+# The channel and vertical vocabularies are the observation's one-hot order; a scenario may use any
+# subset, in any order.
+from envs.features import CHANNELS, VERTICALS
+
+#: Deep-funnel stages per plan are padded to this many.
+MAX_STAGES = 3
+#: Audience segments; a plan's audience is a bit mask over them.
+N_SEGMENTS = 32
+#: Plan kinds (hidden; only the oracle and analysis code read them).
+KIND_REGULAR, KIND_POTENTIAL, KIND_TRAP = 0, 1, 2
+KIND_NAMES = ("regular", "potential", "trap")
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "conf" / "env"
+
+
+class ScenarioError(ValueError):
+    """A scenario field has a value the simulator cannot use."""
+
+
+def _curve(values: list[float]) -> tuple[float, ...]:
+    return tuple(float(v) for v in values)
+
+
+# Hour-of-day traffic shapes (relative, normalised to mean 1 when a scenario is built).
+_FEED_CURVE = _curve([0.5, 0.3, 0.2, 0.15, 0.15, 0.2, 0.4, 0.7, 0.9, 1.0, 1.0, 1.1,
+                      1.3, 1.2, 1.0, 1.0, 1.0, 1.1, 1.3, 1.6, 1.9, 2.0, 1.7, 1.0])
+_NETWORK_CURVE = _curve([0.7, 0.5, 0.4, 0.35, 0.35, 0.4, 0.6, 0.8, 1.0, 1.1, 1.1, 1.2,
+                         1.2, 1.2, 1.1, 1.1, 1.1, 1.2, 1.3, 1.4, 1.5, 1.5, 1.3, 1.0])
+_SEARCH_CURVE = _curve([0.3, 0.2, 0.15, 0.1, 0.1, 0.2, 0.4, 0.8, 1.3, 1.6, 1.7, 1.6,
+                        1.4, 1.5, 1.6, 1.6, 1.5, 1.3, 1.1, 1.1, 1.1, 1.0, 0.8, 0.5])
+_EVENING_PRESSURE = _curve([0.9, 0.85, 0.8, 0.8, 0.8, 0.85, 0.9, 0.95, 1.0, 1.0, 1.0, 1.05,
+                            1.1, 1.05, 1.0, 1.0, 1.0, 1.05, 1.1, 1.2, 1.25, 1.25, 1.15, 1.0])
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """One traffic source: the feed, the ad network, search.
+
+    An opportunity is a lot of ``Scenario.impressions_per_opportunity`` impressions from one
+    audience segment and one user-quality draw, auctioned together (coarse-graining keeps a week of
+    a portfolio's auctions cheap enough to train on).
+    """
+
+    name: str
+    volume: float  # mean opportunities per hour, averaged over the day
+    diurnal: tuple[float, ...]  # (24,) relative traffic by hour of day
+    market_bid: float  # median highest competing bid per impression, currency units
+    market_sigma: float  # log-sd of the highest competing bid within an hour
+    market_diurnal: tuple[float, ...]  # (24,) multiplier on market_bid by hour (competitor pressure)
+    market_day_sigma: float  # log-sd of day-to-day competitor pressure, drawn at reset
+    ctr_mult: float  # multiplies every plan's true CTR on this channel
+    cvr_mult: float  # multiplies every plan's true CVR on this channel
+    auction: str = "second"  # "second" (pays max(runner-up, market)) or "first" (pays own bid)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One deep-funnel stage (credit approval, first premium paid, account opened, ...)."""
+
+    name: str
+    rate: float  # probability given the previous stage (the first stage: given a conversion)
+    delay_median_hours: float  # median delay after the previous stage, in hours
+    delay_sigma: float  # log-sd of the delay (a discretised log-normal, at least one step)
+    value: float  # what one event is worth to the advertiser, currency units
+
+
+@dataclass(frozen=True)
+class VerticalSpec:
+    """A financial vertical: its plans' typical economics and its deep funnel.
+
+    The first stage is the deep conversion the portfolio's deep CPA counts.
+    """
+
+    name: str
+    target_cpa: float  # median shallow target CPA of its plans (the oCPM target), currency
+    ctr: float  # median true CTR of its plans
+    cvr: float  # median true click-to-conversion rate of its plans
+    stages: tuple[StageSpec, ...]
+    max_spend_share: float = 1.0  # compliance cap: at most this share of each step's budget
+
+
+@dataclass(frozen=True)
+class PlanMix:
+    """How plans' hidden parameters are drawn (see :class:`PortfolioGenerator`)."""
+
+    potential_fraction: float = 0.2  # new, in learning phase, truly good
+    trap_fraction: float = 0.15  # cheap shallow conversions, poor deep rates
+    new_fraction: float = 0.15  # ordinary plans that are also new (launched during the episode)
+    late_launch_days: int = 2  # new plans launch on a day in [0, late_launch_days]
+    ctr_sigma: float = 0.25  # log-sd of a plan's CTR around its vertical's median
+    cvr_sigma: float = 0.25
+    cpa_sigma: float = 0.15  # log-sd of a plan's target CPA around its vertical's median
+    deep_sigma: float = 0.3  # log-sd of an ordinary plan's deep-rate multiplier
+    potential_deep_mult: float = 2.0  # deep-rate multiplier of potential plans
+    potential_cvr_mult: float = 1.2
+    potential_bias: float = -0.9  # log-bias of the platform's pCTR*pCVR for a new potential plan
+    new_bias: float = -0.3  # the same for other new plans
+    learning_noise: float = 0.9  # bid noise amplitude at launch (uniform, +-)
+    trap_cvr_mult: float = 2.5
+    trap_cpa_mult: float = 0.6  # traps are set up as cheap-lead plans
+    trap_deep_mult: float = 0.15
+    audience_coverage: tuple[float, float] = (0.5, 0.95)  # share of segments a plan targets
+    fatigue_impressions: tuple[float, float] = (2e5, 1e6)  # impressions for CTR to fall by ~63%
+    fatigue_floor: float = 0.6  # CTR never falls below this share of its fresh value
+    static_weight_new: float = 0.3  # the morning's budget weight of a new plan (ordinary: 1)
+    static_weight_trap: float = 1.5  # traps look cheap, so people fund them
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything that defines one simulated portfolio (the fields of ``conf/env/<preset>.yaml``)."""
+
+    name: str
+    accounts: int
+    plans_per_account: int
+    max_plans: int
+    days: int
+    steps_per_day: int
+    daily_budget: float  # currency units per day; unspent budget does not carry over
+    cpa_target: float  # portfolio target cost per deep conversion (first deep stage)
+    channels: tuple[ChannelSpec, ...]
+    channel_mix: tuple[float, ...]  # (n_channels,) share of plans on each channel
+    verticals: tuple[VerticalSpec, ...]
+    vertical_mix: tuple[float, ...]  # (n_verticals,) share of plans in each vertical
+    plans: PlanMix = field(default_factory=PlanMix)
+    beta: float = 2.0  # exponent of the CPA penalty
+    attribution_window_days: float = 7.0  # pending deep events settle if they mature within this
+    impressions_per_opportunity: int = 20
+    user_quality_sigma: float = 0.4  # log-sd of an opportunity's user quality (multiplies CVR)
+    learning_conversions: float = 20.0  # conversions that end a plan's learning phase
+    noise_floor: float = 0.1  # bid noise amplitude of a mature plan
+    temperature: float = 5.0  # action in [-1, 1] times this = logit
+    min_share: float = 0.0  # per-plan share limits (applied after the softmax)
+    max_share: float = 1.0
+    max_change: float | None = None  # max change of a plan's share from one step to the next
+    source: str | None = None  # the file the scenario came from (for error messages)
+
+    @property
+    def n_plans(self) -> int:
+        return self.accounts * self.plans_per_account
+
+    @property
+    def horizon(self) -> int:
+        """Episode length in steps."""
+        return self.days * self.steps_per_day
+
+    @property
+    def attribution_steps(self) -> int:
+        return int(round(self.attribution_window_days * self.steps_per_day))
+
+    @property
+    def hours_per_step(self) -> int:
+        return 24 // self.steps_per_day
+
+
+# --------------------------------------------------------------------------------------------
+# Catalogues: calibrated defaults that presets select and override.
+# --------------------------------------------------------------------------------------------
+
+CHANNEL_CATALOGUE: dict[str, dict[str, Any]] = {
+    # The platform's own short-video feed: most of the volume, strongest evening peak.
+    "feed": dict(volume=700.0, diurnal=_FEED_CURVE, market_bid=0.16, market_sigma=0.45,
+                 market_diurnal=_EVENING_PRESSURE, market_day_sigma=0.1, ctr_mult=1.0,
+                 cvr_mult=1.0, auction="second"),
+    # Third-party apps: cheap and abundant, slightly lower click quality.
+    "network": dict(volume=300.0, diurnal=_NETWORK_CURVE, market_bid=0.09, market_sigma=0.5,
+                    market_diurnal=_EVENING_PRESSURE, market_day_sigma=0.1, ctr_mult=0.8,
+                    cvr_mult=0.95, auction="second"),
+    # Search: intent-rich, working-hours traffic, cheaper acquisition (first price).
+    "search": dict(volume=150.0, diurnal=_SEARCH_CURVE, market_bid=0.14, market_sigma=0.4,
+                   market_diurnal=_curve([1.0] * 24), market_day_sigma=0.08, ctr_mult=1.6,
+                   cvr_mult=1.1, auction="first"),
+}
+
+VERTICAL_CATALOGUE: dict[str, dict[str, Any]] = {
+    # Loan application -> approval (about 29%) -> first drawdown.
+    "credit": dict(target_cpa=150.0, ctr=0.025, cvr=0.06, max_spend_share=1.0, stages=(
+        dict(name="approval", rate=0.29, delay_median_hours=18.0, delay_sigma=0.6, value=450.0),
+        dict(name="drawdown", rate=0.6, delay_median_hours=48.0, delay_sigma=0.7, value=1200.0),
+    )),
+    # Quote request -> first premium paid -> second-month renewal (mostly after the episode).
+    "insurance": dict(target_cpa=120.0, ctr=0.02, cvr=0.08, max_spend_share=1.0, stages=(
+        dict(name="first_premium", rate=0.35, delay_median_hours=24.0, delay_sigma=0.5,
+             value=300.0),
+        dict(name="renewal", rate=0.7, delay_median_hours=720.0, delay_sigma=0.15, value=900.0),
+    )),
+    # Phone number left -> account opened -> account funded. Wealth ads are frequency-capped.
+    "securities": dict(target_cpa=100.0, ctr=0.018, cvr=0.1, max_spend_share=0.6, stages=(
+        dict(name="account_opened", rate=0.25, delay_median_hours=36.0, delay_sigma=0.6,
+             value=350.0),
+        dict(name="funded", rate=0.45, delay_median_hours=96.0, delay_sigma=0.6, value=1500.0),
+    )),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Building and validating a scenario from a mapping (a preset file or a Hydra node).
+# --------------------------------------------------------------------------------------------
+
+_SCALAR_FIELDS = {f.name for f in fields(Scenario)} - {
+    "channels", "channel_mix", "verticals", "vertical_mix", "plans", "source"}
+
+
+def _where(source: str | None) -> str:
+    return f" ({source})" if source else ""
+
+
+def _fail(field_name: str, value: Any, expected: str, source: str | None) -> ScenarioError:
+    return ScenarioError(f"{field_name} must be {expected}, got {value!r}{_where(source)}")
+
+
+def _number(cfg: Mapping[str, Any], key: str, path: str, source: str | None, *, lo: float | None = None,
+            hi: float | None = None, lo_open: bool = False, integer: bool = False) -> Any:
+    value = cfg[key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(path, value, "a number", source)
+    if integer and float(value) != int(value):
+        raise _fail(path, value, "an integer", source)
+    if not np.isfinite(value):
+        raise _fail(path, value, "finite", source)
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise _fail(path, value, f"{'>' if lo_open else '>='} {lo}", source)
+    if hi is not None and value > hi:
+        raise _fail(path, value, f"<= {hi}", source)
+    return int(value) if integer else float(value)
+
+
+def _check_keys(cfg: Mapping[str, Any], allowed: set[str], path: str, source: str | None) -> None:
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ScenarioError(
+            f"unknown field {where}{unknown[0]}{_where(source)}; expected one of {sorted(allowed)}")
+
+
+def _curve24(value: Any, path: str, source: str | None) -> tuple[float, ...]:
+    arr = np.asarray(value, dtype=float) if isinstance(value, list | tuple) else None
+    if arr is None or arr.shape != (24,) or not np.all(np.isfinite(arr)) or np.any(arr < 0) or arr.sum() <= 0:
+        raise _fail(path, value, "a list of 24 non-negative numbers with a positive sum", source)
+    return tuple(float(v) for v in arr)
+
+
+def _mix(value: Any, names: tuple[str, ...], path: str, source: str | None) -> tuple[float, ...]:
+    if not isinstance(value, Mapping):
+        raise _fail(path, value, f"a mapping from {list(names)} to weights", source)
+    _check_keys(value, set(names), path, source)
+    weights = [_number(value, n, f"{path}.{n}", source, lo=0.0) if n in value else 0.0 for n in names]
+    if sum(weights) <= 0:
+        raise _fail(path, dict(value), "weights with a positive sum", source)
+    total = sum(weights)
+    return tuple(w / total for w in weights)
+
+
+def _channel(name: str, overrides: Any, source: str | None) -> ChannelSpec:
+    if name not in CHANNEL_CATALOGUE:
+        raise ScenarioError(f"unknown channel {name!r} in channels{_where(source)}; known: {list(CHANNELS)}")
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, Mapping):
+        raise _fail(f"channels.{name}", overrides, "a mapping of channel fields", source)
+    path = f"channels.{name}"
+    _check_keys(overrides, set(CHANNEL_CATALOGUE[name]), path, source)
+    cfg = {**CHANNEL_CATALOGUE[name], **overrides}
+    auction = cfg["auction"]
+    if auction not in ("second", "first"):
+        raise _fail(f"{path}.auction", auction, "'second' or 'first'", source)
+    return ChannelSpec(
+        name=name,
+        volume=_number(cfg, "volume", f"{path}.volume", source, lo=0.0, lo_open=True),
+        diurnal=_curve24(cfg["diurnal"], f"{path}.diurnal", source),
+        market_bid=_number(cfg, "market_bid", f"{path}.market_bid", source, lo=0.0, lo_open=True),
+        market_sigma=_number(cfg, "market_sigma", f"{path}.market_sigma", source, lo=0.0, hi=3.0),
+        market_diurnal=_curve24(cfg["market_diurnal"], f"{path}.market_diurnal", source),
+        market_day_sigma=_number(cfg, "market_day_sigma", f"{path}.market_day_sigma", source, lo=0.0, hi=2.0),
+        ctr_mult=_number(cfg, "ctr_mult", f"{path}.ctr_mult", source, lo=0.0, lo_open=True),
+        cvr_mult=_number(cfg, "cvr_mult", f"{path}.cvr_mult", source, lo=0.0, lo_open=True),
+        auction=auction,
+    )
+
+
+def _vertical(name: str, overrides: Any, source: str | None) -> VerticalSpec:
+    if name not in VERTICAL_CATALOGUE:
+        raise ScenarioError(f"unknown vertical {name!r} in verticals{_where(source)}; known: {list(VERTICALS)}")
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, Mapping):
+        raise _fail(f"verticals.{name}", overrides, "a mapping of vertical fields", source)
+    path = f"verticals.{name}"
+    _check_keys(overrides, set(VERTICAL_CATALOGUE[name]), path, source)
+    cfg = {**VERTICAL_CATALOGUE[name], **overrides}
+    stages_cfg = cfg["stages"]
+    if not isinstance(stages_cfg, list | tuple) or not 1 <= len(stages_cfg) <= MAX_STAGES:
+        raise _fail(f"{path}.stages", stages_cfg, f"a list of 1 to {MAX_STAGES} stages", source)
+    stages = []
+    stage_keys = {"name", "rate", "delay_median_hours", "delay_sigma", "value"}
+    for i, st in enumerate(stages_cfg):
+        sp = f"{path}.stages[{i}]"
+        if not isinstance(st, Mapping):
+            raise _fail(sp, st, "a mapping", source)
+        _check_keys(st, stage_keys, sp, source)
+        missing = sorted(stage_keys - set(st))
+        if missing:
+            raise ScenarioError(f"{sp}.{missing[0]} is missing{_where(source)}")
+        stages.append(StageSpec(
+            name=str(st["name"]),
+            rate=_number(st, "rate", f"{sp}.rate", source, lo=0.0, hi=1.0),
+            delay_median_hours=_number(st, "delay_median_hours", f"{sp}.delay_median_hours", source, lo=1.0),
+            delay_sigma=_number(st, "delay_sigma", f"{sp}.delay_sigma", source, lo=0.0, hi=3.0),
+            value=_number(st, "value", f"{sp}.value", source, lo=0.0),
+        ))
+    return VerticalSpec(
+        name=name,
+        target_cpa=_number(cfg, "target_cpa", f"{path}.target_cpa", source, lo=0.0, lo_open=True),
+        ctr=_number(cfg, "ctr", f"{path}.ctr", source, lo=0.0, hi=1.0, lo_open=True),
+        cvr=_number(cfg, "cvr", f"{path}.cvr", source, lo=0.0, hi=1.0, lo_open=True),
+        stages=tuple(stages),
+        max_spend_share=_number(cfg, "max_spend_share", f"{path}.max_spend_share", source, lo=0.0,
+                                hi=1.0, lo_open=True),
+    )
+
+
+def _plan_mix(cfg: Any, source: str | None) -> PlanMix:
+    if cfg is None:
+        return PlanMix()
+    if not isinstance(cfg, Mapping):
+        raise _fail("plans", cfg, "a mapping of plan-mix fields", source)
+    defaults = {f.name: f.default for f in fields(PlanMix)}
+    _check_keys(cfg, set(defaults), "plans", source)
+    merged = {**defaults, **cfg}
+    out: dict[str, Any] = {}
+    fractions = ("potential_fraction", "trap_fraction", "new_fraction")
+    for key, default in defaults.items():
+        path = f"plans.{key}"
+        if isinstance(default, tuple):
+            pair = merged[key]
+            if (not isinstance(pair, list | tuple) or len(pair) != 2
+                    or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
+                    or not 0 < pair[0] <= pair[1]):
+                raise _fail(path, pair, "a pair [low, high] with 0 < low <= high", source)
+            out[key] = (float(pair[0]), float(pair[1]))
+        elif key == "late_launch_days":
+            out[key] = _number(merged, key, path, source, lo=0, integer=True)
+        elif key in fractions or key == "fatigue_floor":
+            out[key] = _number(merged, key, path, source, lo=0.0, hi=1.0)
+        elif key == "learning_noise":
+            out[key] = _number(merged, key, path, source, lo=0.0, hi=0.95)
+        elif key.endswith("_bias"):
+            out[key] = _number(merged, key, path, source, lo=-5.0, hi=5.0)
+        else:
+            out[key] = _number(merged, key, path, source, lo=0.0)
+    if out["potential_fraction"] + out["trap_fraction"] + out["new_fraction"] > 1.0:
+        raise _fail("plans.potential_fraction + plans.trap_fraction + plans.new_fraction",
+                    out["potential_fraction"] + out["trap_fraction"] + out["new_fraction"], "<= 1", source)
+    if out["audience_coverage"][1] > 1.0:
+        raise _fail("plans.audience_coverage", list(out["audience_coverage"]), "within (0, 1]", source)
+    return PlanMix(**out)
+
+
+def scenario_from_mapping(cfg: Mapping[str, Any], source: str | None = None) -> Scenario:
+    """Build a validated :class:`Scenario` from a mapping with the fields of a preset file."""
+    if not isinstance(cfg, Mapping):
+        raise ScenarioError(f"a scenario must be a mapping of fields, got {type(cfg).__name__}{_where(source)}")
+    cfg = dict(cfg)
+    source = cfg.pop("source", None) or source
+    allowed = _SCALAR_FIELDS | {"channels", "verticals", "plans"}
+    _check_keys(cfg, allowed, "", source)
+    required = ["name", "accounts", "plans_per_account", "days", "steps_per_day", "daily_budget",
+                "cpa_target", "channels", "verticals"]
+    for key in required:
+        if key not in cfg:
+            raise ScenarioError(f"{key} is missing{_where(source)}")
+
+    channels_cfg = cfg["channels"]
+    if not isinstance(channels_cfg, Mapping) or not channels_cfg:
+        raise _fail("channels", channels_cfg, "a non-empty mapping from channel name to {share, ...}", source)
+    channels, channel_weights = [], {}
+    for name in channels_cfg:
+        if name not in CHANNEL_CATALOGUE:
+            raise ScenarioError(f"unknown channel {name!r} in channels{_where(source)}; known: {list(CHANNELS)}")
+        body = dict(channels_cfg[name] or {})
+        channel_weights[name] = body.pop("share", 1.0)
+        channels.append(_channel(name, body, source))
+    channel_mix = _mix(channel_weights, tuple(channels_cfg), "channels.*.share", source)
+
+    verticals_cfg = cfg["verticals"]
+    if not isinstance(verticals_cfg, Mapping) or not verticals_cfg:
+        raise _fail("verticals", verticals_cfg, "a non-empty mapping from vertical name to {share, ...}", source)
+    verticals, vertical_weights = [], {}
+    for name in verticals_cfg:
+        if name not in VERTICAL_CATALOGUE:
+            raise ScenarioError(f"unknown vertical {name!r} in verticals{_where(source)}; known: {list(VERTICALS)}")
+        body = dict(verticals_cfg[name] or {})
+        vertical_weights[name] = body.pop("share", 1.0)
+        verticals.append(_vertical(name, body, source))
+    vertical_mix = _mix(vertical_weights, tuple(verticals_cfg), "verticals.*.share", source)
+
+    def num(key: str, default: Any = None, **kw: Any) -> Any:
+        if key not in cfg:
+            return default
+        return _number(cfg, key, key, source, **kw)
+
+    name = cfg["name"]
+    if not isinstance(name, str) or not name:
+        raise _fail("name", name, "a non-empty string", source)
+    steps_per_day = num("steps_per_day", integer=True, lo=1)
+    if 24 % steps_per_day:
+        raise _fail("steps_per_day", steps_per_day, "a divisor of 24 (1, 2, 3, 4, 6, 8, 12 or 24)", source)
+    accounts = num("accounts", integer=True, lo=1)
+    plans_per_account = num("plans_per_account", integer=True, lo=1)
+    n_plans = accounts * plans_per_account
+    max_plans = num("max_plans", n_plans, integer=True, lo=1)
+    if max_plans < n_plans:
+        raise _fail("max_plans", max_plans, f">= accounts * plans_per_account = {n_plans}", source)
+    min_share = num("min_share", 0.0, lo=0.0, hi=1.0)
+    max_share = num("max_share", 1.0, lo=0.0, hi=1.0, lo_open=True)
+    if min_share > max_share:
+        raise _fail("min_share", min_share, f"<= max_share = {max_share}", source)
+    if min_share * n_plans > 1.0 + 1e-12:
+        raise _fail("min_share", min_share, f"<= 1 / n_plans = {1.0 / n_plans:.4g} (shares sum to 1)", source)
+    max_change = cfg.get("max_change")
+    if max_change is not None:
+        max_change = _number(cfg, "max_change", "max_change", source, lo=0.0, hi=1.0, lo_open=True)
+    return Scenario(
+        name=name,
+        accounts=accounts,
+        plans_per_account=plans_per_account,
+        max_plans=max_plans,
+        days=num("days", integer=True, lo=1),
+        steps_per_day=steps_per_day,
+        daily_budget=num("daily_budget", lo=0.0, lo_open=True),
+        cpa_target=num("cpa_target", lo=0.0, lo_open=True),
+        channels=tuple(channels),
+        channel_mix=channel_mix,
+        verticals=tuple(verticals),
+        vertical_mix=vertical_mix,
+        plans=_plan_mix(cfg.get("plans"), source),
+        beta=num("beta", 2.0, lo=0.0),
+        attribution_window_days=num("attribution_window_days", 7.0, lo=0.0),
+        impressions_per_opportunity=num("impressions_per_opportunity", 20, integer=True, lo=1, hi=10_000),
+        user_quality_sigma=num("user_quality_sigma", 0.4, lo=0.0, hi=2.0),
+        learning_conversions=num("learning_conversions", 20.0, lo=0.0, lo_open=True),
+        noise_floor=num("noise_floor", 0.1, lo=0.0, hi=0.95),
+        temperature=num("temperature", 5.0, lo=0.0, lo_open=True, hi=50.0),
+        min_share=min_share,
+        max_share=max_share,
+        max_change=max_change,
+        source=source,
+    )
+
+
+def preset_path(name: str) -> Path:
+    return PRESET_DIR / f"{name}.yaml"
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_scenario(spec: str | Mapping[str, Any] | Scenario) -> Scenario:
+    """A scenario from a preset name (``conf/env/<name>.yaml``), a YAML path, a mapping, or itself."""
+    if isinstance(spec, Scenario):
+        return spec
+    if isinstance(spec, Mapping):
+        return scenario_from_mapping(_plain(spec))
+    if isinstance(spec, str | Path):
+        path = Path(spec)
+        if path.suffix not in (".yaml", ".yml"):
+            path = preset_path(str(spec))
+            if not path.exists():
+                raise ScenarioError(f"unknown scenario preset {str(spec)!r}; known: {list_presets()}")
+        try:
+            cfg = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ScenarioError(f"cannot parse {path}: {exc}") from exc
+        return scenario_from_mapping(cfg, source=str(path))
+    raise ScenarioError(f"scenario must be a preset name, a YAML path or a mapping, got {type(spec).__name__}")
+
+
+def _plain(obj: Any) -> Any:
+    """Turn OmegaConf containers (or any nested mappings) into plain dicts/lists."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, DictConfig | ListConfig):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # the production loader does not need omegaconf
+        pass
+    return copy.deepcopy(dict(obj)) if isinstance(obj, Mapping) else obj
+
+
+# --------------------------------------------------------------------------------------------
+# The hidden truth of one episode.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Portfolio:
+    """One episode's hidden plan parameters and market conditions, as flat arrays.
+
+    Plans beyond ``n_plans`` (up to ``max_plans``) do not exist; their arrays are not padded here:
+    padding happens in the observation. All money is in currency units.
+    """
+
+    channel: np.ndarray  # (P,) int64 index into scenario.channels
+    vertical: np.ndarray  # (P,) int64 index into scenario.verticals
+    account: np.ndarray  # (P,) int64
+    kind: np.ndarray  # (P,) int64 KIND_* (hidden)
+    launch_step: np.ndarray  # (P,) int64 first step the plan exists
+    prior_age_steps: np.ndarray  # (P,) int64 age at episode start of plans launched before it
+    audience: np.ndarray  # (P,) uint64 bit mask over N_SEGMENTS audience segments
+    ctr: np.ndarray  # (P,) float64 true CTR of a fresh creative
+    cvr: np.ndarray  # (P,) float64 true click-to-conversion rate for an average user
+    target_cpa: np.ndarray  # (P,) float64 the plan's oCPM target, currency
+    bias0: np.ndarray  # (P,) float64 log-bias of the platform's estimate at launch
+    noise0: np.ndarray  # (P,) float64 bid noise amplitude at launch
+    prior_conversions: np.ndarray  # (P,) float64 platform's conversion count at episode start
+    prior_impressions: np.ndarray  # (P,) float64 impressions before the episode (fatigue)
+    fatigue_scale: np.ndarray  # (P,) float64 impressions
+    fatigue_floor: np.ndarray  # (P,) float64
+    stage_rate: np.ndarray  # (P, MAX_STAGES) float64 conditional rates; 0 beyond the funnel
+    stage_value: np.ndarray  # (P, MAX_STAGES) float64 currency per event
+    delay_median: np.ndarray  # (P, MAX_STAGES) float64 median delay in steps
+    delay_sigma: np.ndarray  # (P, MAX_STAGES) float64
+    static_share: np.ndarray  # (P,) float64 the morning's plan budgets as shares (sum 1)
+    market_day: np.ndarray  # (days, C) float64 day-level competitor pressure multiplier
+    key: int  # uint64 root of the counter-based random draws of the dynamics
+
+
+class PortfolioGenerator:
+    """Draws a :class:`Portfolio` from a scenario with a seeded generator (jumanji-style).
+
+    Plans are assigned to channels and verticals by the scenario's mixes (largest remainder, so a
+    preset's mix is honoured exactly, then shuffled). Then each plan is one of:
+
+    - **potential** (``potential_fraction``): new, launched on a day in ``[0, late_launch_days]``,
+      deep rates ``potential_deep_mult`` x the vertical's and a higher CVR, but the platform's
+      estimate starts ``potential_bias`` (log) too low with ``learning_noise`` bid noise, so it looks
+      mediocre and wins erratically until it has ``learning_conversions`` conversions;
+    - **trap** (``trap_fraction``): an established cheap-lead plan: high CVR and low target CPA
+      (cheap shallow conversions), deep rates ``trap_deep_mult`` x the vertical's;
+    - **new** ordinary plan (``new_fraction``): launched like potential plans, ordinary quality;
+    - **established** ordinary plan: out of its learning phase, deep-rate multiplier log-normal.
+    """
+
+    def __call__(self, scenario: Scenario, rng: np.random.Generator) -> Portfolio:
+        sc, mix = scenario, scenario.plans
+        n = sc.n_plans
+        channel = rng.permutation(_apportion(n, sc.channel_mix))
+        vertical = rng.permutation(_apportion(n, sc.vertical_mix))
+        account = np.repeat(np.arange(sc.accounts), sc.plans_per_account).astype(np.int64)
+        counts = _apportion(n, (mix.potential_fraction, mix.trap_fraction, mix.new_fraction,
+                                1.0 - mix.potential_fraction - mix.trap_fraction - mix.new_fraction))
+        # Every preset with >= 4 plans holds at least one potential plan and one trap.
+        kind_code = rng.permutation(counts)  # 0 potential, 1 trap, 2 new ordinary, 3 established
+        kind = np.select([kind_code == 0, kind_code == 1], [KIND_POTENTIAL, KIND_TRAP], KIND_REGULAR)
+        is_new = (kind_code == 0) | (kind_code == 2)
+
+        v_ctr = np.array([v.ctr for v in sc.verticals])[vertical]
+        v_cvr = np.array([v.cvr for v in sc.verticals])[vertical]
+        v_cpa = np.array([v.target_cpa for v in sc.verticals])[vertical]
+        ctr = v_ctr * np.exp(mix.ctr_sigma * rng.standard_normal(n))
+        cvr = v_cvr * np.exp(mix.cvr_sigma * rng.standard_normal(n))
+        target_cpa = v_cpa * np.exp(mix.cpa_sigma * rng.standard_normal(n))
+        deep_mult = np.exp(mix.deep_sigma * rng.standard_normal(n) - 0.5 * mix.deep_sigma**2)
+        potential, trap = kind == KIND_POTENTIAL, kind == KIND_TRAP
+        deep_mult = np.where(potential, mix.potential_deep_mult, deep_mult)
+        deep_mult = np.where(trap, mix.trap_deep_mult, deep_mult)
+        cvr = np.where(potential, cvr * mix.potential_cvr_mult, cvr)
+        cvr = np.where(trap, cvr * mix.trap_cvr_mult, cvr)
+        target_cpa = np.where(trap, target_cpa * mix.trap_cpa_mult, target_cpa)
+        ctr, cvr = np.minimum(ctr, 0.5), np.minimum(cvr, 0.9)
+
+        launch_day = rng.integers(0, mix.late_launch_days + 1, size=n)
+        launch_step = np.where(is_new, np.minimum(launch_day, sc.days - 1) * sc.steps_per_day, 0)
+        prior_age_steps = np.where(is_new, 0, rng.integers(5, 60, size=n) * sc.steps_per_day)
+        bias0 = np.where(potential, mix.potential_bias, np.where(is_new, mix.new_bias, 0.0))
+        bias0 = bias0 + np.where(is_new, 0.15 * rng.standard_normal(n), 0.0)
+        noise0 = np.where(is_new, mix.learning_noise, sc.noise_floor)
+        prior_conversions = np.where(is_new, 0.0, sc.learning_conversions * rng.uniform(2.0, 15.0, size=n))
+        prior_impressions = np.where(is_new, 0.0, rng.uniform(0.0, 2e5, size=n))
+        fatigue_scale = rng.uniform(*mix.fatigue_impressions, size=n)
+        fatigue_floor = np.full(n, mix.fatigue_floor)
+
+        coverage = rng.uniform(*mix.audience_coverage, size=n)
+        bits = rng.random((n, N_SEGMENTS)) < coverage[:, None]
+        bits[np.arange(n), rng.integers(0, N_SEGMENTS, size=n)] = True  # never an empty audience
+        audience = (bits.astype(np.uint64) << np.arange(N_SEGMENTS, dtype=np.uint64)).sum(axis=1,
+                                                                                         dtype=np.uint64)
+
+        stage_rate = np.zeros((n, MAX_STAGES))
+        stage_value = np.zeros((n, MAX_STAGES))
+        delay_median = np.ones((n, MAX_STAGES))
+        delay_sigma = np.zeros((n, MAX_STAGES))
+        for v_idx, v in enumerate(sc.verticals):
+            rows = vertical == v_idx
+            for s_idx, st in enumerate(v.stages):
+                # Plan quality acts on the first (gating) stage; later stages keep the vertical's
+                # rate, so a plan's deep value scales with its multiplier.
+                rate = st.rate * (deep_mult[rows] if s_idx == 0 else 1.0)
+                stage_rate[rows, s_idx] = np.minimum(rate, 1.0)
+                stage_value[rows, s_idx] = st.value
+                delay_median[rows, s_idx] = st.delay_median_hours / sc.hours_per_step
+                delay_sigma[rows, s_idx] = st.delay_sigma
+
+        weight = np.where(is_new, mix.static_weight_new, np.where(trap, mix.static_weight_trap, 1.0))
+        weight = weight * np.exp(0.3 * rng.standard_normal(n))
+        static_share = weight / weight.sum()
+
+        market_day = np.exp(np.array([c.market_day_sigma for c in sc.channels])[None, :]
+                            * rng.standard_normal((sc.days, len(sc.channels))))
+        key = int(rng.integers(0, 2**63 - 1, dtype=np.int64))
+        return Portfolio(
+            channel=channel.astype(np.int64), vertical=vertical.astype(np.int64), account=account,
+            kind=kind.astype(np.int64), launch_step=launch_step.astype(np.int64),
+            prior_age_steps=prior_age_steps.astype(np.int64), audience=audience, ctr=ctr, cvr=cvr,
+            target_cpa=target_cpa, bias0=bias0, noise0=noise0, prior_conversions=prior_conversions,
+            prior_impressions=prior_impressions, fatigue_scale=fatigue_scale, fatigue_floor=fatigue_floor,
+            stage_rate=stage_rate, stage_value=stage_value, delay_median=delay_median,
+            delay_sigma=delay_sigma, static_share=static_share, market_day=market_day, key=key,
+        )
+
+
+def _apportion(n: int, weights: tuple[float, ...]) -> np.ndarray:
+    """``n`` items split by ``weights`` with the largest-remainder method, as category codes."""
+    w = np.asarray(weights, dtype=float)
+    exact = n * w / w.sum()
+    counts = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - counts), kind="stable")
+    counts[order[: n - counts.sum()]] += 1
+    # Guarantee presence of every non-zero category when there is room (potential plans and traps).
+    for idx in np.flatnonzero((counts == 0) & (w > 0)):
+        donor = int(np.argmax(counts))
+        if counts[donor] > 1:
+            counts[donor] -= 1
+            counts[idx] += 1
+    return np.repeat(np.arange(len(w)), counts).astype(np.int64)
