@@ -12,7 +12,8 @@ One step, per channel:
 2. Each opportunity (a lot of ``lot`` impressions) draws an audience segment, a user quality
    ``q = exp(sigma_q z - sigma_q^2/2)`` and the highest competing bid
    ``market_bid * market_hour * market_day * exp(sigma_m z')`` (per impression).
-3. Each plan of the channel bids ``target_cpa * pCTR * pCVR * q * lot`` where the platform's
+3. Each plan of the channel bids ``target_cpa * pCTR * pCVR * (lambda + (1 - lambda) q) * lot``
+   (a learning plan cannot yet target good users), where the platform's
    ``pCTR * pCVR = CTR * fatigue * CVR * exp(bias0 * lambda)`` times per-bidder noise
    ``1 + amp * (2u - 1)``; ``lambda = max(0, 1 - conversions / learning_conversions)`` is the
    learning phase, ``amp`` shrinks from ``noise0`` to ``noise_floor`` with it. A plan is eligible
@@ -177,6 +178,7 @@ def step_kernel(
 
     base_bid = np.empty(n_plans)  # per lot, before user quality and noise
     noise_amp = np.empty(n_plans)
+    learning = np.empty(n_plans)  # lambda: 1 at launch, 0 once out of the learning phase
     click_p = np.empty(n_plans)
     active = np.empty(n_plans)
     remaining = np.empty(n_plans)
@@ -192,6 +194,7 @@ def step_kernel(
             * np.exp(plan[p, PL_BIAS0] * lam) * lot
         )
         noise_amp[p] = noise_floor + (plan[p, PL_NOISE0] - noise_floor) * lam
+        learning[p] = lam
         active[p] = 1.0 if t >= plan[p, PL_LAUNCH] else 0.0
         remaining[p] = step_budget[p]
         out[p, BUDGET] = step_budget[p]
@@ -220,7 +223,10 @@ def step_kernel(
             for i in range(first, last):
                 p = chan_plans[i]
                 u = uniform_at(h, SLOT_BIDDER + p)
-                bid = base_bid[p] * quality * (1.0 + noise_amp[p] * (2.0 * u - 1.0))
+                # A plan in its learning phase cannot yet tell good users from poor ones: its bid
+                # follows user quality only as far as it has learned (1 - lambda).
+                targeting = learning[p] + (1.0 - learning[p]) * quality
+                bid = base_bid[p] * targeting * (1.0 + noise_amp[p] * (2.0 * u - 1.0))
                 targeted = float((audience[p] >> segment) & _ONE)
                 affordable = 1.0 if remaining[p] >= bid else 0.0
                 bid = bid * active[p] * targeted * affordable

@@ -159,7 +159,8 @@ def step_reference(t, key, hours_per_step, steps_per_day, lot, quality_sigma, le
             quality = math.exp(quality_sigma * z_quality - 0.5 * quality_sigma * quality_sigma)
             market = market_base * math.exp(chan[c, CH_MARKET_SIGMA] * z_market)
             u = uniforms(h, SLOT_BIDDER + bidders)
-            bids = base_bid[bidders] * quality * (1.0 + noise_amp[bidders] * (2.0 * u - 1.0))
+            targeting = learning[bidders] + (1.0 - learning[bidders]) * quality
+            bids = base_bid[bidders] * targeting * (1.0 + noise_amp[bidders] * (2.0 * u - 1.0))
             eligible = active[bidders] * targeted_by_segment[segment] * (remaining[bidders] >= bids)
             bids = bids * eligible
             order = np.argsort(-bids, kind="stable")  # ties: the earlier bidder wins, as in the scan
