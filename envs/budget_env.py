@@ -109,7 +109,9 @@ class BudgetShiftEnv(gym.Env):
     - v0: initial release.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    # render_fps is required by Gymnasium's checker whenever a render mode is declared; an ansi frame is one
+    # decision step, so it only paces a viewer that replays frames.
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(self, scenario: str | Mapping[str, Any] | Scenario = "default", backend: str = "numba",
                  generator: Any = None, objective: DeepValueScore | None = None,
