@@ -1,0 +1,408 @@
+"""Fixed allocation rules: the baselines every learned allocator is compared with.
+
+Each heuristic is a plain, documented policy over what an advertiser's reporting shows
+(:data:`envs.features.STAT_NAMES`), the clock and the mask of plans that exist. None of them reads
+the portfolio's hidden truth; ``static`` reads only the morning's plan budgets
+(``portfolio.static_share``, the advertiser's own setting). Knobs live in one ``Params`` dataclass
+per allocator: the same dataclasses are the Hydra schema of ``conf/agent/<name>.yaml``'s ``params``
+(see :mod:`conf.schema`), so a typo'd knob fails at compose time and a bad value at startup.
+
+Shared conventions:
+
+- *Exposure* is the spend that deep conversions can already have come back for. Deep events
+  arrive a day or more after the click, so the last 24 hours' spend counts only
+  ``immature_weight`` of its amount; otherwise a plan that just got more budget looks worse.
+- Estimates are shrunk towards the portfolio's own rate with ``prior_spend`` (a fraction of the
+  daily budget) of pseudo-exposure, so a plan with no data gets the portfolio average.
+- Every allocation respects the verticals' compliance caps (``max_spend_share``, public scenario
+  configuration): what a capped vertical would get above its cap goes to the other verticals'
+  plans, so the env never has to withhold budget.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from agents.base import Allocator
+from envs.features import VERTICALS, Clock
+
+
+class ParamsError(ValueError):
+    """A heuristic's knob has a value the rule cannot use."""
+
+
+def _check(name: str, value: float, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ParamsError(f"agent.params.{name} must be {expected}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Shared pieces
+# --------------------------------------------------------------------------------------------
+
+
+def uniform_over(active: np.ndarray) -> np.ndarray:
+    """Equal shares over the active plans (all zeros when none is active)."""
+    active = np.asarray(active, dtype=bool)
+    n_active = int(active.sum())
+    return active / n_active if n_active else np.zeros(active.shape)
+
+
+def apply_vertical_caps(
+    shares: np.ndarray, plan_vertical: np.ndarray, vertical_cap: np.ndarray, active: np.ndarray
+) -> np.ndarray:
+    """Shares with each vertical's total at most its cap; the excess moves to uncapped plans.
+
+    :param shares: (n_plans,) non-negative, summing to 1.
+    :param plan_vertical: (n_plans,) int vocabulary index of each plan's vertical.
+    :param vertical_cap: (len(VERTICALS),) maximum share of each vertical (1 = no cap).
+    :param active: (n_plans,) bool; the excess goes only to active plans.
+
+    When every active plan sits in a capped vertical, the caps cannot hold with shares summing to
+    1 and the shares are returned as they are (the env then withholds the excess).
+    """
+    shares = shares.copy()
+    caps = vertical_cap[plan_vertical]
+    if np.all(caps >= 1.0):
+        return shares
+    for _ in range(len(vertical_cap) + 1):
+        per_vertical = np.bincount(plan_vertical, weights=shares, minlength=len(vertical_cap))
+        over = per_vertical > vertical_cap + 1e-12
+        if not over.any():
+            return shares
+        full = over[plan_vertical] | (per_vertical[plan_vertical] >= vertical_cap[plan_vertical] - 1e-12)
+        scale = np.where(over, vertical_cap / np.maximum(per_vertical, 1e-300), 1.0)
+        excess = float(shares.sum() - (shares * scale[plan_vertical]).sum())
+        shares = shares * scale[plan_vertical]
+        takers = active & ~full
+        if not takers.any():
+            return shares / shares.sum()
+        weight = np.where(takers, np.maximum(shares, 1e-9), 0.0)
+        shares = shares + excess * weight / weight.sum()
+    return shares
+
+
+def exposure(stats: Mapping[str, np.ndarray], immature_weight: float) -> np.ndarray:
+    """Spend that deep conversions can already have come back for (see the module docstring)."""
+    return np.maximum(stats["spend_total"] - (1.0 - immature_weight) * stats["spend_24h"], 0.0)
+
+
+def value_per_cost(
+    stats: Mapping[str, np.ndarray], active: np.ndarray, prior_exposure: float, immature_weight: float
+) -> np.ndarray:
+    """Each plan's matured deep value per unit of exposure, shrunk towards the portfolio's rate.
+
+    ``(value_p + prior_exposure * m) / (exposure_p + prior_exposure)`` with ``m`` the active
+    portfolio's pooled value per exposure (0 while nothing has matured: then every plan ties).
+    """
+    spent = exposure(stats, immature_weight)
+    value = stats["deep_value_total"]
+    pooled_spend = float(spent[active].sum())
+    pooled_rate = float(value[active].sum()) / pooled_spend if pooled_spend > 0 else 0.0
+    return (value + prior_exposure * pooled_rate) / (spent + prior_exposure)
+
+
+@dataclass
+class NoParams:
+    """The knobs of a rule that has none (``params: {}``)."""
+
+
+class HeuristicAllocator(Allocator):
+    """Base of the fixed rules: turns non-negative plan weights into valid, cap-respecting shares."""
+
+    Params: type = NoParams
+
+    def __init__(self, params=None) -> None:
+        self.params = params if params is not None else self.Params()
+        self.scenario = None
+        self.vertical_cap = np.ones(len(VERTICALS))
+        self.steps_seen = 0
+
+    def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
+        self.scenario = scenario
+        self.vertical_cap = np.ones(len(VERTICALS))
+        for v in scenario.verticals:
+            self.vertical_cap[VERTICALS.index(v.name)] = v.max_spend_share
+        self.steps_seen = 0
+
+    def allocate(self, stats: Mapping[str, np.ndarray], clock: Clock, active: np.ndarray) -> np.ndarray:
+        active = np.asarray(active, dtype=bool)
+        weights = np.asarray(self.weights(stats, clock, active), dtype=np.float64)
+        self.steps_seen += 1
+        return self.finalise(weights, stats, active)
+
+    def weights(self, stats: Mapping[str, np.ndarray], clock: Clock, active: np.ndarray) -> np.ndarray:
+        """Non-negative weights over plans (need not sum to 1)."""
+        raise NotImplementedError
+
+    def finalise(self, weights: np.ndarray, stats: Mapping[str, np.ndarray], active: np.ndarray) -> np.ndarray:
+        weights = np.where(active & np.isfinite(weights), np.maximum(weights, 0.0), 0.0)
+        total = weights.sum()
+        shares = weights / total if total > 0 else uniform_over(active)
+        if active.any():
+            shares = apply_vertical_caps(
+                shares, np.asarray(stats["vertical"], dtype=np.int64), self.vertical_cap, active
+            )
+        return shares
+
+    @property
+    def hours_per_step(self) -> int:
+        return self.scenario.hours_per_step if self.scenario is not None else 1
+
+
+# --------------------------------------------------------------------------------------------
+# The rules
+# --------------------------------------------------------------------------------------------
+
+
+class StaticAllocator(HeuristicAllocator):
+    """``static``: the plan budgets the advertiser set in the morning, never moved.
+
+    Rule: shares = the portfolio's morning budget shares (``portfolio.static_share``: the
+    advertiser's own setting, not hidden truth), renormalised over the plans that exist.
+    Knobs: none.
+    """
+
+    name = "static"
+
+    def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
+        super().reset(scenario, portfolio, seed)
+        if portfolio is None:
+            raise ValueError("static needs the morning plan budgets: call reset(scenario, portfolio)")
+        self.morning_share = np.asarray(portfolio.static_share, dtype=np.float64)
+
+    def weights(self, stats, clock, active):
+        return self.morning_share
+
+
+class UniformAllocator(HeuristicAllocator):
+    """``uniform``: equal shares over the active plans. Knobs: none."""
+
+    name = "uniform"
+
+    def weights(self, stats, clock, active):
+        return active.astype(np.float64)
+
+
+@dataclass
+class ProportionalParams:
+    prior_spend: float = 0.1  # pseudo-exposure at the portfolio's rate, as a fraction of the daily budget
+    immature_weight: float = 0.4  # how much of the last 24 h's spend counts as exposure
+    power: float = 2.0  # shares ∝ (value per cost) ** power
+    uniform_mix: float = 0.05  # share of the budget spread uniformly (keeps every plan observed)
+
+    def __post_init__(self) -> None:
+        _check("prior_spend", self.prior_spend, self.prior_spend > 0, "> 0")
+        _check("immature_weight", self.immature_weight, 0 <= self.immature_weight <= 1, "in [0, 1]")
+        _check("power", self.power, 0 <= self.power <= 20, "in [0, 20]")
+        _check("uniform_mix", self.uniform_mix, 0 <= self.uniform_mix <= 1, "in [0, 1]")
+
+
+class ProportionalAllocator(HeuristicAllocator):
+    """``proportional``: shares proportional to smoothed observed deep value per cost.
+
+    Rule: ``w_p = vpc_p ** power`` with ``vpc_p = (deep_value_p + k m) / (exposure_p + k)``,
+    ``k = prior_spend x daily budget``, ``m`` the portfolio's pooled value per exposure (see
+    :func:`value_per_cost`); then ``(1 - uniform_mix) w / sum(w) + uniform_mix / n_active``. While no
+    deep value has matured (the first day) every plan ties and the shares are uniform.
+
+    Knobs (:class:`ProportionalParams`): ``prior_spend``, ``immature_weight``, ``power``,
+    ``uniform_mix``.
+    """
+
+    name = "proportional"
+    Params = ProportionalParams
+
+    def weights(self, stats, clock, active):
+        p = self.params
+        vpc = value_per_cost(stats, active, p.prior_spend * clock.daily_budget, p.immature_weight)
+        return self._mix(np.where(active, vpc, 0.0) ** p.power, active)
+
+    def _mix(self, weights: np.ndarray, active: np.ndarray) -> np.ndarray:
+        total = weights.sum()
+        proportional = weights / total if total > 0 else uniform_over(active)
+        return (1.0 - self.params.uniform_mix) * proportional + self.params.uniform_mix * uniform_over(active)
+
+
+@dataclass
+class CpaGuardParams:
+    review_hours: int = 6  # the rules run every this many hours (first at the episode's first step)
+    min_conversions: float = 5.0  # plans with fewer conversions are not judged yet
+    cut_above: float = 1.2  # CPA / target above which a plan is cut
+    boost_below: float = 0.8  # CPA / target below which a plan is boosted
+    cut_factor: float = 0.6  # the plan's weight is multiplied by this on a cut
+    boost_factor: float = 1.25  # ... and by this on a boost
+    min_weight: float = 0.05  # bounds of the multiplicative weight (starts at 1)
+    max_weight: float = 4.0
+
+    def __post_init__(self) -> None:
+        _check("review_hours", self.review_hours, self.review_hours >= 1, ">= 1")
+        _check("min_conversions", self.min_conversions, self.min_conversions >= 0, ">= 0")
+        _check("cut_above", self.cut_above, self.cut_above > 0, "> 0")
+        _check("boost_below", self.boost_below, 0 < self.boost_below <= self.cut_above, "in (0, cut_above]")
+        _check("cut_factor", self.cut_factor, 0 < self.cut_factor <= 1, "in (0, 1]")
+        _check("boost_factor", self.boost_factor, self.boost_factor >= 1, ">= 1")
+        _check("min_weight", self.min_weight, 0 < self.min_weight <= 1, "in (0, 1]")
+        _check("max_weight", self.max_weight, self.max_weight >= 1, ">= 1")
+
+
+class CpaGuardAllocator(HeuristicAllocator):
+    """``cpa_guard``: the ad-ops rule book: cut plans whose CPA runs above target, boost those below.
+
+    Rule: every plan carries a weight, 1 at the start. Every ``review_hours`` (the first review at
+    the episode's first step), each plan with at least ``min_conversions`` conversions is judged by
+    its cost per (shallow) conversion so far against its own target CPA, the number an ad-ops team
+    watches: above ``cut_above`` x target its weight is multiplied by ``cut_factor``, below
+    ``boost_below`` x target by ``boost_factor``; weights stay in ``[min_weight, max_weight]``.
+    Shares are proportional to the weights. Because it watches the shallow CPA, it funds cheap-lead
+    plans whose leads rarely convert deeply (traps): the failure mode the learned allocators should
+    avoid.
+
+    Knobs (:class:`CpaGuardParams`): ``review_hours``, ``min_conversions``, ``cut_above``,
+    ``boost_below``, ``cut_factor``, ``boost_factor``, ``min_weight``, ``max_weight``.
+    """
+
+    name = "cpa_guard"
+    Params = CpaGuardParams
+
+    def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
+        super().reset(scenario, portfolio, seed)
+        self.plan_weight = np.ones(scenario.n_plans)
+
+    def weights(self, stats, clock, active):
+        p = self.params
+        if self.plan_weight.shape != active.shape:  # allocate() without reset(): start fresh
+            self.plan_weight = np.ones(active.shape)
+        review_steps = max(1, math.ceil(p.review_hours / self.hours_per_step))
+        if self.steps_seen % review_steps == 0:
+            conversions = stats["conversions_total"]
+            judged = active & (conversions >= max(p.min_conversions, 1e-9))
+            cpa_ratio = stats["spend_total"] / np.maximum(conversions, 1e-9) / stats["target_cpa"]
+            factor = np.where(
+                cpa_ratio > p.cut_above, p.cut_factor, np.where(cpa_ratio < p.boost_below, p.boost_factor, 1.0)
+            )
+            self.plan_weight = np.where(
+                judged, np.clip(self.plan_weight * factor, p.min_weight, p.max_weight), self.plan_weight
+            )
+        return self.plan_weight
+
+
+@dataclass
+class BoostParams(ProportionalParams):
+    boost_factor: float = 3.0  # a learning plan's weight is this many times its proportional weight
+    max_boost_hours: float = 72.0  # stop boosting a plan this many hours after its launch
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check("boost_factor", self.boost_factor, self.boost_factor >= 1, ">= 1")
+        _check("max_boost_hours", self.max_boost_hours, self.max_boost_hours >= 0, ">= 0")
+
+
+class BoostAllocator(ProportionalAllocator):
+    """``boost``: push new plans through their learning phase, then treat them like the rest.
+
+    Rule: ``proportional``'s weights, with each plan that the platform reports in its learning
+    phase and that launched less than ``max_boost_hours`` ago multiplied by ``boost_factor``.
+    Once a plan has its ~20 conversions (or the boost window has passed) it is weighted by its
+    observed value per cost like every other plan.
+
+    Knobs (:class:`BoostParams`): ``boost_factor``, ``max_boost_hours``, and ``proportional``'s.
+    """
+
+    name = "boost"
+    Params = BoostParams
+
+    def weights(self, stats, clock, active):
+        p = self.params
+        vpc = value_per_cost(stats, active, p.prior_spend * clock.daily_budget, p.immature_weight)
+        boosted = (stats["learning"] > 0.5) & (stats["age_hours"] < p.max_boost_hours)
+        weights = np.where(active, vpc, 0.0) ** p.power * np.where(boosted, p.boost_factor, 1.0)
+        return self._mix(weights, active)
+
+
+@dataclass
+class ThompsonParams:
+    prior_events: float = 2.0  # Gamma prior shape: pseudo deep events at the portfolio's rate
+    value_prior_events: float = 3.0  # pseudo events at the portfolio's mean value per deep event
+    immature_weight: float = 0.4  # how much of the last 24 h's spend counts as exposure
+    draws: int = 200  # posterior draws per step (1: classic Thompson sampling)
+    top_fraction: float = 0.3  # each draw funds its best ceil(top_fraction x n_active) plans
+    uniform_mix: float = 0.05  # share of the budget spread uniformly
+
+    def __post_init__(self) -> None:
+        _check("prior_events", self.prior_events, self.prior_events > 0, "> 0")
+        _check("value_prior_events", self.value_prior_events, self.value_prior_events > 0, "> 0")
+        _check("immature_weight", self.immature_weight, 0 <= self.immature_weight <= 1, "in [0, 1]")
+        _check("draws", self.draws, self.draws >= 1, ">= 1")
+        _check("top_fraction", self.top_fraction, 0 < self.top_fraction <= 1, "in (0, 1]")
+        _check("uniform_mix", self.uniform_mix, 0 <= self.uniform_mix <= 1, "in [0, 1]")
+
+
+class ThompsonAllocator(HeuristicAllocator):
+    """``thompson``: a Bayesian bandit over plans with a posterior on deep value per cost.
+
+    Model: plan ``p``'s first-stage deep events arrive as a Poisson process in its exposure with
+    rate ``lambda_p ~ Gamma(a, a / r)`` a priori, ``a = prior_events`` and ``r`` the portfolio's
+    pooled rate (shrunk towards ``1 / cpa_target``, the scenario's target deep CPA, by ``a`` pseudo
+    events), so ``lambda_p | data ~ Gamma(a + n_p, a / r + exposure_p)``. Its value per deep event is
+    the observed mean shrunk towards the portfolio's mean by ``value_prior_events``. Every step
+    draws ``draws`` samples of ``lambda_p x value_p`` per plan (a generator seeded by ``reset``);
+    each draw funds its best ``ceil(top_fraction x n_active)`` plans, and a plan's share is the
+    fraction of draws that fund it (probability matching; ``draws = 1`` is classic Thompson
+    sampling), mixed with ``uniform_mix`` of uniform shares.
+
+    Knobs (:class:`ThompsonParams`): ``prior_events``, ``value_prior_events``, ``immature_weight``,
+    ``draws``, ``top_fraction``, ``uniform_mix``.
+    """
+
+    name = "thompson"
+    Params = ThompsonParams
+
+    def __init__(self, params=None) -> None:
+        super().__init__(params)
+        self.rng = np.random.default_rng()
+
+    def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
+        super().reset(scenario, portfolio, seed)
+        self.rng = np.random.default_rng(seed)
+
+    def weights(self, stats, clock, active):
+        p = self.params
+        n_active = int(active.sum())
+        if n_active == 0:
+            return np.zeros(active.shape)
+        spent = exposure(stats, p.immature_weight)
+        events = stats["deep_events_total"]
+        value = stats["deep_value_total"]
+        target_cpa = self.scenario.cpa_target if self.scenario is not None else 1.0
+        pooled_rate = (events[active].sum() + p.prior_events) / (spent[active].sum() + p.prior_events * target_cpa)
+        pooled_value = value[active].sum() / events[active].sum() if events[active].sum() > 0 else 1.0
+        value_per_event = (value + p.value_prior_events * pooled_value) / (events + p.value_prior_events)
+
+        idx = np.flatnonzero(active)
+        shape = p.prior_events + events[idx]
+        rate = p.prior_events / pooled_rate + spent[idx]
+        samples = self.rng.gamma(shape, 1.0 / rate, size=(p.draws, len(idx))) * value_per_event[idx]
+        k = max(1, math.ceil(p.top_fraction * n_active))
+        funded = np.argpartition(-samples, k - 1, axis=1)[:, :k]
+        counts = np.bincount(funded.ravel(), minlength=len(idx)).astype(np.float64)
+        weights = np.zeros(active.shape)
+        weights[idx] = (1.0 - p.uniform_mix) * counts / counts.sum() + p.uniform_mix / n_active
+        return weights
+
+
+HEURISTICS: dict[str, type[HeuristicAllocator]] = {
+    cls.name: cls
+    for cls in (
+        StaticAllocator,
+        UniformAllocator,
+        ProportionalAllocator,
+        CpaGuardAllocator,
+        BoostAllocator,
+        ThompsonAllocator,
+    )
+}
