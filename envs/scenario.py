@@ -48,14 +48,118 @@ def _curve(values: list[float]) -> tuple[float, ...]:
 
 
 # Hour-of-day traffic shapes (relative, normalised to mean 1 when a scenario is built).
-_FEED_CURVE = _curve([0.5, 0.3, 0.2, 0.15, 0.15, 0.2, 0.4, 0.7, 0.9, 1.0, 1.0, 1.1,
-                      1.3, 1.2, 1.0, 1.0, 1.0, 1.1, 1.3, 1.6, 1.9, 2.0, 1.7, 1.0])
-_NETWORK_CURVE = _curve([0.7, 0.5, 0.4, 0.35, 0.35, 0.4, 0.6, 0.8, 1.0, 1.1, 1.1, 1.2,
-                         1.2, 1.2, 1.1, 1.1, 1.1, 1.2, 1.3, 1.4, 1.5, 1.5, 1.3, 1.0])
-_SEARCH_CURVE = _curve([0.3, 0.2, 0.15, 0.1, 0.1, 0.2, 0.4, 0.8, 1.3, 1.6, 1.7, 1.6,
-                        1.4, 1.5, 1.6, 1.6, 1.5, 1.3, 1.1, 1.1, 1.1, 1.0, 0.8, 0.5])
-_EVENING_PRESSURE = _curve([0.9, 0.85, 0.8, 0.8, 0.8, 0.85, 0.9, 0.95, 1.0, 1.0, 1.0, 1.05,
-                            1.1, 1.05, 1.0, 1.0, 1.0, 1.05, 1.1, 1.2, 1.25, 1.25, 1.15, 1.0])
+_FEED_CURVE = _curve(
+    [
+        0.5,
+        0.3,
+        0.2,
+        0.15,
+        0.15,
+        0.2,
+        0.4,
+        0.7,
+        0.9,
+        1.0,
+        1.0,
+        1.1,
+        1.3,
+        1.2,
+        1.0,
+        1.0,
+        1.0,
+        1.1,
+        1.3,
+        1.6,
+        1.9,
+        2.0,
+        1.7,
+        1.0,
+    ]
+)
+_NETWORK_CURVE = _curve(
+    [
+        0.7,
+        0.5,
+        0.4,
+        0.35,
+        0.35,
+        0.4,
+        0.6,
+        0.8,
+        1.0,
+        1.1,
+        1.1,
+        1.2,
+        1.2,
+        1.2,
+        1.1,
+        1.1,
+        1.1,
+        1.2,
+        1.3,
+        1.4,
+        1.5,
+        1.5,
+        1.3,
+        1.0,
+    ]
+)
+_SEARCH_CURVE = _curve(
+    [
+        0.3,
+        0.2,
+        0.15,
+        0.1,
+        0.1,
+        0.2,
+        0.4,
+        0.8,
+        1.3,
+        1.6,
+        1.7,
+        1.6,
+        1.4,
+        1.5,
+        1.6,
+        1.6,
+        1.5,
+        1.3,
+        1.1,
+        1.1,
+        1.1,
+        1.0,
+        0.8,
+        0.5,
+    ]
+)
+_EVENING_PRESSURE = _curve(
+    [
+        0.9,
+        0.85,
+        0.8,
+        0.8,
+        0.8,
+        0.85,
+        0.9,
+        0.95,
+        1.0,
+        1.0,
+        1.0,
+        1.05,
+        1.1,
+        1.05,
+        1.0,
+        1.0,
+        1.0,
+        1.05,
+        1.1,
+        1.2,
+        1.25,
+        1.25,
+        1.15,
+        1.0,
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -185,46 +289,95 @@ class Scenario:
 
 CHANNEL_CATALOGUE: dict[str, dict[str, Any]] = {
     # The platform's own short-video feed: most of the volume, strongest evening peak.
-    "feed": dict(volume=700.0, diurnal=_FEED_CURVE, market_bid=0.16, market_sigma=0.45,
-                 market_diurnal=_EVENING_PRESSURE, market_day_sigma=0.1, ctr_mult=1.0,
-                 cvr_mult=1.0, auction="second"),
+    "feed": dict(
+        volume=700.0,
+        diurnal=_FEED_CURVE,
+        market_bid=0.16,
+        market_sigma=0.45,
+        market_diurnal=_EVENING_PRESSURE,
+        market_day_sigma=0.1,
+        ctr_mult=1.0,
+        cvr_mult=1.0,
+        auction="second",
+    ),
     # Third-party apps: cheap and abundant, slightly lower click quality.
-    "network": dict(volume=300.0, diurnal=_NETWORK_CURVE, market_bid=0.09, market_sigma=0.5,
-                    market_diurnal=_EVENING_PRESSURE, market_day_sigma=0.1, ctr_mult=0.8,
-                    cvr_mult=0.95, auction="second"),
+    "network": dict(
+        volume=300.0,
+        diurnal=_NETWORK_CURVE,
+        market_bid=0.09,
+        market_sigma=0.5,
+        market_diurnal=_EVENING_PRESSURE,
+        market_day_sigma=0.1,
+        ctr_mult=0.8,
+        cvr_mult=0.95,
+        auction="second",
+    ),
     # Search: intent-rich, working-hours traffic, cheaper acquisition (first price).
-    "search": dict(volume=150.0, diurnal=_SEARCH_CURVE, market_bid=0.14, market_sigma=0.4,
-                   market_diurnal=_curve([1.0] * 24), market_day_sigma=0.08, ctr_mult=1.6,
-                   cvr_mult=1.1, auction="first"),
+    "search": dict(
+        volume=150.0,
+        diurnal=_SEARCH_CURVE,
+        market_bid=0.14,
+        market_sigma=0.4,
+        market_diurnal=_curve([1.0] * 24),
+        market_day_sigma=0.08,
+        ctr_mult=1.6,
+        cvr_mult=1.1,
+        auction="first",
+    ),
 }
 
 VERTICAL_CATALOGUE: dict[str, dict[str, Any]] = {
     # Loan application -> approval (about 29%) -> first drawdown.
-    "credit": dict(target_cpa=150.0, ctr=0.025, cvr=0.06, max_spend_share=1.0, stages=(
-        dict(name="approval", rate=0.29, delay_median_hours=18.0, delay_sigma=0.6, value=450.0),
-        dict(name="drawdown", rate=0.6, delay_median_hours=48.0, delay_sigma=0.7, value=1200.0),
-    )),
+    "credit": dict(
+        target_cpa=150.0,
+        ctr=0.025,
+        cvr=0.06,
+        max_spend_share=1.0,
+        stages=(
+            dict(name="approval", rate=0.29, delay_median_hours=18.0, delay_sigma=0.6, value=450.0),
+            dict(name="drawdown", rate=0.6, delay_median_hours=48.0, delay_sigma=0.7, value=1200.0),
+        ),
+    ),
     # Quote request -> first premium paid -> second-month renewal (mostly after the episode).
-    "insurance": dict(target_cpa=120.0, ctr=0.02, cvr=0.08, max_spend_share=1.0, stages=(
-        dict(name="first_premium", rate=0.35, delay_median_hours=24.0, delay_sigma=0.5,
-             value=300.0),
-        dict(name="renewal", rate=0.7, delay_median_hours=720.0, delay_sigma=0.15, value=900.0),
-    )),
+    "insurance": dict(
+        target_cpa=120.0,
+        ctr=0.02,
+        cvr=0.08,
+        max_spend_share=1.0,
+        stages=(
+            dict(name="first_premium", rate=0.35, delay_median_hours=24.0, delay_sigma=0.5, value=300.0),
+            dict(name="renewal", rate=0.7, delay_median_hours=720.0, delay_sigma=0.15, value=900.0),
+        ),
+    ),
     # Phone number left -> account opened -> account funded. Wealth ads are frequency-capped.
-    "securities": dict(target_cpa=100.0, ctr=0.018, cvr=0.1, max_spend_share=0.6, stages=(
-        dict(name="account_opened", rate=0.25, delay_median_hours=36.0, delay_sigma=0.6,
-             value=350.0),
-        dict(name="funded", rate=0.45, delay_median_hours=96.0, delay_sigma=0.6, value=1500.0),
-    )),
+    "securities": dict(
+        target_cpa=100.0,
+        ctr=0.018,
+        cvr=0.1,
+        max_spend_share=0.6,
+        stages=(
+            dict(name="account_opened", rate=0.25, delay_median_hours=36.0, delay_sigma=0.6, value=350.0),
+            dict(name="funded", rate=0.45, delay_median_hours=96.0, delay_sigma=0.6, value=1500.0),
+        ),
+    ),
 }
 
+
+# The observation's vocabularies and the catalogues must name the same channels and verticals.
+assert tuple(CHANNEL_CATALOGUE) == CHANNELS and tuple(VERTICAL_CATALOGUE) == VERTICALS
 
 # --------------------------------------------------------------------------------------------
 # Building and validating a scenario from a mapping (a preset file or a Hydra node).
 # --------------------------------------------------------------------------------------------
 
 _SCALAR_FIELDS = {f.name for f in fields(Scenario)} - {
-    "channels", "channel_mix", "verticals", "vertical_mix", "plans", "source"}
+    "channels",
+    "channel_mix",
+    "verticals",
+    "vertical_mix",
+    "plans",
+    "source",
+}
 
 
 def _where(source: str | None) -> str:
@@ -235,8 +388,17 @@ def _fail(field_name: str, value: Any, expected: str, source: str | None) -> Sce
     return ScenarioError(f"{field_name} must be {expected}, got {value!r}{_where(source)}")
 
 
-def _number(cfg: Mapping[str, Any], key: str, path: str, source: str | None, *, lo: float | None = None,
-            hi: float | None = None, lo_open: bool = False, integer: bool = False) -> Any:
+def _number(
+    cfg: Mapping[str, Any],
+    key: str,
+    path: str,
+    source: str | None,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    lo_open: bool = False,
+    integer: bool = False,
+) -> Any:
     value = cfg[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(path, value, "a number", source)
@@ -255,8 +417,7 @@ def _check_keys(cfg: Mapping[str, Any], allowed: set[str], path: str, source: st
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         where = f"{path}." if path else ""
-        raise ScenarioError(
-            f"unknown field {where}{unknown[0]}{_where(source)}; expected one of {sorted(allowed)}")
+        raise ScenarioError(f"unknown field {where}{unknown[0]}{_where(source)}; expected one of {sorted(allowed)}")
 
 
 def _curve24(value: Any, path: str, source: str | None) -> tuple[float, ...]:
@@ -266,24 +427,31 @@ def _curve24(value: Any, path: str, source: str | None) -> tuple[float, ...]:
     return tuple(float(v) for v in arr)
 
 
-def _mix(value: Any, names: tuple[str, ...], path: str, source: str | None) -> tuple[float, ...]:
-    if not isinstance(value, Mapping):
-        raise _fail(path, value, f"a mapping from {list(names)} to weights", source)
-    _check_keys(value, set(names), path, source)
-    weights = [_number(value, n, f"{path}.{n}", source, lo=0.0) if n in value else 0.0 for n in names]
+def _group(
+    cfg: Mapping[str, Any], group: str, catalogue: Mapping[str, Any], source: str | None
+) -> tuple[list[tuple[str, dict[str, Any]]], tuple[float, ...]]:
+    """Split ``channels``/``verticals`` into (name, overrides) pairs and their normalised ``share`` mix."""
+    entries = cfg[group]
+    if not isinstance(entries, Mapping) or not entries:
+        raise _fail(group, entries, f"a non-empty mapping from {group[:-1]} name to {{share, ...}}", source)
+    bodies, weights = [], []
+    for name, body in entries.items():
+        if name not in catalogue:
+            raise ScenarioError(f"unknown {group[:-1]} {name!r} in {group}{_where(source)}; known: {list(catalogue)}")
+        if body is None:
+            body = {}
+        if not isinstance(body, Mapping):
+            raise _fail(f"{group}.{name}", body, f"a mapping of {group[:-1]} fields such as {{share: 0.5}}", source)
+        body = dict(body)
+        weights.append(_number(body, "share", f"{group}.{name}.share", source, lo=0.0) if "share" in body else 1.0)
+        body.pop("share", None)
+        bodies.append((name, body))
     if sum(weights) <= 0:
-        raise _fail(path, dict(value), "weights with a positive sum", source)
-    total = sum(weights)
-    return tuple(w / total for w in weights)
+        raise _fail(f"{group}.*.share", weights, "weights with a positive sum", source)
+    return bodies, tuple(w / sum(weights) for w in weights)
 
 
-def _channel(name: str, overrides: Any, source: str | None) -> ChannelSpec:
-    if name not in CHANNEL_CATALOGUE:
-        raise ScenarioError(f"unknown channel {name!r} in channels{_where(source)}; known: {list(CHANNELS)}")
-    if overrides is None:
-        overrides = {}
-    if not isinstance(overrides, Mapping):
-        raise _fail(f"channels.{name}", overrides, "a mapping of channel fields", source)
+def _channel(name: str, overrides: Mapping[str, Any], source: str | None) -> ChannelSpec:
     path = f"channels.{name}"
     _check_keys(overrides, set(CHANNEL_CATALOGUE[name]), path, source)
     cfg = {**CHANNEL_CATALOGUE[name], **overrides}
@@ -304,13 +472,7 @@ def _channel(name: str, overrides: Any, source: str | None) -> ChannelSpec:
     )
 
 
-def _vertical(name: str, overrides: Any, source: str | None) -> VerticalSpec:
-    if name not in VERTICAL_CATALOGUE:
-        raise ScenarioError(f"unknown vertical {name!r} in verticals{_where(source)}; known: {list(VERTICALS)}")
-    if overrides is None:
-        overrides = {}
-    if not isinstance(overrides, Mapping):
-        raise _fail(f"verticals.{name}", overrides, "a mapping of vertical fields", source)
+def _vertical(name: str, overrides: Mapping[str, Any], source: str | None) -> VerticalSpec:
     path = f"verticals.{name}"
     _check_keys(overrides, set(VERTICAL_CATALOGUE[name]), path, source)
     cfg = {**VERTICAL_CATALOGUE[name], **overrides}
@@ -327,21 +489,24 @@ def _vertical(name: str, overrides: Any, source: str | None) -> VerticalSpec:
         missing = sorted(stage_keys - set(st))
         if missing:
             raise ScenarioError(f"{sp}.{missing[0]} is missing{_where(source)}")
-        stages.append(StageSpec(
-            name=str(st["name"]),
-            rate=_number(st, "rate", f"{sp}.rate", source, lo=0.0, hi=1.0),
-            delay_median_hours=_number(st, "delay_median_hours", f"{sp}.delay_median_hours", source, lo=1.0),
-            delay_sigma=_number(st, "delay_sigma", f"{sp}.delay_sigma", source, lo=0.0, hi=3.0),
-            value=_number(st, "value", f"{sp}.value", source, lo=0.0),
-        ))
+        stages.append(
+            StageSpec(
+                name=str(st["name"]),
+                rate=_number(st, "rate", f"{sp}.rate", source, lo=0.0, hi=1.0),
+                delay_median_hours=_number(st, "delay_median_hours", f"{sp}.delay_median_hours", source, lo=1.0),
+                delay_sigma=_number(st, "delay_sigma", f"{sp}.delay_sigma", source, lo=0.0, hi=3.0),
+                value=_number(st, "value", f"{sp}.value", source, lo=0.0),
+            )
+        )
     return VerticalSpec(
         name=name,
         target_cpa=_number(cfg, "target_cpa", f"{path}.target_cpa", source, lo=0.0, lo_open=True),
         ctr=_number(cfg, "ctr", f"{path}.ctr", source, lo=0.0, hi=1.0, lo_open=True),
         cvr=_number(cfg, "cvr", f"{path}.cvr", source, lo=0.0, hi=1.0, lo_open=True),
         stages=tuple(stages),
-        max_spend_share=_number(cfg, "max_spend_share", f"{path}.max_spend_share", source, lo=0.0,
-                                hi=1.0, lo_open=True),
+        max_spend_share=_number(
+            cfg, "max_spend_share", f"{path}.max_spend_share", source, lo=0.0, hi=1.0, lo_open=True
+        ),
     )
 
 
@@ -359,9 +524,12 @@ def _plan_mix(cfg: Any, source: str | None) -> PlanMix:
         path = f"plans.{key}"
         if isinstance(default, tuple):
             pair = merged[key]
-            if (not isinstance(pair, list | tuple) or len(pair) != 2
-                    or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
-                    or not 0 < pair[0] <= pair[1]):
+            if (
+                not isinstance(pair, list | tuple)
+                or len(pair) != 2
+                or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in pair)
+                or not 0 < pair[0] <= pair[1]
+            ):
                 raise _fail(path, pair, "a pair [low, high] with 0 < low <= high", source)
             out[key] = (float(pair[0]), float(pair[1]))
         elif key == "late_launch_days":
@@ -375,8 +543,12 @@ def _plan_mix(cfg: Any, source: str | None) -> PlanMix:
         else:
             out[key] = _number(merged, key, path, source, lo=0.0)
     if out["potential_fraction"] + out["trap_fraction"] + out["new_fraction"] > 1.0:
-        raise _fail("plans.potential_fraction + plans.trap_fraction + plans.new_fraction",
-                    out["potential_fraction"] + out["trap_fraction"] + out["new_fraction"], "<= 1", source)
+        raise _fail(
+            "plans.potential_fraction + plans.trap_fraction + plans.new_fraction",
+            out["potential_fraction"] + out["trap_fraction"] + out["new_fraction"],
+            "<= 1",
+            source,
+        )
     if out["audience_coverage"][1] > 1.0:
         raise _fail("plans.audience_coverage", list(out["audience_coverage"]), "within (0, 1]", source)
     return PlanMix(**out)
@@ -390,35 +562,25 @@ def scenario_from_mapping(cfg: Mapping[str, Any], source: str | None = None) -> 
     source = cfg.pop("source", None) or source
     allowed = _SCALAR_FIELDS | {"channels", "verticals", "plans"}
     _check_keys(cfg, allowed, "", source)
-    required = ["name", "accounts", "plans_per_account", "days", "steps_per_day", "daily_budget",
-                "cpa_target", "channels", "verticals"]
+    required = [
+        "name",
+        "accounts",
+        "plans_per_account",
+        "days",
+        "steps_per_day",
+        "daily_budget",
+        "cpa_target",
+        "channels",
+        "verticals",
+    ]
     for key in required:
         if key not in cfg:
             raise ScenarioError(f"{key} is missing{_where(source)}")
 
-    channels_cfg = cfg["channels"]
-    if not isinstance(channels_cfg, Mapping) or not channels_cfg:
-        raise _fail("channels", channels_cfg, "a non-empty mapping from channel name to {share, ...}", source)
-    channels, channel_weights = [], {}
-    for name in channels_cfg:
-        if name not in CHANNEL_CATALOGUE:
-            raise ScenarioError(f"unknown channel {name!r} in channels{_where(source)}; known: {list(CHANNELS)}")
-        body = dict(channels_cfg[name] or {})
-        channel_weights[name] = body.pop("share", 1.0)
-        channels.append(_channel(name, body, source))
-    channel_mix = _mix(channel_weights, tuple(channels_cfg), "channels.*.share", source)
-
-    verticals_cfg = cfg["verticals"]
-    if not isinstance(verticals_cfg, Mapping) or not verticals_cfg:
-        raise _fail("verticals", verticals_cfg, "a non-empty mapping from vertical name to {share, ...}", source)
-    verticals, vertical_weights = [], {}
-    for name in verticals_cfg:
-        if name not in VERTICAL_CATALOGUE:
-            raise ScenarioError(f"unknown vertical {name!r} in verticals{_where(source)}; known: {list(VERTICALS)}")
-        body = dict(verticals_cfg[name] or {})
-        vertical_weights[name] = body.pop("share", 1.0)
-        verticals.append(_vertical(name, body, source))
-    vertical_mix = _mix(vertical_weights, tuple(verticals_cfg), "verticals.*.share", source)
+    channel_bodies, channel_mix = _group(cfg, "channels", CHANNEL_CATALOGUE, source)
+    channels = [_channel(name, body, source) for name, body in channel_bodies]
+    vertical_bodies, vertical_mix = _group(cfg, "verticals", VERTICAL_CATALOGUE, source)
+    verticals = [_vertical(name, body, source) for name, body in vertical_bodies]
 
     def num(key: str, default: Any = None, **kw: Any) -> Any:
         if key not in cfg:
@@ -574,8 +736,15 @@ class PortfolioGenerator:
         channel = rng.permutation(_apportion(n, sc.channel_mix))
         vertical = rng.permutation(_apportion(n, sc.vertical_mix))
         account = np.repeat(np.arange(sc.accounts), sc.plans_per_account).astype(np.int64)
-        counts = _apportion(n, (mix.potential_fraction, mix.trap_fraction, mix.new_fraction,
-                                1.0 - mix.potential_fraction - mix.trap_fraction - mix.new_fraction))
+        counts = _apportion(
+            n,
+            (
+                mix.potential_fraction,
+                mix.trap_fraction,
+                mix.new_fraction,
+                1.0 - mix.potential_fraction - mix.trap_fraction - mix.new_fraction,
+            ),
+        )
         # Every preset with >= 4 plans holds at least one potential plan and one trap.
         kind_code = rng.permutation(counts)  # 0 potential, 1 trap, 2 new ordinary, 3 established
         kind = np.select([kind_code == 0, kind_code == 1], [KIND_POTENTIAL, KIND_TRAP], KIND_REGULAR)
@@ -610,8 +779,7 @@ class PortfolioGenerator:
         coverage = rng.uniform(*mix.audience_coverage, size=n)
         bits = rng.random((n, N_SEGMENTS)) < coverage[:, None]
         bits[np.arange(n), rng.integers(0, N_SEGMENTS, size=n)] = True  # never an empty audience
-        audience = (bits.astype(np.uint64) << np.arange(N_SEGMENTS, dtype=np.uint64)).sum(axis=1,
-                                                                                         dtype=np.uint64)
+        audience = (bits.astype(np.uint64) << np.arange(N_SEGMENTS, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
 
         stage_rate = np.zeros((n, MAX_STAGES))
         stage_value = np.zeros((n, MAX_STAGES))
@@ -632,17 +800,35 @@ class PortfolioGenerator:
         weight = weight * np.exp(0.3 * rng.standard_normal(n))
         static_share = weight / weight.sum()
 
-        market_day = np.exp(np.array([c.market_day_sigma for c in sc.channels])[None, :]
-                            * rng.standard_normal((sc.days, len(sc.channels))))
+        market_day = np.exp(
+            np.array([c.market_day_sigma for c in sc.channels])[None, :]
+            * rng.standard_normal((sc.days, len(sc.channels)))
+        )
         key = int(rng.integers(0, 2**63 - 1, dtype=np.int64))
         return Portfolio(
-            channel=channel.astype(np.int64), vertical=vertical.astype(np.int64), account=account,
-            kind=kind.astype(np.int64), launch_step=launch_step.astype(np.int64),
-            prior_age_steps=prior_age_steps.astype(np.int64), audience=audience, ctr=ctr, cvr=cvr,
-            target_cpa=target_cpa, bias0=bias0, noise0=noise0, prior_conversions=prior_conversions,
-            prior_impressions=prior_impressions, fatigue_scale=fatigue_scale, fatigue_floor=fatigue_floor,
-            stage_rate=stage_rate, stage_value=stage_value, delay_median=delay_median,
-            delay_sigma=delay_sigma, static_share=static_share, market_day=market_day, key=key,
+            channel=channel.astype(np.int64),
+            vertical=vertical.astype(np.int64),
+            account=account,
+            kind=kind.astype(np.int64),
+            launch_step=launch_step.astype(np.int64),
+            prior_age_steps=prior_age_steps.astype(np.int64),
+            audience=audience,
+            ctr=ctr,
+            cvr=cvr,
+            target_cpa=target_cpa,
+            bias0=bias0,
+            noise0=noise0,
+            prior_conversions=prior_conversions,
+            prior_impressions=prior_impressions,
+            fatigue_scale=fatigue_scale,
+            fatigue_floor=fatigue_floor,
+            stage_rate=stage_rate,
+            stage_value=stage_value,
+            delay_median=delay_median,
+            delay_sigma=delay_sigma,
+            static_share=static_share,
+            market_day=market_day,
+            key=key,
         )
 
 

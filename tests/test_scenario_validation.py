@@ -121,12 +121,6 @@ def test_unknown_preset_name_lists_the_known_ones() -> None:
         load_scenario("defualt")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="scenario_from_mapping calls dict() on a channel/vertical "
-    "entry before checking it is a mapping: a shorthand like `credit: 0.5` raises TypeError",
-)
 @pytest.mark.parametrize("group", ["channels", "verticals"])
 def test_a_non_mapping_channel_or_vertical_entry_is_a_scenario_error(group: str) -> None:
     cfg = _small()
