@@ -97,12 +97,14 @@ def value_per_cost(
     """Each plan's matured deep value per unit of exposure, shrunk towards the portfolio's rate.
 
     ``(value_p + prior_exposure * m) / (exposure_p + prior_exposure)`` with ``m`` the active
-    portfolio's pooled value per exposure (0 while nothing has matured: then every plan ties).
+    portfolio's pooled value per exposure. While nothing has matured every plan ties (all ones).
     """
     spent = exposure(stats, immature_weight)
     value = stats["deep_value_total"]
     pooled_spend = float(spent[active].sum())
     pooled_rate = float(value[active].sum()) / pooled_spend if pooled_spend > 0 else 0.0
+    if pooled_rate <= 0.0:
+        return np.ones(len(value))
     return (value + prior_exposure * pooled_rate) / (spent + prior_exposure)
 
 
@@ -190,9 +192,9 @@ class UniformAllocator(HeuristicAllocator):
 
 @dataclass
 class ProportionalParams:
-    prior_spend: float = 0.1  # pseudo-exposure at the portfolio's rate, as a fraction of the daily budget
+    prior_spend: float = 0.03  # pseudo-exposure at the portfolio's rate, as a fraction of the daily budget
     immature_weight: float = 0.4  # how much of the last 24 h's spend counts as exposure
-    power: float = 2.0  # shares ∝ (value per cost) ** power
+    power: float = 4.0  # shares ∝ (value per cost) ** power
     uniform_mix: float = 0.05  # share of the budget spread uniformly (keeps every plan observed)
 
     def __post_init__(self) -> None:
@@ -330,8 +332,8 @@ class ThompsonParams:
     value_prior_events: float = 3.0  # pseudo events at the portfolio's mean value per deep event
     immature_weight: float = 0.4  # how much of the last 24 h's spend counts as exposure
     draws: int = 200  # posterior draws per step (1: classic Thompson sampling)
-    top_fraction: float = 0.3  # each draw funds its best ceil(top_fraction x n_active) plans
-    uniform_mix: float = 0.05  # share of the budget spread uniformly
+    top_fraction: float = 0.1  # each draw funds its best ceil(top_fraction x n_active) plans
+    uniform_mix: float = 0.02  # share of the budget spread uniformly
 
     def __post_init__(self) -> None:
         _check("prior_events", self.prior_events, self.prior_events > 0, "> 0")

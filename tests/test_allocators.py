@@ -1,0 +1,266 @@
+"""The heuristic allocators: valid shares under any reporting stats, each rule's defining behaviour on
+a hand-made situation, and the ranking on the default portfolio that the comparison relies on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agents.config import HEURISTIC_ALLOCATORS
+from agents.heuristics import (
+    BoostAllocator,
+    BoostParams,
+    CpaGuardAllocator,
+    ProportionalAllocator,
+    StaticAllocator,
+    ThompsonAllocator,
+    UniformAllocator,
+    apply_vertical_caps,
+)
+from agents.oracle import OracleAllocator
+from agents.registry import make_allocator
+from envs.features import NUMERIC_STATS, VERTICALS, Clock
+from envs.scenario import KIND_POTENTIAL, KIND_REGULAR, KIND_TRAP, PortfolioGenerator, load_scenario
+from experiments.common import episode_seeds
+from experiments.evaluate import evaluate_allocator
+
+CREDIT, SECURITIES = VERTICALS.index("credit"), VERTICALS.index("securities")
+
+
+def scenario_with(n_plans: int, securities_cap: float = 0.6):
+    """The small preset with ``n_plans`` plans in credit and capped securities."""
+    base = load_scenario("small")
+    return load_scenario(
+        {
+            "name": "test",
+            "accounts": 1,
+            "plans_per_account": n_plans,
+            "max_plans": max(n_plans, 8),
+            "days": 2,
+            "steps_per_day": 24,
+            "daily_budget": base.daily_budget,
+            "cpa_target": base.cpa_target,
+            "channels": {"feed": {"share": 0.5}, "network": {"share": 0.3}, "search": {"share": 0.2}},
+            "verticals": {"credit": {"share": 0.5}, "securities": {"share": 0.5, "max_spend_share": securities_cap}},
+        }
+    )
+
+
+def make(name: str, n_plans: int, seed: int = 0, **params):
+    scenario = scenario_with(n_plans)
+    portfolio = PortfolioGenerator()(scenario, np.random.default_rng(seed))
+    allocator = make_allocator({"name": name, "kind": "heuristic", "params": params})
+    allocator.reset(scenario, portfolio, seed=seed)
+    return allocator, scenario, portfolio
+
+
+def blank_stats(n: int, vertical=None, target_cpa: float = 100.0) -> dict[str, np.ndarray]:
+    stats = {k: np.zeros(n) for k in NUMERIC_STATS}
+    stats["channel"] = np.zeros(n, dtype=np.int64)
+    stats["vertical"] = np.full(n, CREDIT, dtype=np.int64) if vertical is None else np.asarray(vertical)
+    stats["target_cpa"] = np.full(n, target_cpa)
+    stats["age_hours"] = np.full(n, 24.0 * 30)
+    return stats
+
+
+def clock(hour: int = 10, budget_left: float = 8000.0) -> Clock:
+    return Clock(hour=hour, day=1, days=2, daily_budget=8000.0, budget_left_today=budget_left)
+
+
+def assert_valid(shares: np.ndarray, active: np.ndarray) -> None:
+    assert shares.shape == active.shape
+    assert np.all(np.isfinite(shares))
+    assert np.all(shares >= 0)
+    assert np.all(shares[~active] == 0)
+    assert shares.sum() == pytest.approx(1.0, abs=1e-9)
+
+
+# --------------------------------------------------------------------------------------------
+# Valid shares under random reporting stats
+# --------------------------------------------------------------------------------------------
+
+
+@st.composite
+def situations(draw):
+    n = draw(st.integers(2, 10))
+    money = st.floats(0.0, 1e6, allow_nan=False, allow_infinity=False)
+    stats = {k: np.array(draw(st.lists(money, min_size=n, max_size=n))) for k in NUMERIC_STATS}
+    stats["learning"] = np.array(draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=n, max_size=n)))
+    stats["target_cpa"] = np.array(draw(st.lists(st.floats(1.0, 1e4), min_size=n, max_size=n)))
+    stats["channel"] = np.array(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)))
+    stats["vertical"] = np.array(draw(st.lists(st.sampled_from([CREDIT, SECURITIES]), min_size=n, max_size=n)))
+    active = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    active[draw(st.integers(0, n - 1))] = True
+    hour = draw(st.integers(0, 23))
+    left = draw(st.floats(0.0, 8000.0))
+    return stats, active, hour, left
+
+
+@pytest.mark.parametrize("name", sorted(HEURISTIC_ALLOCATORS))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(situation=situations(), steps=st.integers(1, 3))
+def test_shares_are_valid_under_random_stats(name, situation, steps):
+    stats, active, hour, left = situation
+    allocator, _, _ = make(name, len(active))
+    for _ in range(steps):  # stateful rules (cpa_guard, oracle) see the same stats several times
+        shares = allocator.allocate(stats, clock(hour, left), active)
+        assert_valid(shares, active)
+        securities = active & (stats["vertical"] == SECURITIES)
+        if (active & ~securities).any():  # the cap is satisfiable: it holds
+            assert shares[securities].sum() <= 0.6 + 1e-9
+
+
+def test_vertical_caps_move_the_excess_to_other_verticals():
+    shares = np.array([0.5, 0.3, 0.2])
+    vertical = np.array([SECURITIES, SECURITIES, CREDIT])
+    caps = np.ones(len(VERTICALS))
+    caps[SECURITIES] = 0.6
+    capped = apply_vertical_caps(shares, vertical, caps, np.ones(3, dtype=bool))
+    assert capped[:2].sum() == pytest.approx(0.6)
+    assert capped[2] == pytest.approx(0.4)
+    assert capped[0] / capped[1] == pytest.approx(0.5 / 0.3)  # within a vertical, proportions are kept
+
+
+# --------------------------------------------------------------------------------------------
+# Each rule's defining behaviour
+# --------------------------------------------------------------------------------------------
+
+
+def test_uniform_splits_equally_over_active_plans():
+    allocator = UniformAllocator()
+    allocator.reset(scenario_with(4))
+    active = np.array([True, False, True, True])
+    np.testing.assert_allclose(allocator.allocate(blank_stats(4), clock(), active), [1 / 3, 0, 1 / 3, 1 / 3])
+
+
+def test_static_keeps_the_morning_budgets():
+    allocator, _, portfolio = make("static", 6)
+    active = np.ones(6, dtype=bool)
+    active[5] = False
+    shares = allocator.allocate(blank_stats(6), clock(), active)
+    expected = np.where(active, portfolio.static_share, 0.0)
+    np.testing.assert_allclose(shares, expected / expected.sum())
+    with pytest.raises(ValueError, match="morning"):
+        StaticAllocator().reset(scenario_with(6))
+
+
+def test_cpa_guard_cuts_a_plan_at_twice_its_target_and_boosts_a_cheap_one():
+    allocator = CpaGuardAllocator()
+    allocator.reset(scenario_with(4))
+    stats = blank_stats(4)
+    stats["conversions_total"] = np.array([20.0, 20.0, 20.0, 2.0])
+    stats["spend_total"] = stats["conversions_total"] * stats["target_cpa"] * np.array([2.0, 1.0, 0.5, 3.0])
+    active = np.ones(4, dtype=bool)
+    shares = allocator.allocate(stats, clock(), active)
+    assert shares[0] < shares[1] < shares[2]  # CPA 2x target cut, on target kept, half target boosted
+    assert shares[3] == pytest.approx(shares[1])  # too few conversions to judge
+    review_steps = allocator.params.review_hours  # hourly steps
+    for _ in range(review_steps * 10):
+        later = allocator.allocate(stats, clock(), active)
+    assert later[0] < shares[0]  # every review cuts again, down to min_weight
+    assert later[0] / later[1] == pytest.approx(allocator.params.min_weight)
+
+
+def test_proportional_favours_higher_value_per_cost():
+    allocator = ProportionalAllocator()
+    allocator.reset(scenario_with(3))
+    stats = blank_stats(3)
+    active = np.ones(3, dtype=bool)
+    np.testing.assert_allclose(allocator.allocate(stats, clock(), active), 1 / 3)  # nothing matured: uniform
+    stats["spend_total"] = np.full(3, 5000.0)
+    stats["deep_value_total"] = np.array([20000.0, 10000.0, 0.0])
+    shares = allocator.allocate(stats, clock(), active)
+    assert shares[0] > shares[1] > shares[2] > 0
+
+
+def test_boost_funds_a_young_learning_plan_until_it_exits_learning():
+    allocator = BoostAllocator(BoostParams(boost_factor=3.0, max_boost_hours=72.0))
+    allocator.reset(scenario_with(3))
+    stats = blank_stats(3)
+    stats["learning"] = np.array([1.0, 0.0, 1.0])
+    stats["age_hours"] = np.array([10.0, 10.0, 200.0])  # plan 2 has been learning for too long
+    active = np.ones(3, dtype=bool)
+    shares = allocator.allocate(stats, clock(), active)
+    assert shares[0] > 2.0 * shares[1]
+    assert shares[2] == pytest.approx(shares[1])
+    stats["learning"][0] = 0.0
+    np.testing.assert_allclose(allocator.allocate(stats, clock(), active), 1 / 3)  # out of learning: no boost
+
+
+def test_thompson_concentrates_on_the_plan_with_the_best_posterior_and_is_seeded():
+    def run(seed):
+        allocator = ThompsonAllocator()
+        allocator.reset(scenario_with(5), seed=seed)
+        stats = blank_stats(5)
+        stats["spend_total"] = np.full(5, 20000.0)
+        stats["deep_events_total"] = np.array([80.0, 40.0, 40.0, 40.0, 10.0])
+        stats["deep_value_total"] = stats["deep_events_total"] * 500.0
+        return allocator.allocate(stats, clock(), np.ones(5, dtype=bool))
+
+    shares = run(1)
+    assert shares.argmax() == 0
+    assert shares[4] == shares.min()
+    np.testing.assert_array_equal(run(1), shares)  # same seed, same draws
+    assert not np.array_equal(run(2), shares)
+
+
+def test_oracle_funds_the_truly_best_plan_first_and_moves_on_when_it_is_full():
+    allocator, scenario, portfolio = make("oracle", 6, seed=3)
+    portfolio.kind[:] = KIND_REGULAR
+    portfolio.vertical[:] = 0  # credit: no cap in the way
+    allocator.reset(scenario, portfolio, seed=0)
+    worth = allocator.plan_worth(0)
+    best, second = np.argsort(-worth)[:2]
+    active = np.ones(6, dtype=bool)
+    stats = blank_stats(6)
+    first = allocator.allocate(stats, clock(hour=0), active)
+    assert first.argmax() == best and first[best] > 0.9  # capacity unknown: the best plan takes it all
+    stats["budget_last"] = first * 1000.0
+    stats["spend_last"] = np.where(np.arange(6) == best, 50.0, 0.0)  # it could spend only a fraction
+    after = allocator.allocate(stats, clock(hour=1), active)
+    assert 0 < after[best] < 0.5
+    assert after[second] > after[best]
+
+
+def test_oracle_values_potential_plans_above_traps():
+    scenario = load_scenario("default")
+    portfolio = PortfolioGenerator()(scenario, np.random.default_rng(0))
+    oracle = OracleAllocator()
+    oracle.reset(scenario, portfolio)
+    worth = oracle.plan_worth(0)
+    assert worth[portfolio.kind == KIND_POTENTIAL].min() > worth[portfolio.kind == KIND_TRAP].max()
+
+
+# --------------------------------------------------------------------------------------------
+# The ranking on the default portfolio
+# --------------------------------------------------------------------------------------------
+
+RANKING_SEEDS = episode_seeds(0, 6)
+
+
+@pytest.fixture(scope="module")
+def default_scores() -> dict[str, np.ndarray]:
+    scores = {}
+    for name in HEURISTIC_ALLOCATORS:
+        allocator = make_allocator({"name": name, "kind": "heuristic"})
+        episodes = evaluate_allocator(allocator, "default", RANKING_SEEDS)
+        scores[name] = np.array([e["score"] for e in episodes])
+    return scores
+
+
+@pytest.mark.slow
+def test_oracle_scores_at_least_as_high_as_every_heuristic_on_default(default_scores):
+    oracle = default_scores["oracle"]
+    for name, scores in default_scores.items():
+        assert np.all(oracle >= scores), f"{name} beat the oracle on some seed: {scores} vs {oracle}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("learner", ["thompson", "proportional"])
+@pytest.mark.parametrize("baseline", ["static", "uniform"])
+def test_adaptive_heuristics_beat_static_and_uniform_on_default(default_scores, learner, baseline):
+    ours, theirs = default_scores[learner], default_scores[baseline]
+    assert ours.mean() > theirs.mean(), f"{learner} {ours} vs {baseline} {theirs}"
+    assert (ours > theirs).sum() >= len(ours) - 1, f"{learner} {ours} vs {baseline} {theirs}"
