@@ -1,0 +1,129 @@
+"""A trained Stable-Baselines3 learner as an allocator: the policy of a training run folder.
+
+``TrainedAllocator(run_dir)`` loads what :mod:`experiments.train` left there (``model.zip``, its
+``vecnormalize.pkl`` and the resolved ``config.yaml``) and turns reporting stats into shares exactly
+as the training env did: :func:`envs.features.build_observation` (the env's own observation
+function), the saved VecNormalize observation normalisation (frozen), the policy's deterministic
+action, clipped to [-1, 1], times the scenario's temperature, and
+:func:`envs.budget_env.masked_softmax` over the active plans (the env's ``action_to_shares``).
+
+Portfolios of another size: observations are built at the model's ``max_plans`` whenever the
+portfolio has at most that many plans (padded plans are inactive, as in training). A set policy
+(``policy: set``) also serves *wider* portfolios: the observation is then built at the portfolio's
+own width, normalised with the plan-pooled statistics tiled to that width
+(:meth:`agents.sb3.PlanPooledRunningMeanStd.stats_for`), and scored by the policy's
+``plan_actions`` (:mod:`agents.policies`). A flat MLP has one input per plan slot and refuses them.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+import yaml
+from stable_baselines3.common.vec_env import VecNormalize
+
+from agents.base import Allocator
+from agents.sb3 import PlanPooledRunningMeanStd, load_model
+from envs.budget_env import masked_softmax
+from envs.features import N_GLOBAL_FEATURES, N_PLAN_FEATURES, Clock, build_observation
+from envs.scenario import load_scenario
+
+#: ``which`` -> (model file, VecNormalize file) in a training run folder.
+CHECKPOINTS = {"final": ("model.zip", "vecnormalize.pkl"), "best": ("best_model.zip", "best_vecnormalize.pkl")}
+
+
+class TrainedAllocator(Allocator):
+    """Shares from a trained SB3 policy.
+
+    :param run_dir: a training run folder of :mod:`experiments.train`.
+    :param deterministic: use the policy's deterministic action (the Gaussian mean, the actor's tanh);
+        otherwise sample it (seeded by ``reset``'s ``seed``).
+    :param which: ``"final"`` (``model.zip``) or ``"best"`` (``best_model.zip``, the best evaluation).
+    """
+
+    name = "trained"
+
+    def __init__(self, run_dir: str | Path, deterministic: bool = True, which: str = "final") -> None:
+        self.run_dir = Path(run_dir)
+        if which not in CHECKPOINTS:
+            raise ValueError(f"which must be one of {list(CHECKPOINTS)}, got {which!r}")
+        config_path = self.run_dir / "config.yaml"
+        if not config_path.exists():
+            raise FileNotFoundError(
+                f"{self.run_dir} is not a training run folder: no config.yaml "
+                "(train one with python -m experiments.train)"
+            )
+        self.config: dict[str, Any] = yaml.safe_load(config_path.read_text())
+        self.agent: dict[str, Any] = self.config["agent"]
+        model_file, stats_file = CHECKPOINTS[which]
+        self.model = load_model(self.agent, str(self.run_dir / model_file))
+        self.model.policy.set_training_mode(False)
+        self.vec_normalize: VecNormalize | None = None
+        if (self.run_dir / stats_file).exists():
+            with open(self.run_dir / stats_file, "rb") as f:
+                self.vec_normalize = pickle.load(f)  # noqa: S301 (our own training artifact)
+            self.vec_normalize.training = False
+        width = self.model.observation_space.shape[0]
+        self.max_plans = (width - N_GLOBAL_FEATURES) // N_PLAN_FEATURES
+        self.set_policy = self.agent["policy"] == "set"
+        self.recurrent = self.agent["algo"] == "RecurrentPPO"
+        self.deterministic = deterministic
+        self.temperature = load_scenario(self.config["env"]).temperature
+        self._state: Any = None
+        self._episode_start = np.ones(1, dtype=bool)
+
+    def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
+        # The env turns actions into shares with its own scenario's temperature.
+        self.temperature = scenario.temperature
+        self._state = None
+        self._episode_start = np.ones(1, dtype=bool)
+        if seed is not None and not self.deterministic:
+            th.manual_seed(seed)
+
+    def allocate(self, stats: Mapping[str, np.ndarray], clock: Clock, active: np.ndarray) -> np.ndarray:
+        active = np.asarray(active, dtype=bool)
+        n_plans = len(active)
+        if n_plans <= self.max_plans:
+            action = self._predict(build_observation(stats, clock, self.max_plans, active))
+        else:
+            action = self._predict_wide(build_observation(stats, clock, n_plans, active), n_plans)
+        logits = np.clip(np.asarray(action, dtype=np.float64)[:n_plans], -1.0, 1.0) * self.temperature
+        return masked_softmax(logits, active)
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        """The observation as the policy saw it in training (frozen VecNormalize statistics)."""
+        return obs if self.vec_normalize is None else self.vec_normalize.normalize_obs(obs)
+
+    def _predict(self, obs: np.ndarray) -> np.ndarray:
+        obs = self.normalize(obs[None])
+        if self.recurrent:
+            action, self._state = self.model.predict(
+                obs, state=self._state, episode_start=self._episode_start, deterministic=self.deterministic
+            )
+            self._episode_start = np.zeros(1, dtype=bool)
+        else:
+            action, _ = self.model.predict(obs, deterministic=self.deterministic)
+        return action[0]
+
+    def _predict_wide(self, obs: np.ndarray, n_plans: int) -> np.ndarray:
+        if not self.set_policy:
+            raise ValueError(
+                f"the portfolio has {n_plans} plans but the {self.agent['policy']} policy of "
+                f"{self.run_dir} was trained on max_plans={self.max_plans}; only policy: set runs "
+                "on wider portfolios"
+            )
+        if not self.deterministic:
+            raise ValueError("a set policy runs on portfolios wider than its training one with deterministic=True only")
+        vn = self.vec_normalize
+        if vn is not None and vn.norm_obs:
+            if not isinstance(vn.obs_rms, PlanPooledRunningMeanStd):
+                raise ValueError(f"{self.run_dir}'s normalisation is per plan slot; it cannot widen to {n_plans} plans")
+            mean, var = vn.obs_rms.stats_for(n_plans)
+            obs = np.clip((obs - mean) / np.sqrt(var + vn.epsilon), -vn.clip_obs, vn.clip_obs).astype(np.float32)
+        with th.no_grad():
+            return self.model.policy.plan_actions(th.as_tensor(obs[None]))[0].numpy()

@@ -1,0 +1,289 @@
+"""Train one Stable-Baselines3 agent on one scenario: ``python -m experiments.train agent=ppo env=default``.
+
+::
+
+    python -m experiments.train agent=ppo env=default seed=0 total_timesteps=200000
+    python -m experiments.train agent=ppo env=default seed=0 total_timesteps=200000 resume=true
+
+The run folder (``hydra.run.dir``, by default ``outputs/train/<env>_<agent>_s<seed>``: the same
+command finds the same folder) gets rl-baselines3-zoo's artifact set:
+
+- ``model.zip`` and ``vecnormalize.pkl``: the final learner and its normalisation statistics;
+- ``best_model.zip`` and ``best_vecnormalize.pkl``: the learner with the best mean evaluation return;
+- ``evaluations.npz`` (EvalCallback's format) and ``evaluations.csv``: evaluation returns over time,
+  on ``eval.n_episodes`` fixed episodes (seeds ``eval.seed + i``, never used in training), with
+  deterministic actions and raw (unnormalised) rewards, i.e. episode scores;
+- ``checkpoints/``: ``rl_model_<steps>_steps.zip`` with ``rl_model_vecnormalize_<steps>_steps.pkl``
+  (and for SAC/TD3 the latest replay buffer) every ``checkpoint.freq`` steps;
+- ``tensorboard/``: TensorBoard logs (``tensorboard --logdir <run>/tensorboard``);
+- ``config.yaml`` (resolved), ``cmd.txt`` (the command lines, one per session),
+  ``provenance.json`` (versions, git commit) and ``train_summary.json`` (steps, wall time, steps/s,
+  evaluation figures).
+
+Resume: after a kill, the same command with ``resume=true`` (and the same ``hydra.run.dir`` if one was
+given) loads the last checkpoint with its VecNormalize statistics (and replay buffer) and continues
+to the same ``total_timesteps`` (rounded up to a whole rollout, as SB3 does), appending to the same
+evaluation history and TensorBoard run. A fresh run refuses a folder that already holds a run;
+pass ``resume=true`` to continue it or ``overwrite=true`` to start it over.
+
+Determinism: the same config and seed give the same numbers (SB3 seeds Python, NumPy, torch and the
+env copies ``seed + i``; ``torch_threads`` is fixed; ``vec_env=dummy`` steps the copies in order).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
+from stable_baselines3.common.vec_env import VecNormalize
+
+from agents.sb3 import OFF_POLICY, build_model, build_vec_normalize, check_agent, load_model, make_envs
+from envs.scenario import Scenario
+from experiments import provenance
+from experiments.common import register_configs, scenario_from_config
+
+log = logging.getLogger(__name__)
+register_configs()
+
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PREFIX = "rl_model"
+#: What a run leaves in its folder (``overwrite=true`` removes these before starting over).
+RUN_ARTIFACTS = (
+    "model.zip",
+    "vecnormalize.pkl",
+    "best_model.zip",
+    "best_vecnormalize.pkl",
+    "evaluations.npz",
+    "evaluations.csv",
+    "train_summary.json",
+    CHECKPOINT_DIR,
+    "tensorboard",
+)
+
+
+class SaveVecNormalize(BaseCallback):
+    """Called on a new best evaluation: save the VecNormalize statistics that go with ``best_model.zip``."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+
+    def _on_step(self) -> bool:
+        vec_normalize = self.model.get_vec_normalize_env()
+        if vec_normalize is not None:
+            vec_normalize.save(str(self.path))
+        return True
+
+
+class SeededEvalCallback(EvalCallback):
+    """EvalCallback on the same episodes every time (eval envs reseeded), also written as a CSV.
+
+    ``history`` (the loaded ``evaluations.npz`` of a resumed run) is continued, not overwritten.
+    """
+
+    def __init__(
+        self, *args: Any, eval_seed: int, csv_path: Path, history: dict[str, np.ndarray] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.eval_seed = eval_seed
+        self.csv_path = csv_path
+        if history is not None and len(history["timesteps"]):
+            self.evaluations_timesteps = [int(t) for t in history["timesteps"]]
+            self.evaluations_results = [list(r) for r in history["results"]]
+            self.evaluations_length = [list(r) for r in history["ep_lengths"]]
+            self.best_mean_reward = float(np.max(np.mean(history["results"], axis=1)))
+
+    def _on_step(self) -> bool:
+        evaluating = self.eval_freq > 0 and self.n_calls % self.eval_freq == 0
+        if evaluating:
+            self.eval_env.seed(self.eval_seed)  # env copy i starts its episode from eval_seed + i
+        keep_going = super()._on_step()
+        if evaluating:
+            self.write_csv()
+        return keep_going
+
+    def write_csv(self) -> None:
+        results = np.asarray(self.evaluations_results, dtype=float)
+        lines = ["timesteps,mean_return,std_return," + ",".join(f"episode_{i}" for i in range(results.shape[1]))]
+        for t, row in zip(self.evaluations_timesteps, results, strict=True):
+            lines.append(f"{t},{row.mean():.6g},{row.std():.6g}," + ",".join(f"{r:.6g}" for r in row))
+        self.csv_path.write_text("\n".join(lines) + "\n")
+
+
+class LatestReplayBufferCheckpoint(CheckpointCallback):
+    """CheckpointCallback that keeps only the newest replay buffer (each one can weigh hundreds of MB)."""
+
+    def _on_step(self) -> bool:
+        keep_going = super()._on_step()
+        if self.save_replay_buffer and self.n_calls % self.save_freq == 0:
+            buffers = sorted(Path(self.save_path).glob(f"{self.name_prefix}_replay_buffer_*_steps.pkl"), key=_steps)
+            for old in buffers[:-1]:
+                old.unlink()
+        return keep_going
+
+
+def _steps(path: Path) -> int:
+    return int(path.stem.split("_")[-2])
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
+    """``(steps, model path)`` of the newest checkpoint in ``run_dir``, or None."""
+    found = sorted((_steps(p), p) for p in (run_dir / CHECKPOINT_DIR).glob(f"{CHECKPOINT_PREFIX}_*_steps.zip"))
+    return found[-1] if found else None
+
+
+def checkpoint_file(run_dir: Path, kind: str, steps: int, ext: str) -> Path:
+    return run_dir / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}_{kind}_{steps}_steps.{ext}"
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to silently mix a fresh run into a folder that holds another one."""
+    existing = [name for name in RUN_ARTIFACTS if (run_dir / name).exists()]
+    if not existing or resume:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"{run_dir} already holds a training run ({', '.join(existing)}); pass resume=true to continue it, "
+            "overwrite=true to start it over, or another hydra.run.dir"
+        )
+    for name in existing:
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def record_command(run_dir: Path, resumed_from: int | None) -> None:
+    line = shlex.join([Path(sys.executable).name, "-m", "experiments.train", *sys.argv[1:]])
+    note = f"  # resumed from step {resumed_from}" if resumed_from is not None else ""
+    with open(run_dir / "cmd.txt", "a" if resumed_from is not None else "w") as f:
+        f.write(line + note + "\n")
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """The whole training run of ``cfg`` in ``run_dir``; returns what ``train_summary.json`` holds."""
+    agent = OmegaConf.to_container(cfg.agent, resolve=True)
+    check_agent(agent)
+    scenario: Scenario = scenario_from_config(cfg.env)
+    torch.set_num_threads(cfg.torch_threads)
+    prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
+    checkpoint = latest_checkpoint(run_dir) if cfg.resume else None
+    if cfg.resume and checkpoint is None:
+        log.warning("resume=true but %s has no checkpoint: starting from scratch", run_dir / CHECKPOINT_DIR)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    record_command(run_dir, checkpoint[0] if checkpoint else None)
+    provenance.write(run_dir, seed=cfg.seed)
+
+    # Environments: training copies seeded seed + i; evaluation copies (one per evaluation episode)
+    # reseeded eval.seed + i before every evaluation, with frozen statistics and raw rewards.
+    train_env = make_envs(scenario, agent["n_envs"], cfg.seed, cfg.vec_env)
+    eval_env = build_vec_normalize(
+        make_envs(scenario, cfg.eval.n_episodes, cfg.eval.seed), agent, scenario.max_plans, training=False
+    )
+    tensorboard_log = str(run_dir / "tensorboard") if cfg.tensorboard else None
+    if checkpoint is None:
+        train_env = build_vec_normalize(train_env, agent, scenario.max_plans)
+        model = build_model(agent, train_env, cfg.seed, tensorboard_log, cfg.device, cfg.verbose)
+        history = None
+    else:
+        steps, path = checkpoint
+        log.info("resuming from %s", path)
+        train_env = VecNormalize.load(str(checkpoint_file(run_dir, "vecnormalize", steps, "pkl")), train_env)
+        model = load_model(agent, str(path), train_env, cfg.device, tensorboard_log=tensorboard_log)
+        model.set_random_seed(cfg.seed + steps)  # fresh episodes, not a replay of the first ones
+        buffer = checkpoint_file(run_dir, "replay_buffer", steps, "pkl")
+        if agent["algo"] in OFF_POLICY and buffer.exists():
+            model.load_replay_buffer(str(buffer))
+        history = dict(np.load(run_dir / "evaluations.npz")) if (run_dir / "evaluations.npz").exists() else None
+        if history is not None:
+            keep = history["timesteps"] <= steps
+            history = {k: history[k][keep] for k in ("timesteps", "results", "ep_lengths")}
+
+    n_envs = agent["n_envs"]
+    callbacks: list[BaseCallback] = [
+        LatestReplayBufferCheckpoint(
+            save_freq=max(cfg.checkpoint.freq // n_envs, 1),
+            save_path=str(run_dir / CHECKPOINT_DIR),
+            name_prefix=CHECKPOINT_PREFIX,
+            save_vecnormalize=True,
+            save_replay_buffer=agent["algo"] in OFF_POLICY and cfg.checkpoint.save_replay_buffer,
+        ),
+    ]
+    if cfg.eval.freq > 0:
+        callbacks.append(
+            SeededEvalCallback(
+                eval_env,
+                n_eval_episodes=cfg.eval.n_episodes,
+                eval_freq=max(cfg.eval.freq // n_envs, 1),
+                deterministic=True,
+                best_model_save_path=str(run_dir),
+                log_path=str(run_dir),
+                callback_on_new_best=SaveVecNormalize(run_dir / "best_vecnormalize.pkl"),
+                eval_seed=cfg.eval.seed,
+                csv_path=run_dir / "evaluations.csv",
+                history=history,
+                verbose=cfg.verbose,
+            )
+        )
+
+    done_before = model.num_timesteps
+    remaining = cfg.total_timesteps - done_before
+    start = time.perf_counter()
+    if remaining > 0:
+        model.learn(
+            total_timesteps=remaining,
+            callback=callbacks,
+            progress_bar=cfg.progress_bar,
+            reset_num_timesteps=checkpoint is None,
+            tb_log_name=agent["algo"],
+        )
+    wall_s = time.perf_counter() - start
+    model.save(run_dir / "model.zip")
+    train_env.save(str(run_dir / "vecnormalize.pkl"))
+    train_env.close()
+    eval_env.close()
+    summary = summarise(model, run_dir, done_before, wall_s)
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("trained %s on %s: %s", agent["name"], scenario.name, summary)
+    return summary
+
+
+def summarise(model: BaseAlgorithm, run_dir: Path, done_before: int, wall_s: float) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "num_timesteps": int(model.num_timesteps),
+        "steps_this_session": int(model.num_timesteps - done_before),
+        "resumed_from": int(done_before) if done_before else None,
+        "wall_s_this_session": round(wall_s, 2),
+        "steps_per_s": round((model.num_timesteps - done_before) / wall_s, 1) if wall_s > 0 else None,
+    }
+    if (run_dir / "evaluations.npz").exists():
+        evaluations = np.load(run_dir / "evaluations.npz")
+        means = evaluations["results"].mean(axis=1)
+        summary.update(
+            last_eval_timesteps=int(evaluations["timesteps"][-1]),
+            last_eval_mean_return=float(means[-1]),
+            best_eval_mean_return=float(means.max()),
+            best_eval_timesteps=int(evaluations["timesteps"][int(means.argmax())]),
+        )
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    summary = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return summary.get("last_eval_mean_return")  # for Hydra sweepers
+
+
+if __name__ == "__main__":
+    main()
