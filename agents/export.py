@@ -1,0 +1,433 @@
+"""Trained Stable-Baselines3 policy + its VecNormalize statistics -> a bundle for production.
+
+:func:`export_bundle` reads a training run folder (``model.zip``, ``vecnormalize.pkl``, the resolved
+config) and writes a folder that :class:`agents.allocator.Bundle` loads with ONNX Runtime alone:
+
+- ``policy.onnx``: inputs ``obs`` (batch x width float32, the raw observation of
+  :func:`envs.features.build_observation`) and ``mask`` (batch x max_plans float32, 1 for plans that
+  may receive budget); output ``shares`` (batch x max_plans float64). Inside the graph, in this order:
+  VecNormalize's ``clip((obs - mean) / sqrt(var + eps), -clip_obs, clip_obs)`` computed in float64
+  exactly as NumPy does it in SB3, the policy's deterministic action (``policy._predict(...,
+  deterministic=True)``: the Gaussian mean for PPO/A2C, the tanh of the actor for SAC/TD3), clipped to
+  [-1, 1] as SB3's ``predict`` does, times the env's temperature, and the softmax masked to the active
+  plans (float64 like the env's, all-zero when no plan is active), as
+  :meth:`envs.budget_env.BudgetShiftEnv.action_to_shares`.
+- ``manifest.json``: schema version, the ordered features with meaning and unit, ``max_plans``, the
+  temperature, the action limits and compliance caps of the training scenario, the training config,
+  algorithm and provenance, library versions, the sha256 of ``policy.onnx``, the export-time parity
+  figures and an example request with the trained model's answer.
+- ``example_stats.csv``: one hour of a simulated episode (the training scenario, driven by the trained
+  policy) in the loader's input format.
+
+No pickle leaves: VecNormalize's statistics become graph constants and the manifest is JSON.
+
+Export runs the trained model (SB3 + its VecNormalize) and the ONNX graph (ONNX Runtime) side by side
+on one simulated episode and refuses to write a bundle whose shares differ by more than
+:data:`PARITY_TOLERANCE`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import yaml
+from stable_baselines3 import A2C, PPO, SAC, TD3
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecNormalize
+
+from agents.allocator import (
+    EXAMPLE_FILE,
+    MANIFEST_FILE,
+    MASK_INPUT,
+    OBS_INPUT,
+    POLICY_FILE,
+    SCHEMA_VERSION,
+    SHARES_OUTPUT,
+    Bundle,
+    read_stats_csv,
+    sha256_file,
+    write_stats_csv,
+)
+from envs.budget_env import BudgetShiftEnv, masked_softmax
+from envs.features import (
+    CHANNELS,
+    GLOBAL_FEATURES,
+    N_PLAN_FEATURES,
+    PLAN_FEATURES,
+    STAT_COLUMNS,
+    VERTICALS,
+    Clock,
+    feature_names,
+    observation_size,
+)
+from envs.scenario import Scenario, load_scenario
+from experiments.common import env_mapping
+
+#: Max abs difference in shares between the trained model and the exported graph that export accepts.
+PARITY_TOLERANCE = 1e-5
+OPSET = 17
+#: Algorithms whose deterministic action the graph reproduces, by the name a config uses.
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3}
+MODEL_FILE = "model.zip"
+VECNORMALIZE_FILE = "vecnormalize.pkl"
+CONFIG_FILES = ("config.yaml", ".hydra/config.yaml", "resolved_config.yaml")
+VERSION_LIBRARIES = (
+    "budgetshift",
+    "numpy",
+    "torch",
+    "stable-baselines3",
+    "sb3-contrib",
+    "gymnasium",
+    "onnx",
+    "onnxruntime",
+)
+#: The example request is the decision at this hour of the second day (the first when episodes are shorter).
+EXAMPLE_HOUR = 14
+
+
+class ExportError(RuntimeError):
+    """A run folder that cannot be exported, or an export that fails its parity check."""
+
+
+@dataclass
+class TrainedRun:
+    """What export needs from a training run folder."""
+
+    run_dir: Path
+    config: dict[str, Any]  # the resolved config as plain data
+    algorithm: str  # key of ALGORITHMS
+    scenario: Scenario
+    model: BaseAlgorithm
+    vecnormalize: VecNormalize | None  # statistics only (no venv attached); None if training did not normalise
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        return obs if self.vecnormalize is None else self.vecnormalize.normalize_obs(obs)
+
+    def shares(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """The trained model's budget shares, computed as training did: SB3's predict + the env's softmax."""
+        actions, _ = self.model.predict(self.normalize(obs), deterministic=True)
+        temperature = self.scenario.temperature
+        return np.stack(
+            [masked_softmax(a.astype(np.float64) * temperature, m) for a, m in zip(actions, masks, strict=True)]
+        )
+
+
+# -------------------------------------------------------------------------------------------------
+# Reading a run folder
+
+
+def _find_config(run_dir: Path) -> Path:
+    for name in CONFIG_FILES:
+        if (run_dir / name).is_file():
+            return run_dir / name
+    raise ExportError(f"{run_dir} has no resolved config (looked for {list(CONFIG_FILES)})")
+
+
+def _algorithm_name(config: dict[str, Any], run_dir: Path) -> str:
+    agent = config.get("agent")
+    candidates = []
+    if isinstance(agent, dict):
+        candidates += [agent.get(k) for k in ("algo", "algorithm", "name", "_target_")]
+    elif isinstance(agent, str):
+        candidates.append(agent)
+    candidates.append(config.get("algorithm"))
+    for c in candidates:
+        if isinstance(c, str):
+            name = c.rsplit(".", 1)[-1].lower()
+            if name in ALGORITHMS:
+                return name
+    raise ExportError(
+        f"cannot tell the algorithm of {run_dir}: config 'agent' is {agent!r}; expected one of "
+        f"{list(ALGORITHMS)} in agent.algo or agent.name (RecurrentPPO has no stateless export)"
+    )
+
+
+def read_run(run_dir: Path) -> TrainedRun:
+    """Load the model, its normalisation statistics and the training scenario of a run folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir / MODEL_FILE).is_file():
+        raise ExportError(f"{run_dir / MODEL_FILE} is missing; is {run_dir} a training run folder?")
+    config_path = _find_config(run_dir)
+    config = yaml.safe_load(config_path.read_text()) or {}
+    if "env" not in config:
+        raise ExportError(f"{config_path} has no 'env' field: the training scenario is needed for the export")
+    env = config["env"]
+    # A resolved Hydra env node lists unset optional fields as null; env_mapping drops them as training did.
+    scenario = load_scenario(env_mapping(env) if isinstance(env, dict) else env)
+    algorithm = _algorithm_name(config, run_dir)
+    model = ALGORITHMS[algorithm].load(run_dir / MODEL_FILE, device="cpu")
+    vecnormalize = None
+    if (run_dir / VECNORMALIZE_FILE).is_file():
+        # VecNormalize.save pickles the wrapper without its venv; reading it is trusted-input only, which is
+        # why the bundle carries the statistics as graph constants instead of this file.
+        with open(run_dir / VECNORMALIZE_FILE, "rb") as f:
+            vecnormalize = pickle.load(f)  # noqa: S301
+        if not isinstance(vecnormalize, VecNormalize):
+            raise ExportError(f"{run_dir / VECNORMALIZE_FILE} holds a {type(vecnormalize).__name__}, not VecNormalize")
+    width = observation_size(scenario.max_plans)
+    if model.observation_space.shape != (width,) or model.action_space.shape != (scenario.max_plans,):
+        raise ExportError(
+            f"{run_dir}: model spaces obs {model.observation_space.shape} / action "
+            f"{model.action_space.shape} do not match scenario {scenario.name!r} "
+            f"(obs ({width},), action ({scenario.max_plans},))"
+        )
+    low, high = model.action_space.low, model.action_space.high
+    if not (np.all(low == -1.0) and np.all(high == 1.0)):
+        raise ExportError(f"{run_dir}: action space must be [-1, 1] (the env's), got [{low.min()}, {high.max()}]")
+    return TrainedRun(run_dir, config, algorithm, scenario, model, vecnormalize)
+
+
+# -------------------------------------------------------------------------------------------------
+# The graph
+
+
+class PolicyGraph(torch.nn.Module):
+    """Raw observation + mask -> budget shares: normalisation, deterministic action, masked softmax."""
+
+    def __init__(self, policy: torch.nn.Module, vecnormalize: VecNormalize | None, temperature: float) -> None:
+        super().__init__()
+        self.policy = policy
+        self.normalise = vecnormalize is not None and vecnormalize.norm_obs
+        if self.normalise:
+            rms = vecnormalize.obs_rms
+            # sqrt(var + eps) in NumPy float64, as VecNormalize computes it (the sqrt is correctly rounded, so
+            # the graph's division then gives SB3's normalised observation bit for bit).
+            std = np.sqrt(rms.var + vecnormalize.epsilon)
+            self.register_buffer("obs_mean", torch.as_tensor(np.asarray(rms.mean, dtype=np.float64)))
+            self.register_buffer("obs_std", torch.as_tensor(np.asarray(std, dtype=np.float64)))
+            self.clip_obs = float(vecnormalize.clip_obs)
+        self.temperature = float(temperature)
+
+    def forward(self, obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = obs
+        if self.normalise:
+            x = ((obs.double() - self.obs_mean) / self.obs_std).clamp(-self.clip_obs, self.clip_obs).float()
+        action = self.policy._predict(x, deterministic=True).reshape(obs.shape[0], -1)
+        logits = action.clamp(-1.0, 1.0).double() * self.temperature
+        active = mask > 0.5
+        # Padded and inactive plans get a huge negative logit (not -inf: an all-masked row must not be NaN)
+        # and are zeroed after the exp, so a row without active plans returns all zeros like the env.
+        z = torch.where(active, logits, torch.full_like(logits, -1e30))
+        e = torch.exp(z - z.max(dim=1, keepdim=True).values) * active.double()
+        return e / e.sum(dim=1, keepdim=True).clamp_min(1e-300)
+
+
+def export_onnx(run: TrainedRun, path: Path) -> None:
+    """Write the policy graph of ``run`` to ``path`` and check it with ``onnx.checker``."""
+    policy = run.model.policy
+    policy.set_training_mode(False)
+    graph = PolicyGraph(policy, run.vecnormalize, run.scenario.temperature).eval()
+    width, max_plans = observation_size(run.scenario.max_plans), run.scenario.max_plans
+    obs = torch.zeros(2, width)
+    mask = torch.ones(2, max_plans)
+    validate = torch.distributions.Distribution._validate_args
+    # Distribution argument checks are data-dependent asserts: the tracer cannot put them in a graph.
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript-based exporter (dynamo=False) traces the module as plain tensor ops and needs no
+            # onnxscript; torch warns that it is deprecated in favour of the dynamo exporter.
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            torch.onnx.export(
+                graph,
+                (obs, mask),
+                str(path),
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=[OBS_INPUT, MASK_INPUT],
+                output_names=[SHARES_OUTPUT],
+                dynamic_axes={OBS_INPUT: {0: "batch"}, MASK_INPUT: {0: "batch"}, SHARES_OUTPUT: {0: "batch"}},
+            )
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+
+
+# -------------------------------------------------------------------------------------------------
+# Episode used for the parity check and the example request
+
+
+@dataclass
+class EpisodeRecord:
+    obs: np.ndarray  # (steps, width) float32 raw observations
+    masks: np.ndarray  # (steps, max_plans) bool
+    score: float
+    example_stats: dict[str, np.ndarray]
+    example_active: np.ndarray  # (n_plans,) bool
+    example_clock: dict[str, Any]
+    example_obs: np.ndarray  # (width,) float32
+
+
+def run_episode(run: TrainedRun, seed: int = 0) -> EpisodeRecord:
+    """One episode of the training scenario driven by the trained model (deterministic)."""
+    env = BudgetShiftEnv(run.scenario)
+    obs, _ = env.reset(seed=seed)
+    sc = run.scenario
+    example_t = min(sc.horizon - 1, (sc.steps_per_day if sc.days > 1 else 0) + EXAMPLE_HOUR // sc.hours_per_step)
+    all_obs, masks, example = [], [], None
+    done, score = False, 0.0
+    while not done:
+        mask = np.zeros(sc.max_plans, dtype=bool)
+        mask[: env.n_plans] = env.active_mask()
+        if env.t == example_t:
+            stats = {k: np.array(v, copy=True) for k, v in env.reporting_stats().items()}
+            example = (stats, env.active_mask().copy(), asdict(env.clock()), obs.copy())
+        all_obs.append(obs)
+        masks.append(mask)
+        action, _ = run.model.predict(run.normalize(obs[None]), deterministic=True)
+        obs, reward, done, _, _ = env.step(action[0])
+        score += reward
+    assert example is not None
+    return EpisodeRecord(np.stack(all_obs), np.stack(masks), score, *example)
+
+
+# -------------------------------------------------------------------------------------------------
+# Manifest
+
+
+def _library_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in VERSION_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _features(max_plans: int) -> list[dict[str, Any]]:
+    described = [f for _ in range(max_plans) for f in PLAN_FEATURES] + list(GLOBAL_FEATURES)
+    return [
+        {"index": i, "name": name, "meaning": f.meaning, "unit": f.unit}
+        for i, (name, f) in enumerate(zip(feature_names(max_plans), described, strict=True))
+    ]
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def build_manifest(run: TrainedRun, policy_path: Path, parity: dict[str, Any]) -> dict[str, Any]:
+    sc = run.scenario
+    limits = None
+    if sc.min_share > 0 or sc.max_share < 1 or sc.max_change is not None:
+        limits = {"min_share": sc.min_share, "max_share": sc.max_share, "max_change": sc.max_change}
+    vn = run.vecnormalize
+    provenance_path = run.run_dir / "provenance.json"
+    return _jsonable(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
+            "algorithm": run.algorithm.upper(),
+            "policy_class": f"{type(run.model.policy).__module__}.{type(run.model.policy).__qualname__}",
+            "max_plans": sc.max_plans,
+            "n_plan_features": N_PLAN_FEATURES,
+            "n_global_features": len(GLOBAL_FEATURES),
+            "observation_size": observation_size(sc.max_plans),
+            "features": _features(sc.max_plans),
+            "input": {
+                "columns": ["plan_id", *[f.name for f in STAT_COLUMNS]],
+                "optional_columns": {
+                    "active": "1 (default) if the plan runs now; 0 keeps its slot but gives it nothing"
+                },
+                "stat_columns": [{"name": f.name, "meaning": f.meaning, "unit": f.unit} for f in STAT_COLUMNS],
+                "channels": list(CHANNELS),
+                "verticals": list(VERTICALS),
+            },
+            "graph": {
+                "file": POLICY_FILE,
+                "opset": OPSET,
+                "inputs": {
+                    OBS_INPUT: ["batch", observation_size(sc.max_plans), "float32", "raw observation"],
+                    MASK_INPUT: ["batch", sc.max_plans, "float32", "1 = plan may receive budget"],
+                },
+                "outputs": {SHARES_OUTPUT: ["batch", sc.max_plans, "float64", "share of budget left today"]},
+                "obs_normalisation": None
+                if vn is None or not vn.norm_obs
+                else {"kind": "VecNormalize", "epsilon": vn.epsilon, "clip_obs": vn.clip_obs},
+                "action": "deterministic policy action clipped to [-1, 1]",
+            },
+            "temperature": sc.temperature,
+            "action_limits": limits,
+            "compliance_caps": {v.name: v.max_spend_share for v in sc.verticals if v.max_spend_share < 1.0},
+            "training": {
+                "run_dir": str(run.run_dir.resolve()),
+                "scenario": sc.name,
+                "days": sc.days,
+                "steps_per_day": sc.steps_per_day,
+                "daily_budget": sc.daily_budget,
+                "n_plans": sc.n_plans,
+                "config": run.config,
+                "provenance": json.loads(provenance_path.read_text()) if provenance_path.is_file() else None,
+            },
+            "versions": _library_versions(),
+            "policy": {"file": POLICY_FILE, "sha256": sha256_file(policy_path)},
+            "parity": parity,
+        }
+    )
+
+
+# -------------------------------------------------------------------------------------------------
+
+
+def export_bundle(run_dir: Path, out_dir: Path) -> Path:
+    """Export the trained policy of ``run_dir`` as a bundle in ``out_dir`` (created); returns ``out_dir``.
+
+    :raises ExportError: the run folder is incomplete, or the graph's shares differ from the trained
+        model's by more than :data:`PARITY_TOLERANCE` on an episode of the training scenario.
+    """
+    run = read_run(Path(run_dir))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    policy_path = out_dir / POLICY_FILE
+    export_onnx(run, policy_path)
+
+    episode = run_episode(run, seed=0)
+    plan_ids = [f"plan{i:03d}" for i in range(run.scenario.n_plans)]
+    write_stats_csv(out_dir / EXAMPLE_FILE, plan_ids, episode.example_stats, episode.example_active)
+    reference = run.shares(episode.obs, episode.masks)
+    manifest = build_manifest(run, policy_path, parity={})
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+
+    bundle = Bundle.load(out_dir)
+    exported = bundle.policy_shares(episode.obs, episode.masks)
+    diff = float(np.max(np.abs(exported - reference)))
+    if not diff <= PARITY_TOLERANCE:
+        raise ExportError(
+            f"exported shares differ from the trained model's by up to {diff:.3g} "
+            f"(> {PARITY_TOLERANCE}) over {len(reference)} observations of {run.scenario.name!r}"
+        )
+    clock = episode.example_clock
+    example_mask = np.zeros(run.scenario.max_plans, dtype=bool)
+    example_mask[: run.scenario.n_plans] = episode.example_active
+    example_shares = run.shares(episode.example_obs[None], example_mask[None])[0]
+    manifest["parity"] = {
+        "scenario": run.scenario.name,
+        "episode_seed": 0,
+        "n_observations": len(reference),
+        "max_abs_diff": diff,
+        "tolerance": PARITY_TOLERANCE,
+        "trained_episode_score": episode.score,
+    }
+    manifest["example"] = {
+        "file": EXAMPLE_FILE,
+        "clock": clock,
+        "expected_policy_shares": {pid: float(s) for pid, s in zip(plan_ids, example_shares, strict=False)},
+        "note": "the trained model's shares for the example before action limits and compliance caps",
+    }
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(_jsonable(manifest), indent=1))
+    # The CSV must parse as the loader's input: fail here, not in production.
+    Bundle.load(out_dir).allocate(read_stats_csv(out_dir / EXAMPLE_FILE), Clock(**clock))
+    return out_dir
