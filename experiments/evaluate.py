@@ -35,6 +35,7 @@ from envs.budget_env import BudgetShiftEnv
 from envs.features import CHANNELS, VERTICALS
 from envs.kernels import CONVERSIONS, DEEP0, SPEND
 from envs.scenario import KIND_NAMES, KIND_POTENTIAL, KIND_TRAP, Scenario
+from experiments import provenance
 from experiments.common import agent_seed, check_run_config, episode_seeds, register_configs
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,9 @@ def run_episode(
         shares = allocator.allocate(env.reporting_stats(), env.clock(), active)
         _, reward, terminated, _, info = env.step_shares(shares)
         episode_return += reward
-        cap_withheld += info["cap_withheld"]
-        cap_violations += info["cap_withheld"] > 1e-9
+        if info["cap_withheld"] > 1e-9:  # below that it is rounding in the cap's rescaling
+            cap_withheld += info["cap_withheld"]
+            cap_violations += 1
         active_steps[t] = active
         cols["share"][t] = info["shares"]
         for key in ("budget", "spend", "impressions", "clicks", "conversions", "deep_value"):
@@ -206,6 +208,7 @@ def run(cfg: DictConfig, run_dir: Path, env_source: str | None = None) -> dict[s
     allocator = make_allocator(cfg.agent)
     seeds = episode_seeds(cfg.seed, cfg.episodes)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    provenance.write(run_dir, seed=cfg.seed)
 
     tables: list[pd.DataFrame] | None = [] if cfg.steps_table != "none" else None
     episodes = evaluate_allocator(
@@ -232,9 +235,6 @@ def main(cfg: DictConfig) -> float:
     run_dir = Path(hc.runtime.output_dir)
     env_choice = hc.runtime.choices.get("env")
     try:
-        from experiments import provenance
-
-        provenance.write(run_dir, seed=cfg.seed)
         metrics = run(cfg, run_dir, env_source=f"env={env_choice}: conf/env/{env_choice}.yaml + overrides")
     except Exception:
         (run_dir / "error.txt").write_text(traceback.format_exc())

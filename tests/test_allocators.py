@@ -16,6 +16,7 @@ from agents.heuristics import (
     ProportionalAllocator,
     StaticAllocator,
     ThompsonAllocator,
+    ThompsonParams,
     UniformAllocator,
     apply_vertical_caps,
 )
@@ -191,11 +192,11 @@ def test_boost_funds_a_young_learning_plan_until_it_exits_learning():
 
 def test_thompson_concentrates_on_the_plan_with_the_best_posterior_and_is_seeded():
     def run(seed):
-        allocator = ThompsonAllocator()
+        allocator = ThompsonAllocator(ThompsonParams(top_fraction=0.4))  # each draw funds 2 of the 5 plans
         allocator.reset(scenario_with(5), seed=seed)
         stats = blank_stats(5)
         stats["spend_total"] = np.full(5, 20000.0)
-        stats["deep_events_total"] = np.array([80.0, 40.0, 40.0, 40.0, 10.0])
+        stats["deep_events_total"] = np.array([80.0, 40.0, 38.0, 36.0, 10.0])
         stats["deep_value_total"] = stats["deep_events_total"] * 500.0
         return allocator.allocate(stats, clock(), np.ones(5, dtype=bool))
 
