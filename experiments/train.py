@@ -171,8 +171,12 @@ def record_command(run_dir: Path, resumed_from: int | None) -> None:
         f.write(line + note + "\n")
 
 
-def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """The whole training run of ``cfg`` in ``run_dir``; returns what ``train_summary.json`` holds."""
+def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | None = None) -> dict[str, Any]:
+    """The whole training run of ``cfg`` in ``run_dir``; returns what ``train_summary.json`` holds.
+
+    :param callback_after_eval: called after every evaluation (its ``parent`` is the evaluation
+        callback: ``parent.last_mean_reward``); returning False stops training (tuning prunes this way).
+    """
     agent = OmegaConf.to_container(cfg.agent, resolve=True)
     check_agent(agent)
     scenario: Scenario = scenario_from_config(cfg.env)
@@ -233,6 +237,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 eval_seed=cfg.eval.seed,
                 csv_path=run_dir / "evaluations.csv",
                 history=history,
+                callback_after_eval=callback_after_eval,
                 verbose=cfg.verbose,
             )
         )
