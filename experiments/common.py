@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, Optional
@@ -112,6 +113,16 @@ class EvaluateConf:
 
 
 STEPS_TABLE_FORMATS = ("parquet", "csv", "none")
+
+
+# conf/hydra/launcher/{joblib,submitit_local,submitit_slurm}.yaml keep the plugins' names, so that
+# `hydra/launcher=joblib` picks this project's settings; Hydra then validates each against the plugin's
+# schema of the same name and warns that this matching is deprecated. The files set `_target_` and
+# every field, so they work with or without the matching: the warning is noise.
+# The filter is installed on import: launcher workers import this module (unpickling the schemas in
+# the ConfigStore they receive) before they compose their job's config.
+LAUNCHER_SCHEMA_WARNING = r"(?s).*'hydra/launcher/\w+' is validated against ConfigStore schema with the same name"
+warnings.filterwarnings("ignore", message=LAUNCHER_SCHEMA_WARNING, category=UserWarning)
 
 
 def register_configs() -> None:

@@ -3,6 +3,7 @@ reproducible and every launcher gives the same numbers."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
@@ -30,6 +32,11 @@ EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 AGENT_FILES = sorted((CONF / "agent").glob("*.yaml"))
 
 register_configs()
+# The launcher files keep the plugins' names on purpose (see experiments/common.py); pytest resets the
+# module's own filter for each test.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:(?s).*is validated against ConfigStore schema with the same name:UserWarning"
+)
 
 
 def compose_config(overrides: list[str], hydra_node: bool = False):
@@ -222,3 +229,13 @@ def test_sweeps_give_the_same_numbers_with_every_launcher(launcher, tmp_path):
     basic, other = sweep_scores(tmp_path / "basic"), sweep_scores(tmp_path / launcher)
     assert len(basic) == 4
     assert basic == other
+
+
+@pytest.mark.parametrize("launcher", sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml")))
+def test_launcher_configs_compose_and_name_an_existing_launcher(launcher):
+    cfg = compose_config([f"hydra/launcher={launcher}"], hydra_node=True)
+    module, _, cls = cfg.hydra.launcher._target_.rpartition(".")
+    assert hasattr(importlib.import_module(module), cls)
+    # Every field of the plugin's own schema is set: this file replaces the plugin's registered default.
+    plugin_fields = set(ConfigStore.instance().load(f"hydra/launcher/{launcher}.yaml").node) - {"_target_"}
+    assert plugin_fields <= set(cfg.hydra.launcher)
