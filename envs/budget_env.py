@@ -1,4 +1,12 @@
-"""The Gymnasium environment: shift a portfolio's daily budget between its ad plans, step by step."""
+"""The Gymnasium environment: shift a portfolio's daily budget between its ad plans, step by step.
+
+:class:`PortfolioBatch` holds the state of any number of episodes of one scenario as arrays with a
+leading env axis and steps them together; :class:`BudgetShiftEnv` is a batch of one and
+:class:`envs.vector_env.BudgetShiftVectorEnv` a batch of many. Every per-episode computation is a
+NumPy operation along the trailing (plan) axes, or the step kernel env by env, so an episode's
+numbers do not depend on the batch it sits in: a sub-env of the vector env seeded with ``s`` follows
+exactly the trajectory of a single env reset with ``s``.
+"""
 
 from __future__ import annotations
 
@@ -21,11 +29,17 @@ from envs.features import (
     build_observation,
     observation_size,
 )
-from envs.kernels import CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, SPEND
-from envs.objective import DeepValueScore
+from envs.kernels import BUDGET, CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, SPEND
+from envs.objective import DeepValueScore, ScoreParts
 from envs.scenario import MAX_STAGES, Portfolio, PortfolioGenerator, Scenario, load_scenario
 
 BACKENDS = ("numba", "reference")
+# Step-output columns kept for the 24-hour reporting window, in this order.
+WINDOW_COLUMNS = (SPEND, IMPRESSIONS, CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE)
+_WINDOW_STATS = ("spend", "impressions", "clicks", "conversions", "deep_events", "deep_value")
+# The ring of the last 24 hours keeps the step output's first columns, up to the first deep stage (a
+# slice, so storing a step is one copy).
+_RING_FIELDS = max(WINDOW_COLUMNS) + 1
 
 
 def _feature_table() -> str:
@@ -35,110 +49,129 @@ def _feature_table() -> str:
     return (head + "\n".join(rows), head + "\n".join(grows))
 
 
-class BudgetShiftEnv(gym.Env):
-    """An advertiser's portfolio of ad plans competing in simulated oCPM auctions, hour by hour.
+# -------------------------------------------------------------------------------------------------
+# Allocation: actions -> shares -> step budgets. Every function works on one portfolio (plans on the
+# last axis) or a batch (leading axes), row by row.
+# -------------------------------------------------------------------------------------------------
+def masked_softmax(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Softmax over the entries where ``mask`` is true (last axis); masked entries get 0, and a row
+    without any true entry is all zeros."""
+    any_active = mask.any(axis=-1, keepdims=True)
+    z = np.where(mask, logits, -np.inf)
+    z -= np.where(any_active, z.max(axis=-1, keepdims=True), 0.0)
+    np.exp(z, out=z)
+    return np.divide(z, z.sum(axis=-1, keepdims=True), out=z, where=any_active)
 
-    ## Description
 
-    Several accounts, each with several plans (an ad group with its own budget, target CPA,
-    audience and creative), on the feed, the ad network and search. Every step the agent shares
-    what is left of today's budget between the plans; the env paces each plan's share over the rest
-    of the day by its channel's expected traffic, runs the step's auctions (``envs/kernels.py``),
-    and reports what an advertiser's reporting would show. Deep conversions (approval, first
-    premium, account opened, ...) arrive hours to weeks after the click. New plans bid erratically
-    until the platform's predictions have learned from ~20 conversions; some of them are truly
-    good (potential plans), and some established plans produce cheap leads that rarely convert
-    deeply (traps). See ``DESIGN.md`` and :mod:`envs.scenario` for the model.
+def check_actions(actions: np.ndarray, max_plans: int) -> np.ndarray:
+    """Actions as float64, shaped ``(..., max_plans)``, finite and in [-1, 1]; else ``ValueError``.
 
-    ## Action Space
+    ``actions`` has one leading axis per batch dimension; errors name the plan (and the env of a batch).
+    """
+    a = np.asarray(actions, dtype=np.float64)
+    if a.ndim == 0 or a.shape[-1] != max_plans:
+        raise ValueError(f"action must have shape (..., {max_plans}) with max_plans={max_plans} last, got {a.shape}")
+    bad = ~np.isfinite(a)
+    if bad.any():
+        raise ValueError(f"action must be finite, got NaN/inf at {_positions(bad)}")
+    bad = np.abs(a) > 1.0 + 1e-6
+    if bad.any():
+        raise ValueError(
+            f"action entries must lie in [-1, 1] (logits are action x temperature), "
+            f"got {a[bad][:10].tolist()} at {_positions(bad)}"
+        )
+    return a
 
-    ``Box(-1, 1, (max_plans,), float32)``. ``logits = action * temperature`` (the scenario's
-    ``temperature``, 5 by default, so shares can differ by up to ``e^10``); a softmax masked to the
-    plans that exist gives each plan's share of the remaining daily budget. Optional limits
-    (``min_share``, ``max_share``, ``max_change``) project the shares onto the allowed set; a
-    vertical's ``max_spend_share`` (compliance) withholds what exceeds it for this step. An action
-    with the wrong shape, a NaN/inf entry or an entry outside [-1, 1] raises ``ValueError``.
 
-    ## Observation Space
+def _positions(bad: np.ndarray) -> str:
+    """Where a boolean mask over ``(..., plans)`` is true, for error messages (the first ten)."""
+    if bad.ndim == 1:
+        return f"plans {np.flatnonzero(bad)[:10].tolist()}"
+    return f"(env, plan) {[tuple(int(i) for i in ix) for ix in np.argwhere(bad)[:10]]}"
 
-    ``Box(-1, 1e6, (max_plans * 28 + 5,), float32)`` built by :func:`envs.features.build_observation`
-    from reporting stats only, the same function a production allocator calls. Per plan (padded
-    plans are zeros):
 
-{plan_table}
+def project_shares(
+    shares: np.ndarray,
+    previous: np.ndarray,
+    active: np.ndarray,
+    min_share: float,
+    max_share: float,
+    max_change: float | None,
+) -> np.ndarray:
+    """The closest shares (in the sense of a shift ``s_i - tau``) inside per-plan bounds that sum to 1.
 
-    Then, once:
+    Bounds are ``[min_share, max_share]`` intersected with ``previous +- max_change`` (only once the
+    plan had a share). Infeasible bounds are relaxed towards feasibility (the sum of lower bounds is
+    capped at 1, the sum of upper bounds raised to 1) rather than failing mid-episode. Works row by
+    row on a batch (plans on the last axis).
+    """
+    lo = np.where(active, min_share, 0.0)
+    hi = np.where(active, max_share, 0.0)
+    if max_change is not None:
+        had_shares = previous.sum(axis=-1, keepdims=True) > 0
+        lo_change = np.maximum(lo, previous - max_change)
+        hi_change = np.minimum(hi, previous + max_change)
+        lo = np.where(had_shares, np.where(active, np.minimum(lo_change, hi_change), 0.0), lo)
+        hi = np.where(had_shares, hi_change, hi)
+    lo_sum = lo.sum(axis=-1, keepdims=True)
+    lo = np.where(lo_sum > 1.0, lo / np.where(lo_sum > 1.0, lo_sum, 1.0), lo)
+    hi_sum = hi.sum(axis=-1, keepdims=True)
+    a = shares.min(axis=-1, keepdims=True) - hi.max(axis=-1, keepdims=True) - 1.0
+    b = shares.max(axis=-1, keepdims=True) - lo.min(axis=-1, keepdims=True) + 1.0
+    for _ in range(100):  # bisection on the shift tau
+        tau = 0.5 * (a + b)
+        above = np.clip(shares - tau, lo, hi).sum(axis=-1, keepdims=True) > 1.0
+        a = np.where(above, tau, a)
+        b = np.where(above, b, tau)
+    out = np.clip(shares - 0.5 * (a + b), lo, hi)
+    out /= out.sum(axis=-1, keepdims=True)
+    # Upper bounds that cannot reach 1: the bounds themselves, normalised (or the shares, if all 0).
+    short = hi_sum < 1.0
+    if short.any():
+        fallback = np.where(hi_sum > 0, hi / np.where(hi_sum > 0, hi_sum, 1.0), shares)
+        out = np.where(short, fallback, out)
+    return out
 
-{global_table}
 
-    ## Rewards
+# -------------------------------------------------------------------------------------------------
+# The simulation state of a batch of episodes.
+# -------------------------------------------------------------------------------------------------
+class PortfolioBatch:
+    """``n_envs`` independent episodes of one scenario, as arrays with a leading env axis ``E``.
 
-    Each step: the value of the deep events that matured in it. The last step adds the value of
-    events still pending that mature within the attribution window, and the CPA penalty
-    ``score - V`` of ``score = V * min(1, (cpa_target / cpa) ** beta)``, so the return of an
-    episode equals its score (:mod:`envs.objective`).
-
-    ## Starting State
-
-    ``reset(seed=...)`` draws the portfolio's hidden truth from the scenario
-    (:class:`envs.scenario.PortfolioGenerator`) with ``self.np_random``: plan kinds, rates, target
-    CPAs, prediction errors, fatigue, audiences, launch days, day-level competition, and the root
-    key of the counter-based draws of the dynamics. Nothing else is random.
-
-    ## Episode End
-
-    Terminates after ``days * steps_per_day`` steps (the time is in the observation). Never
-    truncated by the env itself.
-
-    ## Arguments
-
-    - ``scenario``: a preset name (``conf/env/<name>.yaml``), a YAML path, a mapping with the
-      fields of a preset, or a :class:`envs.scenario.Scenario`.
-    - ``backend``: ``"numba"`` (default) or ``"reference"`` (the slow NumPy oracle, for tests).
-    - ``generator``: a callable ``(scenario, rng) -> Portfolio`` (default :class:`PortfolioGenerator`).
-    - ``objective``: the reward piece (default :class:`envs.objective.DeepValueScore` with the
-      scenario's ``beta``).
-
-    ``info`` of every step holds per-plan arrays for the step (``spend``, ``impressions``,
-    ``clicks``, ``conversions``, ``deep_events`` of shape ``(n_plans, n_stages)``, ``deep_value``,
-    ``budget`` and ``shares``), ``cap_withheld`` (share withheld by compliance caps) and, on the last
-    step, ``score`` with its parts (:class:`envs.objective.ScoreParts`).
-
-    ## Version History
-
-    - v0: initial release.
+    Hidden truth (``plan``, ``stage``, ``audience``, ...) is loaded from a :class:`Portfolio` per env
+    by :meth:`load`; :meth:`step` allocates shares, paces them into step budgets, runs the step
+    kernel (``step_batch_kernel`` for a numba batch, ``step_kernel`` or the NumPy reference env by
+    env otherwise) and keeps the advertiser's reporting books. Autoreset, seeding and the Gymnasium
+    API live in the envs built on it.
     """
 
-    # render_fps is required by Gymnasium's checker whenever a render mode is declared; an ansi frame is one
-    # decision step, so it only paces a viewer that replays frames.
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
-
-    def __init__(self, scenario: str | Mapping[str, Any] | Scenario = "default", backend: str = "numba",
-                 generator: Any = None, objective: DeepValueScore | None = None,
-                 render_mode: str | None = None) -> None:
+    def __init__(
+        self, scenario: Scenario, n_envs: int, backend: str = "numba", objective: DeepValueScore | None = None
+    ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
-        self.scenario = sc = load_scenario(scenario)
+        if n_envs < 1:
+            raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+        self.scenario = sc = scenario
+        self.n_envs = n_envs
         self.backend = backend
-        self.render_mode = render_mode
-        self.generator = generator if generator is not None else PortfolioGenerator()
         self.objective = objective if objective is not None else DeepValueScore(beta=sc.beta)
-        self.n_plans = sc.n_plans
+        self.n_plans = n = sc.n_plans
         self.max_plans = sc.max_plans
         self.n_stages = MAX_STAGES
         self.horizon = sc.horizon
         self.pending_horizon = sc.horizon + sc.attribution_steps
         self.window = max(1, 24 // sc.hours_per_step)  # steps in the 24-hour reporting window
-
-        self.action_space = spaces.Box(-1.0, 1.0, shape=(sc.max_plans,), dtype=np.float32)
-        self.observation_space = spaces.Box(OBS_LOW, OBS_HIGH, shape=(observation_size(sc.max_plans),),
-                                            dtype=np.float32)
+        self.has_limits = sc.min_share > 0 or sc.max_share < 1 or sc.max_change is not None
 
         # Scenario-level channel arrays, shared by every episode.
-        self.chan = np.array([[c.volume, c.market_bid, c.market_sigma, c.ctr_mult, c.cvr_mult,
-                               1.0 if c.auction == "first" else 0.0] for c in sc.channels])
+        self.chan = np.array(
+            [
+                [c.volume, c.market_bid, c.market_sigma, c.ctr_mult, c.cvr_mult, 1.0 if c.auction == "first" else 0.0]
+                for c in sc.channels
+            ]
+        )
         self.chan_diurnal = np.array([np.asarray(c.diurnal) / np.mean(c.diurnal) for c in sc.channels])
         self.chan_market_hour = np.array([c.market_diurnal for c in sc.channels], dtype=np.float64)
         # pace[c, k]: share of the rest of the day's traffic on channel c that arrives in the k-th
@@ -149,49 +182,440 @@ class BudgetShiftEnv(gym.Env):
         self.channel_vocab = np.array([CHANNELS.index(c.name) for c in sc.channels], dtype=np.int64)
         self.vertical_vocab = np.array([VERTICALS.index(v.name) for v in sc.verticals], dtype=np.int64)
         self.vertical_cap = np.array([v.max_spend_share for v in sc.verticals])
+
+        e, s, c = n_envs, self.n_stages, len(sc.channels)
+        k = kernels.n_step_fields(s)
+        self.portfolios: list[Portfolio | None] = [None] * e
+        # Per-episode hidden truth (kernel inputs).
+        self.key = np.zeros(e, dtype=np.uint64)  # (E,) root of the counter-based draws
+        self.plan = np.zeros((e, n, kernels.N_PLAN_FIELDS))  # (E, P, N_PLAN_FIELDS)
+        self.stage = np.zeros((e, n, s, kernels.N_STAGE_FIELDS))  # (E, P, S, N_STAGE_FIELDS)
+        self.audience = np.zeros((e, n), dtype=np.uint64)  # (E, P) segment bit masks
+        self.market_day = np.ones((e, sc.days, c))  # (E, days, C) competitor pressure by day
+        self.chan_plans = np.zeros((e, n), dtype=np.int64)  # (E, P) plans sorted by channel
+        self.chan_start = np.zeros((e, c + 1), dtype=np.int64)  # (E, C + 1) offsets into chan_plans
+        # Per-episode structure the env and its reporting read.
+        self.channel = np.zeros((e, n), dtype=np.int64)  # (E, P) index into scenario.channels
+        self.vertical = np.zeros((e, n), dtype=np.int64)  # (E, P) index into scenario.verticals
+        self.launch_step = np.zeros((e, n), dtype=np.int64)  # (E, P)
+        self.prior_age_steps = np.zeros((e, n), dtype=np.int64)  # (E, P)
+        self.target_cpa = np.ones((e, n))  # (E, P) currency
+        self.plan_channel_vocab = np.zeros((e, n), dtype=np.int64)  # (E, P) index into features.CHANNELS
+        self.plan_vertical_vocab = np.zeros((e, n), dtype=np.int64)  # (E, P) index into features.VERTICALS
+        # Dynamic state.
+        self.t = np.zeros(e, dtype=np.int64)  # (E,) next step to simulate
+        self.spent_today = np.zeros(e)  # (E,) currency
+        self.episode_return = np.zeros(e)  # (E,)
+        self.state = np.zeros((e, n, kernels.N_STATE_FIELDS))  # (E, P, 2) conversions, impressions
+        self.pending = np.zeros((e, n, s, self.pending_horizon), dtype=np.int32)  # (E, P, S, H) deep events
+        self.shares = np.zeros((e, n))  # (E, P) shares given at the last step
+        self.last = np.zeros((e, n, k))  # (E, P, k) the last step's per-plan output
+        self.total = np.zeros((e, n, k))  # (E, P, k) per-plan output since the episode started
+        self.ring = np.zeros((e, self.window, n, _RING_FIELDS))  # (E, W, P, 7) the last 24 hours' outputs
+        self.active = np.zeros((e, n), dtype=bool)  # (E, P) plans launched by the step about to be decided
+        self.plan_pace = np.zeros((e, sc.steps_per_day, n))  # (E, steps_per_day, P) pace of each plan's channel
+        self._cap_index = np.zeros((e, n), dtype=np.int64)  # (E, P) row * n_verticals + vertical
+        self._rows = np.arange(e)
+        # Per-env kernel arguments (views of the arrays above, which are only ever written in place).
+        self._env_args = [
+            (
+                self.market_day[i],
+                self.plan[i],
+                self.audience[i],
+                self.stage[i],
+                self.chan_plans[i],
+                self.chan_start[i],
+                self.state[i],
+                self.pending[i],
+            )
+            for i in range(e)
+        ]
+        self._scenario_args = (
+            sc.hours_per_step,
+            sc.steps_per_day,
+            sc.impressions_per_opportunity,
+            sc.user_quality_sigma,
+            sc.learning_conversions,
+            sc.noise_floor,
+            self.chan,
+            self.chan_diurnal,
+            self.chan_market_hour,
+        )
         if backend == "numba":
             self._step_fn = kernels.step_kernel
         else:
             from envs.reference import step_reference
 
             self._step_fn = step_reference
+
+    # ---------------------------------------------------------------------------------------------
+    def load(self, env_index: int, pf: Portfolio) -> None:
+        """Start a new episode in row ``env_index`` with the hidden truth of ``pf``."""
+        i = env_index
+        sc = self.scenario
+        self.portfolios[i] = pf
+        self.key[i] = np.uint64(pf.key)
+        self.plan[i] = np.column_stack(
+            [
+                pf.ctr,
+                pf.cvr,
+                pf.target_cpa,
+                pf.bias0,
+                pf.noise0,
+                pf.fatigue_scale,
+                pf.fatigue_floor,
+                pf.channel.astype(np.float64),
+                pf.launch_step.astype(np.float64),
+            ]
+        )
+        self.stage[i] = np.stack([pf.stage_rate, pf.stage_value, pf.delay_median, pf.delay_sigma], axis=-1)
+        self.audience[i] = pf.audience
+        self.market_day[i] = pf.market_day
+        self.chan_plans[i] = np.argsort(pf.channel, kind="stable")
+        self.chan_start[i] = np.concatenate([[0], np.cumsum(np.bincount(pf.channel, minlength=len(sc.channels)))])
+        self.channel[i] = pf.channel
+        self.vertical[i] = pf.vertical
+        self.plan_pace[i] = self.pace[pf.channel].T
+        self._cap_index[i] = i * len(self.vertical_cap) + pf.vertical
+        self.launch_step[i] = pf.launch_step
+        self.prior_age_steps[i] = pf.prior_age_steps
+        self.target_cpa[i] = pf.target_cpa
+        self.plan_channel_vocab[i] = self.channel_vocab[pf.channel]
+        self.plan_vertical_vocab[i] = self.vertical_vocab[pf.vertical]
+        self.t[i] = 0
+        self.spent_today[i] = 0.0
+        self.episode_return[i] = 0.0
+        self.state[i] = np.column_stack([pf.prior_conversions, pf.prior_impressions])
+        self.pending[i] = 0
+        self.shares[i] = 0.0
+        self.last[i] = 0.0
+        self.total[i] = 0.0
+        self.ring[i] = 0.0
+        self.active[i] = self.launch_step[i] <= 0
+
+    # ---------------------------------------------------------------------------------------------
+    def step(self, shares: np.ndarray) -> dict[str, Any]:
+        """Simulate one step of every env with non-negative budget shares ``(E, P)``.
+
+        Shares are renormalised over active plans (uniform when they are all 0), projected onto the
+        scenario's share limits and capped by compliance. Returns this step's arrays (fresh, never
+        written again): ``out`` (E, P, k) kernel output, ``budget`` and ``shares`` (E, P),
+        ``cap_withheld``, ``reward`` and ``terminated`` (E,), ``step`` (E,) the step simulated, and
+        ``score`` mapping each env that terminated to its :class:`ScoreParts`.
+        """
+        sc = self.scenario
+        active = self.active
+        shares = np.where(active, shares, 0.0)
+        total = shares.sum(axis=-1, keepdims=True)
+        given = total > 0
+        np.divide(shares, total, out=shares, where=given)
+        if not given.all():
+            shares = np.where(given, shares, masked_softmax(np.zeros_like(shares), active))
+        if self.has_limits:
+            shares = project_shares(shares, self.shares, active, sc.min_share, sc.max_share, sc.max_change)
+        shares, withheld = self._apply_caps(shares)
+        self.shares[...] = shares
+
+        t = self.t.copy()
+        step_in_day = t % sc.steps_per_day
+        self.spent_today[step_in_day == 0] = 0.0
+        left_today = np.maximum(0.0, sc.daily_budget - self.spent_today)
+        step_budget = shares * left_today[:, None] * self.plan_pace[self._rows, step_in_day]
+
+        out = np.empty((self.n_envs, self.n_plans, self.last.shape[-1]))
+        if self.backend == "numba" and self.n_envs > 1:
+            kernels.step_batch_kernel(
+                t,
+                self.key,
+                *self._scenario_args,
+                self.market_day,
+                self.plan,
+                self.audience,
+                self.stage,
+                self.chan_plans,
+                self.chan_start,
+                self.state,
+                self.pending,
+                step_budget,
+                out,
+            )
+        else:
+            for i, env_args in enumerate(self._env_args):
+                self._step_fn(int(t[i]), self.key[i], *self._scenario_args, *env_args, step_budget[i], out[i])
+
+        self.spent_today += out[..., SPEND].sum(axis=-1)
+        self.last[...] = out
+        self.total += out
+        self.ring[self._rows, t % self.window] = out[..., :_RING_FIELDS]
+        reward = out[..., DEEP_VALUE].sum(axis=-1)
+        self.t += 1
+        self.active = self.launch_step <= np.minimum(self.t, self.horizon - 1)[:, None]
+        terminated = self.t >= self.horizon
+        score: dict[int, ScoreParts] = {}
+        if terminated.any():
+            for i in np.flatnonzero(terminated):
+                score[int(i)] = parts = self.settle(int(i))
+                reward[i] += self.objective.final_reward(parts)
+        self.episode_return += reward
+        return {
+            "out": out,
+            "budget": step_budget,
+            "shares": shares,
+            "cap_withheld": withheld,
+            "reward": reward,
+            "terminated": terminated,
+            "step": t,
+            "score": score,
+        }
+
+    # ---------------------------------------------------------------------------------------------
+    def settle(self, env_index: int) -> ScoreParts:
+        """Score parts of env ``env_index``'s episode so far, settling pending events within the
+        attribution window."""
+        i = env_index
+        t = int(self.t[i])
+        total = self.total[i]
+        settled = self.pending[i, :, :, t:].sum(axis=2).astype(np.float64)  # (P, S)
+        settled_value = float((settled * self.stage[i, :, :, kernels.ST_VALUE]).sum())
+        deep = float(total[:, DEEP0].sum() + settled[:, 0].sum())
+        return self.objective.settle(
+            matured_value=float(total[:, DEEP_VALUE].sum()),
+            settled_value=settled_value,
+            spend=float(total[:, SPEND].sum()),
+            deep_conversions=deep,
+            cpa_target=self.scenario.cpa_target,
+        )
+
+    def _apply_caps(self, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Compliance caps: each vertical's shares scaled down to its ``max_spend_share``.
+
+        Returns the capped shares and the share withheld (E,). One bincount over all rows (offset by
+        row): each row's sums run over its plans in order, as a bincount of that row alone would.
+        """
+        cap = self.vertical_cap
+        per_vertical = np.bincount(self._cap_index.ravel(), weights=shares.ravel(), minlength=self.n_envs * len(cap))
+        per_vertical = per_vertical.reshape(self.n_envs, len(cap))
+        scale = np.where(per_vertical > cap, cap / np.maximum(per_vertical, 1e-300), 1.0)
+        capped = shares * scale.ravel()[self._cap_index]
+        return capped, shares.sum(axis=-1) - capped.sum(axis=-1)
+
+    def active_mask(self, env_index: int | None = None) -> np.ndarray:
+        """(E, P) bool, or (P,) for one env: plans launched by the step about to be decided."""
+        return (self.active if env_index is None else self.active[env_index]).copy()
+
+    def clock(self, env_index: int | None = None) -> Clock:
+        """The decision's :class:`Clock`: fields are arrays (E,), or scalars for one env."""
+        sc = self.scenario
+        if env_index is None:
+            t = np.minimum(self.t, self.horizon - 1)
+            step_in_day = t % sc.steps_per_day
+            spent = np.where(step_in_day == 0, 0.0, self.spent_today)
+            return Clock(
+                hour=step_in_day * sc.hours_per_step,
+                day=t // sc.steps_per_day,
+                days=sc.days,
+                daily_budget=sc.daily_budget,
+                budget_left_today=np.maximum(0.0, sc.daily_budget - spent),
+            )
+        t = min(int(self.t[env_index]), self.horizon - 1)
+        step_in_day = t % sc.steps_per_day
+        spent = 0.0 if step_in_day == 0 else float(self.spent_today[env_index])
+        return Clock(
+            hour=step_in_day * sc.hours_per_step,
+            day=t // sc.steps_per_day,
+            days=sc.days,
+            daily_budget=sc.daily_budget,
+            budget_left_today=max(0.0, sc.daily_budget - spent),
+        )
+
+    def reporting_stats(self, env_index: int | None = None) -> dict[str, np.ndarray]:
+        """What the advertiser's reporting shows per plan now (the input of :mod:`envs.features`):
+        arrays (E, P), or (P,) for one env. Windows are views of the books (copy to keep them)."""
+        sc = self.scenario
+        rows = slice(None) if env_index is None else env_index
+        t = self.t[rows] if env_index is not None else self.t[:, None]
+        last = self.last[rows]
+        total = self.total[rows]
+        day = np.add.reduce(self.ring[rows], axis=-3)  # (..., P, 7) step-output columns
+        age_steps = np.maximum(0, t - self.launch_step[rows]) + self.prior_age_steps[rows]
+        stats = {
+            "channel": self.plan_channel_vocab[rows],
+            "vertical": self.plan_vertical_vocab[rows],
+            "age_hours": (age_steps * sc.hours_per_step).astype(np.float64),
+            "learning": (self.state[rows][..., kernels.STATE_CONVERSIONS] < sc.learning_conversions).astype(np.float64),
+            "target_cpa": self.target_cpa[rows],
+            "budget_last": last[..., BUDGET],
+        }
+        for window, books, columns in (
+            ("last", last, WINDOW_COLUMNS),
+            ("24h", day, WINDOW_COLUMNS),
+            ("total", total, WINDOW_COLUMNS),
+        ):
+            for name, column in zip(_WINDOW_STATS, columns, strict=True):
+                stats[f"{name}_{window}"] = books[..., column]
+        return stats
+
+    def observe(self, env_index: int | None = None) -> np.ndarray:
+        """Observations (E, obs_size) float32, or (obs_size,) for one env (:func:`build_observation`)."""
+        return build_observation(
+            self.reporting_stats(env_index),
+            self.clock(env_index),
+            self.max_plans,
+            self.active if env_index is None else self.active[env_index],
+        )
+
+
+class BudgetShiftEnv(gym.Env):
+    """An advertiser's portfolio of ad plans competing in simulated oCPM auctions, hour by hour.
+
+        ## Description
+
+        Several accounts, each with several plans (an ad group with its own budget, target CPA,
+        audience and creative), on the feed, the ad network and search. Every step the agent shares
+        what is left of today's budget between the plans; the env paces each plan's share over the rest
+        of the day by its channel's expected traffic, runs the step's auctions (``envs/kernels.py``),
+        and reports what an advertiser's reporting would show. Deep conversions (approval, first
+        premium, account opened, ...) arrive hours to weeks after the click. New plans bid erratically
+        until the platform's predictions have learned from ~20 conversions; some of them are truly
+        good (potential plans), and some established plans produce cheap leads that rarely convert
+        deeply (traps). See ``DESIGN.md`` and :mod:`envs.scenario` for the model.
+
+        ## Action Space
+
+        ``Box(-1, 1, (max_plans,), float32)``. ``logits = action * temperature`` (the scenario's
+        ``temperature``, 5 by default, so shares can differ by up to ``e^10``); a softmax masked to the
+        plans that exist gives each plan's share of the remaining daily budget. Optional limits
+        (``min_share``, ``max_share``, ``max_change``) project the shares onto the allowed set; a
+        vertical's ``max_spend_share`` (compliance) withholds what exceeds it for this step. An action
+        with the wrong shape, a NaN/inf entry or an entry outside [-1, 1] raises ``ValueError``.
+
+        ## Observation Space
+
+        ``Box(-1, 1e6, (max_plans * 28 + 5,), float32)`` built by :func:`envs.features.build_observation`
+        from reporting stats only, the same function a production allocator calls. Per plan (padded
+        plans are zeros):
+
+    {plan_table}
+
+        Then, once:
+
+    {global_table}
+
+        ## Rewards
+
+        Each step: the value of the deep events that matured in it. The last step adds the value of
+        events still pending that mature within the attribution window, and the CPA penalty
+        ``score - V`` of ``score = V * min(1, (cpa_target / cpa) ** beta)``, so the return of an
+        episode equals its score (:mod:`envs.objective`).
+
+        ## Starting State
+
+        ``reset(seed=...)`` draws the portfolio's hidden truth from the scenario
+        (:class:`envs.scenario.PortfolioGenerator`) with ``self.np_random``: plan kinds, rates, target
+        CPAs, prediction errors, fatigue, audiences, launch days, day-level competition, and the root
+        key of the counter-based draws of the dynamics. Nothing else is random.
+
+        ## Episode End
+
+        Terminates after ``days * steps_per_day`` steps (the time is in the observation). Never
+        truncated by the env itself.
+
+        ## Arguments
+
+        - ``scenario``: a preset name (``conf/env/<name>.yaml``), a YAML path, a mapping with the
+          fields of a preset, or a :class:`envs.scenario.Scenario`.
+        - ``backend``: ``"numba"`` (default) or ``"reference"`` (the slow NumPy oracle, for tests).
+        - ``generator``: a callable ``(scenario, rng) -> Portfolio`` (default :class:`PortfolioGenerator`).
+        - ``objective``: the reward piece (default :class:`envs.objective.DeepValueScore` with the
+          scenario's ``beta``).
+
+        ``info`` of every step holds per-plan arrays for the step (``spend``, ``impressions``,
+        ``clicks``, ``conversions``, ``deep_events`` of shape ``(n_plans, n_stages)``, ``deep_value``,
+        ``budget`` and ``shares``), ``cap_withheld`` (share withheld by compliance caps) and, on the last
+        step, ``score`` with its parts (:class:`envs.objective.ScoreParts`).
+
+        ## Version History
+
+        - v0: initial release.
+    """
+
+    # render_fps is required by Gymnasium's checker whenever a render mode is declared; an ansi frame is one
+    # decision step, so it only paces a viewer that replays frames.
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        scenario: str | Mapping[str, Any] | Scenario = "default",
+        backend: str = "numba",
+        generator: Any = None,
+        objective: DeepValueScore | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.scenario = sc = load_scenario(scenario)
+        self.backend = backend
+        self.render_mode = render_mode
+        self.generator = generator if generator is not None else PortfolioGenerator()
+        self.objective = objective if objective is not None else DeepValueScore(beta=sc.beta)
+        self.sim = sim = PortfolioBatch(sc, 1, backend, self.objective)
+        self.n_plans = sc.n_plans
+        self.max_plans = sc.max_plans
+        self.n_stages = sim.n_stages
+        self.horizon = sim.horizon
+        self.pending_horizon = sim.pending_horizon
+        self.window = sim.window
+
+        self.action_space = spaces.Box(-1.0, 1.0, shape=(sc.max_plans,), dtype=np.float32)
+        self.observation_space = spaces.Box(
+            OBS_LOW, OBS_HIGH, shape=(observation_size(sc.max_plans),), dtype=np.float32
+        )
+
+        # Scenario-level arrays, and this episode's arrays as views of row 0 of the batch.
+        self.chan, self.chan_diurnal, self.chan_market_hour = sim.chan, sim.chan_diurnal, sim.chan_market_hour
+        self.pace, self.channel_vocab, self.vertical_vocab = sim.pace, sim.channel_vocab, sim.vertical_vocab
+        self.vertical_cap = sim.vertical_cap
+        self.plan, self.stage, self.audience = sim.plan[0], sim.stage[0], sim.audience[0]
+        self.chan_plans, self.chan_start = sim.chan_plans[0], sim.chan_start[0]
+        self.plan_channel_vocab, self.plan_vertical_vocab = sim.plan_channel_vocab[0], sim.plan_vertical_vocab[0]
+        self.state, self.pending = sim.state[0], sim.pending[0]
+        self.last, self.total, self.ring = sim.last[0], sim.total[0], sim.ring[0]
         self.portfolio: Portfolio | None = None
+
+    @property
+    def t(self) -> int:
+        """The next step to simulate (the number of steps taken this episode)."""
+        return int(self.sim.t[0])
+
+    @property
+    def key(self) -> np.uint64:
+        return self.sim.key[0]
+
+    @property
+    def spent_today(self) -> float:
+        return float(self.sim.spent_today[0])
+
+    @property
+    def episode_return(self) -> float:
+        return float(self.sim.episode_return[0])
+
+    @property
+    def shares(self) -> np.ndarray:
+        """(n_plans,) the shares given at the last step (after limits and caps)."""
+        return self.sim.shares[0]
 
     # ---------------------------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        sc = self.scenario
-        pf = self.portfolio = self.generator(sc, self.np_random)
-        n = self.n_plans
-        self.plan = np.column_stack([pf.ctr, pf.cvr, pf.target_cpa, pf.bias0, pf.noise0, pf.fatigue_scale,
-                                     pf.fatigue_floor, pf.channel.astype(np.float64),
-                                     pf.launch_step.astype(np.float64)])
-        self.stage = np.stack([pf.stage_rate, pf.stage_value, pf.delay_median, pf.delay_sigma], axis=-1)
-        self.chan_plans = np.argsort(pf.channel, kind="stable").astype(np.int64)
-        self.chan_start = np.concatenate([[0], np.cumsum(np.bincount(pf.channel, minlength=len(sc.channels)))])
-        self.key = np.uint64(pf.key)
-        self.state = np.column_stack([pf.prior_conversions, pf.prior_impressions])
-        self.pending = np.zeros((n, self.n_stages, self.pending_horizon), dtype=np.int32)
-        self.plan_channel_vocab = self.channel_vocab[pf.channel]
-        self.plan_vertical_vocab = self.vertical_vocab[pf.vertical]
-
-        k = kernels.n_step_fields(self.n_stages)
-        self.out = np.zeros((n, k))
-        self.last = np.zeros((n, k))
-        self.total = np.zeros((n, k))
-        self.ring = np.zeros((self.window, n, k))
-        self.shares = np.zeros(n)
-        self.t = 0
-        self.spent_today = 0.0
-        self.episode_return = 0.0
-        return self._observation(), {"n_plans": n, "active": self.active_mask()}
+        self.portfolio = self.generator(self.scenario, self.np_random)
+        self.sim.load(0, self.portfolio)
+        return self._observation(), {"n_plans": self.n_plans, "active": self.active_mask()}
 
     # ---------------------------------------------------------------------------------------------
     def step(self, action: np.ndarray):
-        if self.portfolio is None:
-            raise RuntimeError("call reset() before step()")
-        if self.t >= self.horizon:
-            raise RuntimeError("the episode has ended; call reset()")
+        self._check_running()
         shares = self.action_to_shares(action)
         return self.step_shares(shares)
 
@@ -200,171 +624,73 @@ class BudgetShiftEnv(gym.Env):
         a = np.asarray(action, dtype=np.float64)
         if a.shape != (self.max_plans,):
             raise ValueError(f"action must have shape ({self.max_plans},), got {a.shape}")
-        if not np.all(np.isfinite(a)):
-            raise ValueError(f"action must be finite, got NaN/inf at plans {np.flatnonzero(~np.isfinite(a)).tolist()}")
-        if np.any(np.abs(a) > 1.0 + 1e-6):
-            bad = np.flatnonzero(np.abs(a) > 1.0 + 1e-6).tolist()
-            raise ValueError(f"action entries must lie in [-1, 1] (logits are action x temperature), "
-                             f"got {a[bad].tolist()} at plans {bad}")
+        a = check_actions(a, self.max_plans)
         return masked_softmax(a[: self.n_plans] * self.scenario.temperature, self.active_mask())
 
     def step_shares(self, shares: np.ndarray):
         """Step with budget shares directly (heuristic allocators); limits and caps still apply."""
-        sc = self.scenario
+        self._check_running()
         n = self.n_plans
         shares = np.asarray(shares, dtype=np.float64)
         if shares.shape != (n,) or not np.all(np.isfinite(shares)) or np.any(shares < 0):
             raise ValueError(f"shares must be {n} finite non-negative numbers, got shape {shares.shape}")
-        active = self.active_mask()
-        shares = np.where(active, shares, 0.0)
-        total = shares.sum()
-        shares = shares / total if total > 0 else masked_softmax(np.zeros(n), active)
-        if sc.min_share > 0 or sc.max_share < 1 or sc.max_change is not None:
-            shares = project_shares(shares, self.shares, active, sc.min_share, sc.max_share, sc.max_change)
-        shares, withheld = self._apply_caps(shares)
-        self.shares = shares
-
-        step_in_day = self.t % sc.steps_per_day
-        if step_in_day == 0:
-            self.spent_today = 0.0
-        left_today = max(0.0, sc.daily_budget - self.spent_today)
-        step_budget = shares * left_today * self.pace[self.portfolio.channel, step_in_day]
-
-        self._step_fn(self.t, self.key, sc.hours_per_step, sc.steps_per_day, sc.impressions_per_opportunity,
-                      sc.user_quality_sigma, sc.learning_conversions, sc.noise_floor, self.chan,
-                      self.chan_diurnal, self.chan_market_hour, self.portfolio.market_day, self.plan,
-                      self.portfolio.audience, self.stage, self.chan_plans, self.chan_start, self.state,
-                      self.pending, step_budget, self.out)
-        out = self.out
-        self.spent_today += out[:, SPEND].sum()
-        self.last[:] = out
-        self.total += out
-        self.ring[self.t % self.window] = out
-        reward = float(out[:, DEEP_VALUE].sum())
+        result = self.sim.step(shares[None, :])
+        out = result["out"][0]
         info: dict[str, Any] = {
-            "step": self.t,
-            "spend": out[:, SPEND].copy(),
-            "impressions": out[:, IMPRESSIONS].copy(),
-            "clicks": out[:, CLICKS].copy(),
-            "conversions": out[:, CONVERSIONS].copy(),
-            "deep_events": out[:, DEEP0:].copy(),
-            "deep_value": out[:, DEEP_VALUE].copy(),
-            "budget": step_budget,
-            "shares": shares.copy(),
-            "cap_withheld": withheld,
+            "step": int(result["step"][0]),
+            "spend": out[:, SPEND],
+            "impressions": out[:, IMPRESSIONS],
+            "clicks": out[:, CLICKS],
+            "conversions": out[:, CONVERSIONS],
+            "deep_events": out[:, DEEP0:],
+            "deep_value": out[:, DEEP_VALUE],
+            "budget": result["budget"][0],
+            "shares": result["shares"][0],
+            "cap_withheld": float(result["cap_withheld"][0]),
         }
-        self.t += 1
-        terminated = self.t >= self.horizon
+        terminated = bool(result["terminated"][0])
         if terminated:
-            parts = self.settle()
-            reward += self.objective.final_reward(parts)
-            info["score"] = parts.as_dict()
-        self.episode_return += reward
-        return self._observation(), reward, terminated, False, info
+            info["score"] = result["score"][0].as_dict()
+        return self._observation(), float(result["reward"][0]), terminated, False, info
+
+    def _check_running(self) -> None:
+        if self.portfolio is None:
+            raise RuntimeError("call reset() before step()")
+        if self.t >= self.horizon:
+            raise RuntimeError("the episode has ended; call reset()")
 
     # ---------------------------------------------------------------------------------------------
-    def settle(self):
+    def settle(self) -> ScoreParts:
         """Score parts of the episode so far, settling pending events within the attribution window."""
-        settled = self.pending[:, :, self.t:].sum(axis=2).astype(np.float64)  # (P, S)
-        settled_value = float((settled * self.stage[:, :, kernels.ST_VALUE]).sum())
-        deep = float(self.total[:, DEEP0].sum() + settled[:, 0].sum())
-        return self.objective.settle(matured_value=float(self.total[:, DEEP_VALUE].sum()),
-                                     settled_value=settled_value, spend=float(self.total[:, SPEND].sum()),
-                                     deep_conversions=deep, cpa_target=self.scenario.cpa_target)
-
-    def _apply_caps(self, shares: np.ndarray) -> tuple[np.ndarray, float]:
-        vertical = self.portfolio.vertical
-        per_vertical = np.bincount(vertical, weights=shares, minlength=len(self.vertical_cap))
-        scale = np.where(per_vertical > self.vertical_cap, self.vertical_cap / np.maximum(per_vertical, 1e-300), 1.0)
-        capped = shares * scale[vertical]
-        return capped, float(shares.sum() - capped.sum())
+        return self.sim.settle(0)
 
     def active_mask(self) -> np.ndarray:
         """(n_plans,) bool: plans launched by the step about to be decided."""
-        return self.portfolio.launch_step <= min(self.t, self.horizon - 1)
+        return self.sim.active_mask(0)
 
     def clock(self) -> Clock:
-        sc = self.scenario
-        t = min(self.t, self.horizon - 1)
-        step_in_day = t % sc.steps_per_day
-        spent = 0.0 if step_in_day == 0 else self.spent_today
-        return Clock(hour=step_in_day * sc.hours_per_step, day=t // sc.steps_per_day, days=sc.days,
-                     daily_budget=sc.daily_budget, budget_left_today=max(0.0, sc.daily_budget - spent))
+        return self.sim.clock(0)
 
     def reporting_stats(self) -> dict[str, np.ndarray]:
         """What the advertiser's reporting shows per plan now (the input of :mod:`envs.features`)."""
-        pf = self.portfolio
-        sc = self.scenario
-        day = self.ring.sum(axis=0)
-        age_steps = np.maximum(0, self.t - pf.launch_step) + pf.prior_age_steps
-        stats = {
-            "channel": self.plan_channel_vocab,
-            "vertical": self.plan_vertical_vocab,
-            "age_hours": (age_steps * sc.hours_per_step).astype(np.float64),
-            "learning": (self.state[:, kernels.STATE_CONVERSIONS] < sc.learning_conversions).astype(np.float64),
-            "target_cpa": pf.target_cpa,
-            "budget_last": self.last[:, kernels.BUDGET],
-        }
-        for window, arr in (("last", self.last), ("24h", day), ("total", self.total)):
-            stats[f"spend_{window}"] = arr[:, SPEND]
-            stats[f"impressions_{window}"] = arr[:, IMPRESSIONS]
-            stats[f"clicks_{window}"] = arr[:, CLICKS]
-            stats[f"conversions_{window}"] = arr[:, CONVERSIONS]
-            stats[f"deep_events_{window}"] = arr[:, DEEP0]
-            stats[f"deep_value_{window}"] = arr[:, DEEP_VALUE]
-        return stats
+        return self.sim.reporting_stats(0)
 
     def _observation(self) -> np.ndarray:
-        return build_observation(self.reporting_stats(), self.clock(), self.max_plans, self.active_mask())
+        return self.sim.observe(0)
 
     def render(self) -> str | None:
         if self.render_mode != "ansi" or self.portfolio is None:
             return None
         lines = [f"step {self.t}/{self.horizon}  spent today {self.spent_today:,.0f}"]
         for p in range(self.n_plans):
-            lines.append(f"plan {p:3d}  share {self.shares[p]:.3f}  spend {self.total[p, SPEND]:>12,.0f}  "
-                         f"conv {self.total[p, CONVERSIONS]:>6.0f}  deep value {self.total[p, DEEP_VALUE]:>12,.0f}")
+            lines.append(
+                f"plan {p:3d}  share {self.shares[p]:.3f}  spend {self.total[p, SPEND]:>12,.0f}  "
+                f"conv {self.total[p, CONVERSIONS]:>6.0f}  deep value {self.total[p, DEEP_VALUE]:>12,.0f}"
+            )
         return "\n".join(lines)
 
 
 _plan_table, _global_table = _feature_table()
 BudgetShiftEnv.__doc__ = BudgetShiftEnv.__doc__.replace("{plan_table}", _plan_table).replace(
-    "{global_table}", _global_table)
-
-
-def masked_softmax(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Softmax over the entries where ``mask`` is true; masked entries get 0."""
-    if not mask.any():
-        return np.zeros_like(logits)
-    z = np.where(mask, logits, -np.inf)
-    z = np.exp(z - z[mask].max())
-    return z / z.sum()
-
-
-def project_shares(shares: np.ndarray, previous: np.ndarray, active: np.ndarray, min_share: float,
-                   max_share: float, max_change: float | None) -> np.ndarray:
-    """The closest shares (in the sense of a shift ``s_i - tau``) inside per-plan bounds that sum to 1.
-
-    Bounds are ``[min_share, max_share]`` intersected with ``previous +- max_change`` (only once the
-    plan had a share). Infeasible bounds are relaxed towards feasibility (the sum of lower bounds is
-    capped at 1, the sum of upper bounds raised to 1) rather than failing mid-episode.
-    """
-    lo = np.where(active, min_share, 0.0)
-    hi = np.where(active, max_share, 0.0)
-    if max_change is not None and previous.sum() > 0:
-        lo = np.maximum(lo, previous - max_change)
-        hi = np.minimum(hi, previous + max_change)
-        lo = np.where(active, np.minimum(lo, hi), 0.0)
-    if lo.sum() > 1.0:
-        lo = lo / lo.sum()
-    if hi.sum() < 1.0:
-        return hi / hi.sum() if hi.sum() > 0 else shares
-    a, b = shares.min() - hi.max() - 1.0, shares.max() - lo.min() + 1.0
-    for _ in range(100):  # bisection on the shift tau
-        tau = 0.5 * (a + b)
-        if np.clip(shares - tau, lo, hi).sum() > 1.0:
-            a = tau
-        else:
-            b = tau
-    out = np.clip(shares - 0.5 * (a + b), lo, hi)
-    return out / out.sum()
+    "{global_table}", _global_table
+)

@@ -115,12 +115,9 @@ def feature_names(max_plans: int) -> list[str]:
     return names + [f.name for f in GLOBAL_FEATURES]
 
 
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
-
-
-def build_observation(stats: Mapping[str, np.ndarray], clock: Clock, max_plans: int,
-                      active: np.ndarray | None = None) -> np.ndarray:
+def build_observation(
+    stats: Mapping[str, np.ndarray], clock: Clock, max_plans: int, active: np.ndarray | None = None
+) -> np.ndarray:
     """The observation vector (float32, :func:`observation_size`) from per-plan reporting stats.
 
     :param stats: arrays of length ``n_plans <= max_plans`` for every name in :data:`STAT_NAMES`;
@@ -128,52 +125,71 @@ def build_observation(stats: Mapping[str, np.ndarray], clock: Clock, max_plans: 
     :param clock: the time and budget position of the decision.
     :param max_plans: padding width.
     :param active: (n_plans,) bool, plans that exist now (default: all).
+
+    Batches work the same way: stats shaped ``(..., n_plans)``, clock fields shaped ``(...)`` (or
+    scalars) and ``active`` shaped ``(..., n_plans)`` give observations shaped ``(..., size)``, each
+    equal to what the unbatched call returns for its own portfolio (the batched simulator relies
+    on it).
     """
-    n = len(stats["target_cpa"])
+    target_cpa = stats["target_cpa"]
+    n = target_cpa.shape[-1]
     if n > max_plans:
         raise ValueError(f"{n} plans do not fit an observation of max_plans={max_plans}")
-    budget = float(clock.daily_budget)
-    pct = 100.0 / budget
-    one_pct = 0.01 * budget
+    batch = target_cpa.shape[:-1]
+    budget = np.asarray(clock.daily_budget, dtype=np.float64)
+    pct = (100.0 / budget)[..., None]
+    one_pct = (0.01 * budget)[..., None]
+    spend_last = stats["spend_last"]
     spend_24h = stats["spend_24h"]
     spend_total = stats["spend_total"]
-    plan = np.zeros((max_plans, N_PLAN_FEATURES))
-    block = plan[:n]
-    block[:, 0] = 1.0
-    block[:, 1] = stats["spend_last"] * pct
-    block[:, 2] = spend_24h * pct
-    block[:, 3] = spend_total * pct
-    block[:, 4] = stats["budget_last"] * pct
-    block[:, 5] = np.clip(_ratio(stats["spend_last"], stats["budget_last"]), 0.0, 1.0)
-    block[:, 6] = np.log1p(stats["impressions_24h"])
-    block[:, 7] = np.log1p(stats["clicks_24h"])
-    block[:, 8] = 100.0 * _ratio(stats["clicks_24h"], stats["impressions_24h"])
-    block[:, 9] = np.log1p(stats["conversions_last"])
-    block[:, 10] = np.log1p(stats["conversions_24h"])
-    block[:, 11] = np.log1p(stats["conversions_total"])
-    block[:, 12] = np.log1p(stats["deep_events_24h"])
-    block[:, 13] = np.log1p(stats["deep_events_total"])
-    block[:, 14] = stats["deep_value_24h"] * pct
-    block[:, 15] = stats["deep_value_total"] * pct
-    cpa = _ratio(spend_total, np.maximum(stats["conversions_total"], 1.0))
-    block[:, 16] = np.clip(cpa / stats["target_cpa"], 0.0, 5.0)
-    block[:, 17] = np.clip(stats["deep_value_24h"] / np.maximum(spend_24h, one_pct), 0.0, 20.0)
-    block[:, 18] = np.clip(stats["deep_value_total"] / np.maximum(spend_total, one_pct), 0.0, 20.0)
-    block[:, 19] = np.log(stats["target_cpa"])
-    block[:, 20] = np.minimum(stats["age_hours"] / 24.0, 30.0) / 30.0
-    block[:, 21] = stats["learning"]
+    budget_last = stats["budget_last"]
+    impressions_24h = stats["impressions_24h"]
+    deep_value_24h = stats["deep_value_24h"]
+    deep_value_total = stats["deep_value_total"]
+    # Written in place into one float64 buffer (features are clipped, then cast once).
+    obs = np.zeros((*batch, observation_size(max_plans)))
+    block = obs[..., : max_plans * N_PLAN_FEATURES].reshape(*batch, max_plans, N_PLAN_FEATURES)[..., :n, :]
+    col = [block[..., j] for j in range(N_PLAN_FEATURES)]
+    col[0][...] = 1.0
+    np.multiply(spend_last, pct, out=col[1])
+    np.multiply(spend_24h, pct, out=col[2])
+    np.multiply(spend_total, pct, out=col[3])
+    np.multiply(budget_last, pct, out=col[4])
+    # spend_last / budget_last where a budget was given, else 0, clipped to [0, 1]
+    np.divide(spend_last, budget_last, out=col[5], where=budget_last > 0)
+    np.minimum(np.maximum(col[5], 0.0, out=col[5]), 1.0, out=col[5])
+    np.log1p(impressions_24h, out=col[6])
+    np.log1p(stats["clicks_24h"], out=col[7])
+    np.divide(stats["clicks_24h"], impressions_24h, out=col[8], where=impressions_24h > 0)
+    np.multiply(100.0, col[8], out=col[8])
+    np.log1p(stats["conversions_last"], out=col[9])
+    np.log1p(stats["conversions_24h"], out=col[10])
+    np.log1p(stats["conversions_total"], out=col[11])
+    np.log1p(stats["deep_events_24h"], out=col[12])
+    np.log1p(stats["deep_events_total"], out=col[13])
+    np.multiply(deep_value_24h, pct, out=col[14])
+    np.multiply(deep_value_total, pct, out=col[15])
+    cpa = spend_total / np.maximum(stats["conversions_total"], 1.0)
+    np.minimum(np.maximum(np.divide(cpa, target_cpa, out=col[16]), 0.0, out=col[16]), 5.0, out=col[16])
+    np.divide(deep_value_24h, np.maximum(spend_24h, one_pct), out=col[17])
+    np.minimum(np.maximum(col[17], 0.0, out=col[17]), 20.0, out=col[17])
+    np.divide(deep_value_total, np.maximum(spend_total, one_pct), out=col[18])
+    np.minimum(np.maximum(col[18], 0.0, out=col[18]), 20.0, out=col[18])
+    np.log(target_cpa, out=col[19])
+    np.divide(np.minimum(stats["age_hours"] / 24.0, 30.0), 30.0, out=col[20])
+    col[21][...] = stats["learning"]
     n_ch = len(CHANNELS)
-    block[np.arange(n), 22 + stats["channel"].astype(np.int64)] = 1.0
-    block[np.arange(n), 22 + n_ch + stats["vertical"].astype(np.int64)] = 1.0
+    block[..., 22 : 22 + n_ch] = stats["channel"][..., None] == np.arange(n_ch)
+    block[..., 22 + n_ch : 22 + n_ch + len(VERTICALS)] = stats["vertical"][..., None] == np.arange(len(VERTICALS))
     if active is not None:
-        block[~active] = 0.0
-    angle = 2.0 * np.pi * clock.hour / 24.0
-    glob = np.array([
-        np.sin(angle),
-        np.cos(angle),
-        clock.day / clock.days,
-        clock.budget_left_today / budget,
-        (24 - clock.hour) / 24.0,
-    ])
-    obs = np.concatenate([plan.ravel(), glob])
-    return np.clip(obs, OBS_LOW, OBS_HIGH).astype(np.float32)
+        block[~np.asarray(active, dtype=bool)] = 0.0
+    hour = np.asarray(clock.hour)
+    glob = obs[..., max_plans * N_PLAN_FEATURES :]
+    angle = 2.0 * np.pi * hour / 24.0
+    np.sin(angle, out=glob[..., 0])
+    np.cos(angle, out=glob[..., 1])
+    glob[..., 2] = np.asarray(clock.day) / np.asarray(clock.days)
+    glob[..., 3] = np.asarray(clock.budget_left_today) / budget
+    glob[..., 4] = (24 - hour) / 24.0
+    np.minimum(np.maximum(obs, OBS_LOW, out=obs), OBS_HIGH, out=obs)
+    return obs.astype(np.float32)
