@@ -344,7 +344,7 @@ class TableAllocator:
             shares=shares,
             budgets=capped * left,
             budget_left_today=left,
-            withheld=float((shares.sum() - capped.sum()) * left),
+            withheld=float((shares - capped).sum() * left),
             allocator=self.name,
             details=self.details(),
         )

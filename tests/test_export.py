@@ -124,7 +124,7 @@ def test_closed_loop_through_the_loader(bundles, algo, policy, preset):
     from (share x budget left today, after the compliance caps).
     The episode's score is its return. (Comparing with a *separate* SB3-driven episode's score is not a
     test: the simulator is chaotic in the budgets, so float32 rounding differences of ~1e-6 between torch
-    and ONNX Runtime flip single auctions and the two trajectories part; see the export README section.)
+    and ONNX Runtime flip single auctions and the two trajectories part; see :mod:`agents.export`.)
     """
     bundle_dir = bundles(algo, policy, preset)
     bundle = Bundle.load(bundle_dir)
@@ -272,3 +272,18 @@ def test_export_cli(tmp_path):
         timeout=60,
     )
     assert bad.returncode == 2 and "unknown key 'outt'" in bad.stderr
+
+
+def test_set_policy_bundle_serves_any_order_and_size(bundles):
+    """A set-policy bundle trained on 24 plans: reordered rows get the same shares, permuted; fewer plans work."""
+    bundle_dir = bundles("ppo", "set", "default")
+    bundle = Bundle.load(bundle_dir)
+    table = read_stats_csv(bundle_dir / "example_stats.csv")
+    clock = Clock(**bundle.manifest["example"]["clock"])
+    allocation = bundle.allocate(table, clock)
+    order = np.random.default_rng(0).permutation(len(table["plan_id"]))
+    permuted = bundle.allocate({k: [v[i] for i in order] for k, v in table.items()}, clock)
+    assert permuted.plan_ids == tuple(allocation.plan_ids[i] for i in order)
+    np.testing.assert_allclose(permuted.shares, allocation.shares[order], atol=1e-6)
+    few = bundle.allocate({k: v[:5] for k, v in table.items()}, clock)
+    assert len(few.shares) == 5 and few.shares.sum() == pytest.approx(1.0)
