@@ -91,32 +91,35 @@ def _out_dim(in_dim: int, arch: list[int]) -> int:
 class PlanScorer(nn.Module):
     """One shared network per plan: ``[x_i, pool_j(phi(x_j)), globals] -> n_outputs`` values for plan i.
 
+    The head's first layer is split into a per-plan part and a portfolio part (``W [x_i; c] = W_x x_i
+    + W_c c``) so the portfolio summary ``c`` is multiplied once per portfolio, not once per plan.
+
     :param embed_arch: hidden widths of the per-plan embedding ``phi`` whose mean/max is the summary.
     :param head_arch: hidden widths of the per-plan head.
     :param n_outputs: values per plan (1: a logit; 2: a mean and a log-std).
-    :param extra_plan_inputs: extra per-plan inputs appended to the plan features (1 for an action).
     """
 
     def __init__(
-        self,
-        embed_arch: list[int],
-        head_arch: list[int],
-        activation_fn: type[nn.Module],
-        n_outputs: int = 1,
-        extra_plan_inputs: int = 0,
+        self, embed_arch: list[int], head_arch: list[int], activation_fn: type[nn.Module], n_outputs: int = 1
     ) -> None:
         super().__init__()
-        plan_in = N_PLAN_FEATURES + extra_plan_inputs
-        self.embed = mlp(plan_in, embed_arch, activation_fn)
-        embed_dim = _out_dim(plan_in, embed_arch)
-        self.head = mlp(plan_in + 2 * embed_dim + N_GLOBAL_FEATURES, head_arch, activation_fn, n_outputs)
+        self.embed = mlp(N_PLAN_FEATURES, embed_arch, activation_fn)
+        context_dim = 2 * _out_dim(N_PLAN_FEATURES, embed_arch) + N_GLOBAL_FEATURES
+        first = head_arch[0] if head_arch else n_outputs
+        self.plan_in = nn.Linear(N_PLAN_FEATURES, first)
+        self.context_in = nn.Linear(context_dim, first, bias=False)
+        rest = [activation_fn(), *mlp(first, head_arch[1:], activation_fn, n_outputs)] if head_arch else []
+        self.head = nn.Sequential(*rest)
+
+    def output_layer(self) -> nn.Linear:
+        """The last linear layer (SB3 initialises a policy's output layer with a small gain)."""
+        return self.head[-1] if len(self.head) else self.plan_in
 
     def forward(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """``(B, width) -> (scores (B, P, n_outputs), mask (B, P))``; scores of masked plans are 0."""
         plans, glob, mask = split_observation(obs)
         context = th.cat([masked_pool(self.embed(plans), mask), glob], dim=-1)
-        head_in = th.cat([plans, context.unsqueeze(1).expand(-1, plans.shape[1], -1)], dim=-1)
-        scores = self.head(head_in)
+        scores = self.head(self.plan_in(plans) + self.context_in(context).unsqueeze(1))
         return th.where(mask.unsqueeze(-1), scores, th.zeros_like(scores)), mask
 
 
@@ -249,7 +252,7 @@ class SetActorCriticPolicy(ActorCriticPolicy):
         if self.ortho_init:
             self.mlp_extractor.apply(lambda m: self.init_weights(m, gain=2**0.5))
             # Small initial logits: start near uniform shares, as SB3 does with its action_net.
-            self.mlp_extractor.actor.head[-1].apply(lambda m: self.init_weights(m, gain=0.01))
+            self.mlp_extractor.actor.output_layer().apply(lambda m: self.init_weights(m, gain=0.01))
             self.value_net.apply(lambda m: self.init_weights(m, gain=1.0))
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)
 

@@ -48,7 +48,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.sb3 import OFF_POLICY, build_model, build_vec_normalize, check_agent, load_model, make_envs
 from envs.scenario import Scenario
@@ -139,14 +139,42 @@ def _steps(path: Path) -> int:
     return int(path.stem.split("_")[-2])
 
 
-def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    """``(steps, model path)`` of the newest checkpoint in ``run_dir``, or None."""
-    found = sorted((_steps(p), p) for p in (run_dir / CHECKPOINT_DIR).glob(f"{CHECKPOINT_PREFIX}_*_steps.zip"))
-    return found[-1] if found else None
+def checkpoints(run_dir: Path) -> list[int]:
+    """Steps of the checkpoints in ``run_dir`` that have their VecNormalize statistics, newest first."""
+    steps = [_steps(p) for p in (run_dir / CHECKPOINT_DIR).glob(f"{CHECKPOINT_PREFIX}_*_steps.zip")]
+    return sorted((s for s in steps if checkpoint_file(run_dir, "vecnormalize", s, "pkl").exists()), reverse=True)
 
 
-def checkpoint_file(run_dir: Path, kind: str, steps: int, ext: str) -> Path:
-    return run_dir / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}_{kind}_{steps}_steps.{ext}"
+def checkpoint_file(run_dir: Path, kind: str | None, steps: int, ext: str) -> Path:
+    infix = f"{kind}_" if kind else ""
+    return run_dir / CHECKPOINT_DIR / f"{CHECKPOINT_PREFIX}_{infix}{steps}_steps.{ext}"
+
+
+def load_checkpoint(
+    run_dir: Path, agent: dict[str, Any], venv: VecEnv, device: str, tensorboard_log: str | None
+) -> tuple[int, BaseAlgorithm, VecNormalize] | None:
+    """The newest checkpoint that loads (a kill while writing one leaves it truncated), or None."""
+    for steps in checkpoints(run_dir):
+        try:
+            vec_normalize = VecNormalize.load(str(checkpoint_file(run_dir, "vecnormalize", steps, "pkl")), venv)
+            model = load_model(
+                agent,
+                str(checkpoint_file(run_dir, None, steps, "zip")),
+                vec_normalize,
+                device,
+                tensorboard_log=tensorboard_log,
+            )
+        except Exception as exc:  # noqa: BLE001 -- any unreadable file: fall back to the previous checkpoint
+            log.warning("checkpoint at step %d does not load (%s); trying the previous one", steps, exc)
+            continue
+        buffer = checkpoint_file(run_dir, "replay_buffer", steps, "pkl")
+        if agent["algo"] in OFF_POLICY:
+            if buffer.exists():
+                model.load_replay_buffer(str(buffer))
+            else:
+                log.warning("no replay buffer saved at step %d: %s resumes with an empty buffer", steps, agent["algo"])
+        return steps, model, vec_normalize
+    return None
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -181,12 +209,9 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
     check_agent(agent)
     scenario: Scenario = scenario_from_config(cfg.env)
     torch.set_num_threads(cfg.torch_threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
     prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
-    checkpoint = latest_checkpoint(run_dir) if cfg.resume else None
-    if cfg.resume and checkpoint is None:
-        log.warning("resume=true but %s has no checkpoint: starting from scratch", run_dir / CHECKPOINT_DIR)
     OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
-    record_command(run_dir, checkpoint[0] if checkpoint else None)
     provenance.write(run_dir, seed=cfg.seed)
 
     # Environments: training copies seeded seed + i; evaluation copies (one per evaluation episode)
@@ -196,23 +221,22 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
         make_envs(scenario, cfg.eval.n_episodes, cfg.eval.seed), agent, scenario.max_plans, training=False
     )
     tensorboard_log = str(run_dir / "tensorboard") if cfg.tensorboard else None
+    checkpoint = load_checkpoint(run_dir, agent, train_env, cfg.device, tensorboard_log) if cfg.resume else None
+    history = None
     if checkpoint is None:
+        if cfg.resume:
+            log.warning("resume=true but %s has no checkpoint: starting from scratch", run_dir / CHECKPOINT_DIR)
         train_env = build_vec_normalize(train_env, agent, scenario.max_plans)
         model = build_model(agent, train_env, cfg.seed, tensorboard_log, cfg.device, cfg.verbose)
-        history = None
     else:
-        steps, path = checkpoint
-        log.info("resuming from %s", path)
-        train_env = VecNormalize.load(str(checkpoint_file(run_dir, "vecnormalize", steps, "pkl")), train_env)
-        model = load_model(agent, str(path), train_env, cfg.device, tensorboard_log=tensorboard_log)
+        steps, model, train_env = checkpoint
+        log.info("resuming %s from step %d", run_dir, steps)
         model.set_random_seed(cfg.seed + steps)  # fresh episodes, not a replay of the first ones
-        buffer = checkpoint_file(run_dir, "replay_buffer", steps, "pkl")
-        if agent["algo"] in OFF_POLICY and buffer.exists():
-            model.load_replay_buffer(str(buffer))
-        history = dict(np.load(run_dir / "evaluations.npz")) if (run_dir / "evaluations.npz").exists() else None
-        if history is not None:
+        if (run_dir / "evaluations.npz").exists():
+            history = dict(np.load(run_dir / "evaluations.npz"))
             keep = history["timesteps"] <= steps
             history = {k: history[k][keep] for k in ("timesteps", "results", "ep_lengths")}
+    record_command(run_dir, checkpoint[0] if checkpoint else None)
 
     n_envs = agent["n_envs"]
     callbacks: list[BaseCallback] = [
@@ -243,6 +267,8 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
         )
 
     done_before = model.num_timesteps
+    for callback in callbacks:  # count from the checkpoint, so a resumed run evaluates at the same steps
+        callback.n_calls = done_before // n_envs
     remaining = cfg.total_timesteps - done_before
     start = time.perf_counter()
     if remaining > 0:
