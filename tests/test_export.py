@@ -52,7 +52,7 @@ def bundles(tmp_path_factory):
         _needs(policy)
         key = (algo, policy, preset)
         if key not in cache:
-            run = make_run(root, algo, policy, preset)
+            run = make_run(root, algo, policy, preset, n_fit=1 if preset == "large" else 2000)  # large: 1 episode
             cache[key] = export_bundle(run, run / "bundle")
         return cache[key]
 
