@@ -382,7 +382,8 @@ class ThompsonAllocator(HeuristicAllocator):
         value = stats["deep_value_total"]
         target_cpa = self.scenario.cpa_target if self.scenario is not None else 1.0
         pooled_rate = (events[active].sum() + p.prior_events) / (spent[active].sum() + p.prior_events * target_cpa)
-        pooled_value = value[active].sum() / events[active].sum() if events[active].sum() > 0 else 1.0
+        pooled_events = events[active].sum()  # a count: at least one event before it means anything
+        pooled_value = value[active].sum() / max(pooled_events, 1.0) if pooled_events > 0 else 1.0
         value_per_event = (value + p.value_prior_events * pooled_value) / (events + p.value_prior_events)
 
         idx = np.flatnonzero(active)
