@@ -163,7 +163,7 @@ def _number(value: Any, column: str, plan: str) -> float:
     return x
 
 
-def parse_plan_stats(plan_stats: Any, max_plans: int | None = None) -> PlanTable:
+def parse_plan_stats(plan_stats: Any, max_plans: int | None = None, why: str = "") -> PlanTable:
     """Validate a table of per-plan reporting stats and convert it for :func:`build_observation`.
 
     :raises AllocationInputError: a missing or unexpected column, no plans or more than ``max_plans``,
@@ -186,7 +186,7 @@ def parse_plan_stats(plan_stats: Any, max_plans: int | None = None) -> PlanTable
     if n == 0:
         raise AllocationInputError("plan stats have no plans (no rows)")
     if max_plans is not None and n > max_plans:
-        raise AllocationInputError(f"{n} plans given, but this allocator takes at most max_plans={max_plans}")
+        raise AllocationInputError(f"{n} plans given, but this allocator takes at most {max_plans}{why}")
     plan_ids = tuple("" if p is None else str(p).strip() for p in cols[PLAN_ID])
     if any(p == "" for p in plan_ids):
         raise AllocationInputError(
@@ -311,12 +311,13 @@ class TableAllocator:
     """``allocate(plan_stats, clock)`` for any rule that maps validated stats to shares."""
 
     name = "allocator"
-    max_plans: int | None = None
+    plan_limit: int | None = None  # most plans one allocation may cover (None: any)
+    plan_limit_why: str = ""
     limits = ShareLimits()
 
     def parse(self, plan_stats: Any) -> PlanTable:
         """Validate ``plan_stats`` for this allocator (see :func:`parse_plan_stats`)."""
-        return parse_plan_stats(plan_stats, self.max_plans)
+        return parse_plan_stats(plan_stats, self.plan_limit, self.plan_limit_why)
 
     def shares(self, table: PlanTable, clock: Clock) -> np.ndarray:
         """Shares over ``table``'s plans before limits and caps (sum 1 over active plans)."""
@@ -393,6 +394,15 @@ class Bundle(TableAllocator):
         self.manifest = manifest
         self.session = session
         self.max_plans = int(manifest["max_plans"])
+        # A flat MLP only ever saw the training portfolio's plans in its first slots (the rest were padding);
+        # a set policy scores every slot with the same network.
+        self.plan_limit = int(manifest.get("plans_served", self.max_plans))
+        self.plan_limit_why = (
+            f" (max_plans={self.max_plans})"
+            if self.plan_limit == self.max_plans
+            else f": a {manifest.get('policy_kind', 'mlp')} policy trained on {self.plan_limit} plans left slots "
+            f"{self.plan_limit}..{self.max_plans - 1} empty in training (a set-policy bundle serves up to max_plans)"
+        )
         self.width = int(manifest["observation_size"])
         self.name = f"bundle:{manifest.get('algorithm', 'policy')}"
         lim = manifest.get("action_limits") or {}

@@ -193,6 +193,11 @@ def read_run(run_dir: Path) -> TrainedRun:
     return TrainedRun(run_dir, config, algorithm, scenario, model, vecnormalize)
 
 
+def policy_kind(model: BaseAlgorithm) -> str:
+    """``set`` for the permutation-invariant policies of :mod:`agents.policies`, else ``mlp``."""
+    return "set" if type(model.policy).__module__ == "agents.policies" else "mlp"
+
+
 # -------------------------------------------------------------------------------------------------
 # The graph
 
@@ -331,6 +336,7 @@ def build_manifest(run: TrainedRun, policy_path: Path, parity: dict[str, Any]) -
     if sc.min_share > 0 or sc.max_share < 1 or sc.max_change is not None:
         limits = {"min_share": sc.min_share, "max_share": sc.max_share, "max_change": sc.max_change}
     vn = run.vecnormalize
+    kind = policy_kind(run.model)
     provenance_path = run.run_dir / "provenance.json"
     return _jsonable(
         {
@@ -339,6 +345,8 @@ def build_manifest(run: TrainedRun, policy_path: Path, parity: dict[str, Any]) -
             "algorithm": run.algorithm.upper(),
             "policy_class": f"{type(run.model.policy).__module__}.{type(run.model.policy).__qualname__}",
             "max_plans": sc.max_plans,
+            "policy_kind": kind,
+            "plans_served": sc.max_plans if kind == "set" else sc.n_plans,
             "n_plan_features": N_PLAN_FEATURES,
             "n_global_features": len(GLOBAL_FEATURES),
             "observation_size": observation_size(sc.max_plans),

@@ -109,7 +109,7 @@ BAD_INPUTS = {
     "no plans": (lambda t: {k: [] for k in t}, r"no plans"),
     "too many plans": (
         lambda t: {k: (v * 2 if k != "plan_id" else [f"p{i}" for i in range(2 * len(v))]) for k, v in t.items()},
-        r"12 plans given, .*max_plans=8",
+        r"12 plans given, but this allocator takes at most 6: a mlp policy trained on 6 plans left slots 6..7",
     ),
 }
 

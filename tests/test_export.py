@@ -287,3 +287,8 @@ def test_set_policy_bundle_serves_any_order_and_size(bundles):
     np.testing.assert_allclose(permuted.shares, allocation.shares[order], atol=1e-6)
     few = bundle.allocate({k: v[:5] for k, v in table.items()}, clock)
     assert len(few.shares) == 5 and few.shares.sum() == pytest.approx(1.0)
+    # More plans than in training, up to max_plans (32): the shared per-plan network scores them all.
+    more = {k: v + v[:8] for k, v in table.items()}
+    more["plan_id"] = [f"p{i}" for i in range(32)]
+    assert bundle.manifest["plans_served"] == 32
+    assert bundle.allocate(more, clock).shares.sum() == pytest.approx(1.0)
