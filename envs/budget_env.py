@@ -71,6 +71,8 @@ def check_actions(actions: np.ndarray, max_plans: int) -> np.ndarray:
     a = np.asarray(actions, dtype=np.float64)
     if a.ndim == 0 or a.shape[-1] != max_plans:
         raise ValueError(f"action must have shape (..., {max_plans}) with max_plans={max_plans} last, got {a.shape}")
+    if (np.abs(a) <= 1.0 + 1e-6).all():  # also false for NaN
+        return a
     bad = ~np.isfinite(a)
     if bad.any():
         raise ValueError(f"action must be finite, got NaN/inf at {_positions(bad)}")
@@ -212,6 +214,12 @@ class PortfolioBatch:
         self.last = np.zeros((e, n, k))  # (E, P, k) the last step's per-plan output
         self.total = np.zeros((e, n, k))  # (E, P, k) per-plan output since the episode started
         self.ring = np.zeros((e, self.window, n, _RING_FIELDS))  # (E, W, P, 7) the last 24 hours' outputs
+        # Reporting derived from the books when stats are read, in place (the stats dicts are views).
+        self._day = np.zeros((e, n, _RING_FIELDS))  # (E, P, 7) sums over the last 24 hours
+        self._age_steps = np.zeros((e, n), dtype=np.int64)  # (E, P)
+        self._age_hours = np.zeros((e, n))  # (E, P)
+        self._learning = np.zeros((e, n))  # (E, P) 1.0 while in the learning phase
+        self._stats_views: dict[int | None, dict[str, np.ndarray]] = {}
         self.active = np.zeros((e, n), dtype=bool)  # (E, P) plans launched by the step about to be decided
         self.plan_pace = np.zeros((e, sc.steps_per_day, n))  # (E, steps_per_day, P) pace of each plan's channel
         self._cap_index = np.zeros((e, n), dtype=np.int64)  # (E, P) row * n_verticals + vertical
@@ -306,7 +314,7 @@ class PortfolioBatch:
         sc = self.scenario
         active = self.active
         shares = np.where(active, shares, 0.0)
-        total = shares.sum(axis=-1, keepdims=True)
+        total = np.add.reduce(shares, axis=-1, keepdims=True)
         given = total > 0
         np.divide(shares, total, out=shares, where=given)
         if not given.all():
@@ -316,7 +324,7 @@ class PortfolioBatch:
         shares, withheld = self._apply_caps(shares)
         self.shares[...] = shares
 
-        t = self.t.copy()
+        t = self.t  # the step simulated (self.t is rebound to t + 1 below)
         step_in_day = t % sc.steps_per_day
         self.spent_today[step_in_day == 0] = 0.0
         left_today = np.maximum(0.0, sc.daily_budget - self.spent_today)
@@ -343,12 +351,15 @@ class PortfolioBatch:
             for i, env_args in enumerate(self._env_args):
                 self._step_fn(int(t[i]), self.key[i], *self._scenario_args, *env_args, step_budget[i], out[i])
 
-        self.spent_today += out[..., SPEND].sum(axis=-1)
+        self.spent_today += np.add.reduce(out[..., SPEND], axis=-1)
         self.last[...] = out
         self.total += out
-        self.ring[self._rows, t % self.window] = out[..., :_RING_FIELDS]
-        reward = out[..., DEEP_VALUE].sum(axis=-1)
-        self.t += 1
+        if self.n_envs == 1:
+            self.ring[0, t[0] % self.window] = out[0, :, :_RING_FIELDS]
+        else:
+            self.ring[self._rows, t % self.window] = out[..., :_RING_FIELDS]
+        reward = np.add.reduce(out[..., DEEP_VALUE], axis=-1)
+        self.t = t + 1
         self.active = self.launch_step <= np.minimum(self.t, self.horizon - 1)[:, None]
         terminated = self.t >= self.horizon
         score: dict[int, ScoreParts] = {}
@@ -397,7 +408,7 @@ class PortfolioBatch:
         per_vertical = per_vertical.reshape(self.n_envs, len(cap))
         scale = np.where(per_vertical > cap, cap / np.maximum(per_vertical, 1e-300), 1.0)
         capped = shares * scale.ravel()[self._cap_index]
-        return capped, shares.sum(axis=-1) - capped.sum(axis=-1)
+        return capped, np.add.reduce(shares, axis=-1) - np.add.reduce(capped, axis=-1)
 
     def active_mask(self, env_index: int | None = None) -> np.ndarray:
         """(E, P) bool, or (P,) for one env: plans launched by the step about to be decided."""
@@ -430,30 +441,35 @@ class PortfolioBatch:
 
     def reporting_stats(self, env_index: int | None = None) -> dict[str, np.ndarray]:
         """What the advertiser's reporting shows per plan now (the input of :mod:`envs.features`):
-        arrays (E, P), or (P,) for one env. Windows are views of the books (copy to keep them)."""
+        arrays (E, P), or (P,) for one env. They are views of the books, valid until the next step
+        (copy them to keep them)."""
         sc = self.scenario
-        rows = slice(None) if env_index is None else env_index
-        t = self.t[rows] if env_index is not None else self.t[:, None]
-        last = self.last[rows]
-        total = self.total[rows]
-        day = np.add.reduce(self.ring[rows], axis=-3)  # (..., P, 7) step-output columns
-        age_steps = np.maximum(0, t - self.launch_step[rows]) + self.prior_age_steps[rows]
-        stats = {
-            "channel": self.plan_channel_vocab[rows],
-            "vertical": self.plan_vertical_vocab[rows],
-            "age_hours": (age_steps * sc.hours_per_step).astype(np.float64),
-            "learning": (self.state[rows][..., kernels.STATE_CONVERSIONS] < sc.learning_conversions).astype(np.float64),
-            "target_cpa": self.target_cpa[rows],
-            "budget_last": last[..., BUDGET],
-        }
-        for window, books, columns in (
-            ("last", last, WINDOW_COLUMNS),
-            ("24h", day, WINDOW_COLUMNS),
-            ("total", total, WINDOW_COLUMNS),
-        ):
-            for name, column in zip(_WINDOW_STATS, columns, strict=True):
-                stats[f"{name}_{window}"] = books[..., column]
-        return stats
+        np.add.reduce(self.ring, axis=1, out=self._day)
+        age = self._age_steps
+        np.subtract(self.t[:, None], self.launch_step, out=age)
+        np.maximum(age, 0, out=age)
+        age += self.prior_age_steps
+        np.multiply(age, sc.hours_per_step, out=self._age_hours)
+        np.less(
+            self.state[..., kernels.STATE_CONVERSIONS], sc.learning_conversions, out=self._learning, casting="unsafe"
+        )
+        views = self._stats_views.get(env_index)
+        if views is None:
+            rows = slice(None) if env_index is None else env_index
+            last, day, total = self.last[rows], self._day[rows], self.total[rows]
+            views = {
+                "channel": self.plan_channel_vocab[rows],
+                "vertical": self.plan_vertical_vocab[rows],
+                "age_hours": self._age_hours[rows],
+                "learning": self._learning[rows],
+                "target_cpa": self.target_cpa[rows],
+                "budget_last": last[..., BUDGET],
+            }
+            for window, books in (("last", last), ("24h", day), ("total", total)):
+                for name, column in zip(_WINDOW_STATS, WINDOW_COLUMNS, strict=True):
+                    views[f"{name}_{window}"] = books[..., column]
+            self._stats_views[env_index] = views
+        return dict(views)
 
     def observe(self, env_index: int | None = None) -> np.ndarray:
         """Observations (E, obs_size) float32, or (obs_size,) for one env (:func:`build_observation`)."""
@@ -616,8 +632,7 @@ class BudgetShiftEnv(gym.Env):
     # ---------------------------------------------------------------------------------------------
     def step(self, action: np.ndarray):
         self._check_running()
-        shares = self.action_to_shares(action)
-        return self.step_shares(shares)
+        return self._step(self.action_to_shares(action))
 
     def action_to_shares(self, action: np.ndarray) -> np.ndarray:
         """Validate an action and turn it into budget shares over the plans (masked softmax + limits)."""
@@ -634,6 +649,9 @@ class BudgetShiftEnv(gym.Env):
         shares = np.asarray(shares, dtype=np.float64)
         if shares.shape != (n,) or not np.all(np.isfinite(shares)) or np.any(shares < 0):
             raise ValueError(f"shares must be {n} finite non-negative numbers, got shape {shares.shape}")
+        return self._step(shares)
+
+    def _step(self, shares: np.ndarray):
         result = self.sim.step(shares[None, :])
         out = result["out"][0]
         info: dict[str, Any] = {

@@ -136,9 +136,14 @@ def build_observation(
     if n > max_plans:
         raise ValueError(f"{n} plans do not fit an observation of max_plans={max_plans}")
     batch = target_cpa.shape[:-1]
-    budget = np.asarray(clock.daily_budget, dtype=np.float64)
-    pct = (100.0 / budget)[..., None]
-    one_pct = (0.01 * budget)[..., None]
+    if batch:  # clock fields are scalars or (...) arrays: broadcast them over plans
+        budget = np.asarray(clock.daily_budget, dtype=np.float64)
+        pct = (100.0 / budget)[..., None]
+        one_pct = (0.01 * budget)[..., None]
+    else:
+        budget = float(clock.daily_budget)
+        pct = 100.0 / budget
+        one_pct = 0.01 * budget
     spend_last = stats["spend_last"]
     spend_24h = stats["spend_24h"]
     spend_total = stats["spend_total"]
@@ -149,8 +154,8 @@ def build_observation(
     # Written in place into one float64 buffer (features are clipped, then cast once).
     obs = np.zeros((*batch, observation_size(max_plans)))
     block = obs[..., : max_plans * N_PLAN_FEATURES].reshape(*batch, max_plans, N_PLAN_FEATURES)[..., :n, :]
-    col = [block[..., j] for j in range(N_PLAN_FEATURES)]
-    col[0][...] = 1.0
+    col = np.moveaxis(block, -1, 0)  # col[j]: feature j of every plan
+    col[0] = 1.0
     np.multiply(spend_last, pct, out=col[1])
     np.multiply(spend_24h, pct, out=col[2])
     np.multiply(spend_total, pct, out=col[3])
@@ -177,19 +182,37 @@ def build_observation(
     np.minimum(np.maximum(col[18], 0.0, out=col[18]), 20.0, out=col[18])
     np.log(target_cpa, out=col[19])
     np.divide(np.minimum(stats["age_hours"] / 24.0, 30.0), 30.0, out=col[20])
-    col[21][...] = stats["learning"]
-    n_ch = len(CHANNELS)
-    block[..., 22 : 22 + n_ch] = stats["channel"][..., None] == np.arange(n_ch)
-    block[..., 22 + n_ch : 22 + n_ch + len(VERTICALS)] = stats["vertical"][..., None] == np.arange(len(VERTICALS))
+    col[21] = stats["learning"]
+    channel = 22 + np.asarray(stats["channel"], dtype=np.int64)
+    vertical = 22 + len(CHANNELS) + np.asarray(stats["vertical"], dtype=np.int64)
+    if batch:
+        np.put_along_axis(block, channel[..., None], 1.0, axis=-1)
+        np.put_along_axis(block, vertical[..., None], 1.0, axis=-1)
+    else:
+        plans = np.arange(n)
+        block[plans, channel] = 1.0
+        block[plans, vertical] = 1.0
     if active is not None:
-        block[~np.asarray(active, dtype=bool)] = 0.0
-    hour = np.asarray(clock.hour)
+        active = np.asarray(active, dtype=bool)
+        if not active.all():
+            block[~active] = 0.0
     glob = obs[..., max_plans * N_PLAN_FEATURES :]
-    angle = 2.0 * np.pi * hour / 24.0
-    np.sin(angle, out=glob[..., 0])
-    np.cos(angle, out=glob[..., 1])
-    glob[..., 2] = np.asarray(clock.day) / np.asarray(clock.days)
-    glob[..., 3] = np.asarray(clock.budget_left_today) / budget
-    glob[..., 4] = (24 - hour) / 24.0
+    if batch:
+        hour = np.asarray(clock.hour)
+        angle = 2.0 * np.pi * hour / 24.0
+        np.sin(angle, out=glob[..., 0])
+        np.cos(angle, out=glob[..., 1])
+        glob[..., 2] = np.asarray(clock.day) / np.asarray(clock.days)
+        glob[..., 3] = np.asarray(clock.budget_left_today) / budget
+        glob[..., 4] = (24 - hour) / 24.0
+    else:
+        angle = 2.0 * np.pi * clock.hour / 24.0
+        glob[:] = (
+            np.sin(angle),
+            np.cos(angle),
+            clock.day / clock.days,
+            clock.budget_left_today / budget,
+            (24 - clock.hour) / 24.0,
+        )
     np.minimum(np.maximum(obs, OBS_LOW, out=obs), OBS_HIGH, out=obs)
     return obs.astype(np.float32)

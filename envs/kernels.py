@@ -444,3 +444,12 @@ def auction_bench_kernel(n_auctions, n_bidders, key):
         )
         total += best - second + k
     return total
+
+
+@nb.njit(cache=True, parallel=True)
+def auction_bench_batch_kernel(n_auctions, n_bidders, keys):
+    """:func:`auction_bench_kernel` on ``len(keys)`` independent streams, one ``prange`` iteration each."""
+    totals = np.zeros(keys.shape[0])
+    for c in nb.prange(keys.shape[0]):
+        totals[c] = auction_bench_kernel(n_auctions, n_bidders, keys[c])
+    return totals.sum()
