@@ -102,7 +102,7 @@ def value_per_cost(
     spent = exposure(stats, immature_weight)
     value = stats["deep_value_total"]
     pooled_spend = float(spent[active].sum())
-    pooled_rate = float(value[active].sum()) / pooled_spend if pooled_spend > 0 else 0.0
+    pooled_rate = float(value[active].sum()) / max(pooled_spend, 1.0) if pooled_spend > 0 else 0.0  # >= 1 currency
     if pooled_rate <= 0.0:
         return np.ones(len(value))
     return (value + prior_exposure * pooled_rate) / (spent + prior_exposure)
@@ -111,6 +111,14 @@ def value_per_cost(
 @dataclass
 class NoParams:
     """The knobs of a rule that has none (``params: {}``)."""
+
+
+def relative_power(values: np.ndarray, active: np.ndarray, power: float) -> np.ndarray:
+    """``(values / max over active) ** power`` on active plans, 0 elsewhere (scale-free, never overflows)."""
+    top = float(values[active].max()) if active.any() else 0.0
+    if not np.isfinite(top) or top <= 0:
+        return active.astype(np.float64)
+    return np.where(active, values / top, 0.0) ** power
 
 
 class HeuristicAllocator(Allocator):
@@ -222,7 +230,7 @@ class ProportionalAllocator(HeuristicAllocator):
     def weights(self, stats, clock, active):
         p = self.params
         vpc = value_per_cost(stats, active, p.prior_spend * clock.daily_budget, p.immature_weight)
-        return self._mix(np.where(active, vpc, 0.0) ** p.power, active)
+        return self._mix(relative_power(vpc, active, p.power), active)
 
     def _mix(self, weights: np.ndarray, active: np.ndarray) -> np.ndarray:
         total = weights.sum()
@@ -322,7 +330,7 @@ class BoostAllocator(ProportionalAllocator):
         p = self.params
         vpc = value_per_cost(stats, active, p.prior_spend * clock.daily_budget, p.immature_weight)
         boosted = (stats["learning"] > 0.5) & (stats["age_hours"] < p.max_boost_hours)
-        weights = np.where(active, vpc, 0.0) ** p.power * np.where(boosted, p.boost_factor, 1.0)
+        weights = relative_power(vpc, active, p.power) * np.where(boosted, p.boost_factor, 1.0)
         return self._mix(weights, active)
 
 
