@@ -16,7 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m experiments.simulate
+	rm -rf multirun/quick
+	$(PY) -m experiments.evaluate -m experiment=quick hydra/launcher=joblib hydra.sweep.dir=multirun/quick
+	$(PY) -m experiments.report multirun/quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q
