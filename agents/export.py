@@ -88,8 +88,9 @@ PARITY_TOLERANCE = 1e-5
 OPSET = 17
 #: Algorithms whose deterministic action the graph reproduces, by the name a config uses.
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3}
-MODEL_FILE = "model.zip"
-VECNORMALIZE_FILE = "vecnormalize.pkl"
+#: Which model of a run folder to export: ``final`` (model.zip) or ``best`` (EvalCallback's best_model.zip),
+#: each with the VecNormalize statistics saved alongside it.
+RUN_MODELS = {"final": ("model.zip", "vecnormalize.pkl"), "best": ("best_model.zip", "best_vecnormalize.pkl")}
 CONFIG_FILES = ("config.yaml", ".hydra/config.yaml", "resolved_config.yaml")
 VERSION_LIBRARIES = (
     "budgetshift",
@@ -119,6 +120,7 @@ class TrainedRun:
     scenario: Scenario
     model: BaseAlgorithm
     vecnormalize: VecNormalize | None  # statistics only (no venv attached); None if training did not normalise
+    which: str = "final"  # key of RUN_MODELS
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
         return obs if self.vecnormalize is None else self.vecnormalize.normalize_obs(obs)
@@ -158,11 +160,14 @@ def _algorithm_name(config: dict[str, Any], run_dir: Path) -> str:
     )
 
 
-def read_run(run_dir: Path) -> TrainedRun:
-    """Load the model, its normalisation statistics and the training scenario of a run folder."""
+def read_run(run_dir: Path, which: str = "final") -> TrainedRun:
+    """Load the model (``which``: a key of :data:`RUN_MODELS`), its normalisation statistics and the scenario."""
     run_dir = Path(run_dir)
-    if not (run_dir / MODEL_FILE).is_file():
-        raise ExportError(f"{run_dir / MODEL_FILE} is missing; is {run_dir} a training run folder?")
+    if which not in RUN_MODELS:
+        raise ExportError(f"which must be one of {list(RUN_MODELS)}, got {which!r}")
+    model_path, vecnormalize_path = (run_dir / name for name in RUN_MODELS[which])
+    if not model_path.is_file():
+        raise ExportError(f"{model_path} is missing; is {run_dir} a training run folder?")
     config_path = _find_config(run_dir)
     config = yaml.safe_load(config_path.read_text()) or {}
     if "env" not in config:
@@ -171,15 +176,15 @@ def read_run(run_dir: Path) -> TrainedRun:
     # A resolved Hydra env node lists unset optional fields as null; env_mapping drops them as training did.
     scenario = load_scenario(env_mapping(env) if isinstance(env, dict) else env)
     algorithm = _algorithm_name(config, run_dir)
-    model = ALGORITHMS[algorithm].load(run_dir / MODEL_FILE, device="cpu")
+    model = ALGORITHMS[algorithm].load(model_path, device="cpu")
     vecnormalize = None
-    if (run_dir / VECNORMALIZE_FILE).is_file():
+    if vecnormalize_path.is_file():
         # VecNormalize.save pickles the wrapper without its venv; reading it is trusted-input only, which is
         # why the bundle carries the statistics as graph constants instead of this file.
-        with open(run_dir / VECNORMALIZE_FILE, "rb") as f:
+        with open(vecnormalize_path, "rb") as f:
             vecnormalize = pickle.load(f)  # noqa: S301
         if not isinstance(vecnormalize, VecNormalize):
-            raise ExportError(f"{run_dir / VECNORMALIZE_FILE} holds a {type(vecnormalize).__name__}, not VecNormalize")
+            raise ExportError(f"{vecnormalize_path} holds a {type(vecnormalize).__name__}, not VecNormalize")
     width = observation_size(scenario.max_plans)
     if model.observation_space.shape != (width,) or model.action_space.shape != (scenario.max_plans,):
         raise ExportError(
@@ -190,7 +195,7 @@ def read_run(run_dir: Path) -> TrainedRun:
     low, high = model.action_space.low, model.action_space.high
     if not (np.all(low == -1.0) and np.all(high == 1.0)):
         raise ExportError(f"{run_dir}: action space must be [-1, 1] (the env's), got [{low.min()}, {high.max()}]")
-    return TrainedRun(run_dir, config, algorithm, scenario, model, vecnormalize)
+    return TrainedRun(run_dir, config, algorithm, scenario, model, vecnormalize, which)
 
 
 def policy_kind(model: BaseAlgorithm) -> str:
@@ -378,6 +383,7 @@ def build_manifest(run: TrainedRun, policy_path: Path, parity: dict[str, Any]) -
             "compliance_caps": {v.name: v.max_spend_share for v in sc.verticals if v.max_spend_share < 1.0},
             "training": {
                 "run_dir": str(run.run_dir.resolve()),
+                "model": run.which,
                 "scenario": sc.name,
                 "days": sc.days,
                 "steps_per_day": sc.steps_per_day,
@@ -396,13 +402,16 @@ def build_manifest(run: TrainedRun, policy_path: Path, parity: dict[str, Any]) -
 # -------------------------------------------------------------------------------------------------
 
 
-def export_bundle(run_dir: Path, out_dir: Path) -> Path:
+def export_bundle(run_dir: Path, out_dir: Path, *, which: str = "final") -> Path:
     """Export the trained policy of ``run_dir`` as a bundle in ``out_dir`` (created); returns ``out_dir``.
+
+    :param which: ``final`` (``model.zip`` + ``vecnormalize.pkl``) or ``best`` (``best_model.zip`` +
+        ``best_vecnormalize.pkl``, the best periodic evaluation).
 
     :raises ExportError: the run folder is incomplete, or the graph's shares differ from the trained
         model's by more than :data:`PARITY_TOLERANCE` on an episode of the training scenario.
     """
-    run = read_run(Path(run_dir))
+    run = read_run(Path(run_dir), which)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     policy_path = out_dir / POLICY_FILE

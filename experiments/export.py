@@ -3,7 +3,7 @@
 ::
 
     python -m experiments.export run=outputs/train/default_ppo_s0                    # -> <run>/bundle
-    python -m experiments.export run=outputs/train/default_ppo_s0 out=bundles/ppo_v1
+    python -m experiments.export run=outputs/train/default_ppo_s0 out=bundles/ppo_v1 model=best
 
 Writes ``policy.onnx``, ``manifest.json`` and ``example_stats.csv`` (see :mod:`agents.export`) and
 prints the bundle folder with its export-time parity figures. Arguments are Hydra-style
@@ -23,6 +23,7 @@ from pathlib import Path
 KEYS = {
     "run": "training run folder (model.zip, vecnormalize.pkl, config.yaml)",
     "out": "bundle folder (default: <run>/bundle)",
+    "model": "final (model.zip, default) or best (best_model.zip of the periodic evaluations)",
 }
 
 
@@ -38,6 +39,8 @@ def parse_args(argv: Sequence[str]) -> dict[str, str]:
         args[key] = value
     if "run" not in args:
         raise ValueError("missing run=<training run folder>")
+    if args.get("model", "final") not in ("final", "best"):
+        raise ValueError(f"model must be final or best, got {args['model']!r}")
     return args
 
 
@@ -57,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = Path(args["run"])
     out_dir = Path(args.get("out", run_dir / "bundle"))
     try:
-        bundle = export_bundle(run_dir, out_dir)
+        bundle = export_bundle(run_dir, out_dir, which=args.get("model", "final"))
     except (ExportError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
