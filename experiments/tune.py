@@ -194,6 +194,13 @@ def search_space(tune_cfg: Mapping[str, Any], agent: Mapping[str, Any]) -> tuple
                 raise ValueError(f"{where}.low must be <= high, got {spec['low']} > {spec['high']}")
             if spec.get("log") and spec["low"] <= 0:
                 raise ValueError(f"{where}.low must be > 0 with log: true, got {spec['low']}")
+            distribution = (
+                optuna.distributions.FloatDistribution if kind == "float" else optuna.distributions.IntDistribution
+            )
+            try:  # what else Optuna refuses (a step with log: true, an int step that is not an integer, ...)
+                distribution(**{k: v for k, v in spec.items() if k in ("low", "high", "log", "step")})
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{where}: {exc}") from exc
         params.append(Param(path, spec))
     if not params:
         raise ValueError("tune.search_space is empty: conf/tune/<agent>.yaml declares no distribution")
@@ -323,7 +330,8 @@ def make_storage(url: str, heartbeat: Mapping[str, Any]) -> BaseStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
         # Workers starting together race to create the tables; the loser finds them on a retry.
-        for attempt in range(5):
+        attempt = 0
+        while True:
             try:
                 return RDBStorage(
                     url,
@@ -333,10 +341,10 @@ def make_storage(url: str, heartbeat: Mapping[str, Any]) -> BaseStorage:
                     heartbeat_stale_trial_callback=retry,
                 )
             except sqlalchemy.exc.OperationalError:
-                if attempt == 4:
+                attempt += 1
+                if attempt == 5:
                     raise
-                time.sleep(0.5 + attempt)
-    raise AssertionError("unreachable")
+                time.sleep(attempt)
 
 
 def study_setup(cfg: DictConfig) -> dict[str, Any]:

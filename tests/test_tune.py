@@ -200,6 +200,7 @@ def test_every_search_space_fits_its_agent(agent):
         ({"hyperparams": {"learnig_rate": {"type": "float", "low": 1e-5, "high": 1e-3}}}, "hyperparams.learnig_rate"),
         ({"hyperparams": {"ent_coef": {"type": "float", "low": 0.0, "high": 0.1, "log": True}}}, "ent_coef.low"),
         ({"hyperparams": {"gamma": {"type": "uniform", "low": 0.9, "high": 0.99}}}, "gamma.type"),
+        ({"hyperparams": {"n_epochs": {"type": "int", "low": 1, "high": 9, "step": 2, "log": True}}}, "n_epochs: "),
         ({"hyperparams": {"gamma": {"type": "categorical", "choices": []}}}, "gamma.choices"),
         ({"normalize": {"clip": {"type": "categorical", "choices": [5, 10]}}}, "normalize.clip"),
         ({"algo": {"type": "categorical", "choices": ["PPO", "A2C"]}}, "tune.search_space.algo"),
