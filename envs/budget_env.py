@@ -71,7 +71,7 @@ def check_actions(actions: np.ndarray, max_plans: int) -> np.ndarray:
     a = np.asarray(actions, dtype=np.float64)
     if a.ndim == 0 or a.shape[-1] != max_plans:
         raise ValueError(f"action must have shape (..., {max_plans}) with max_plans={max_plans} last, got {a.shape}")
-    if (np.abs(a) <= 1.0 + 1e-6).all():  # also false for NaN
+    if np.logical_and.reduce(np.abs(a) <= 1.0 + 1e-6, axis=None):  # also false for NaN
         return a
     bad = ~np.isfinite(a)
     if bad.any():
@@ -317,7 +317,7 @@ class PortfolioBatch:
         total = np.add.reduce(shares, axis=-1, keepdims=True)
         given = total > 0
         np.divide(shares, total, out=shares, where=given)
-        if not given.all():
+        if not np.logical_and.reduce(given, axis=None):
             shares = np.where(given, shares, masked_softmax(np.zeros_like(shares), active))
         if self.has_limits:
             shares = project_shares(shares, self.shares, active, sc.min_share, sc.max_share, sc.max_change)
@@ -363,7 +363,7 @@ class PortfolioBatch:
         self.active = self.launch_step <= np.minimum(self.t, self.horizon - 1)[:, None]
         terminated = self.t >= self.horizon
         score: dict[int, ScoreParts] = {}
-        if terminated.any():
+        if np.logical_or.reduce(terminated):
             for i in np.flatnonzero(terminated):
                 score[int(i)] = parts = self.settle(int(i))
                 reward[i] += self.objective.final_reward(parts)

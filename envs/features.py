@@ -154,7 +154,7 @@ def build_observation(
     # Written in place into one float64 buffer (features are clipped, then cast once).
     obs = np.zeros((*batch, observation_size(max_plans)))
     block = obs[..., : max_plans * N_PLAN_FEATURES].reshape(*batch, max_plans, N_PLAN_FEATURES)[..., :n, :]
-    col = np.moveaxis(block, -1, 0)  # col[j]: feature j of every plan
+    col = block.transpose(block.ndim - 1, *range(block.ndim - 1))  # col[j]: feature j of every plan
     col[0] = 1.0
     np.multiply(spend_last, pct, out=col[1])
     np.multiply(spend_24h, pct, out=col[2])
@@ -194,7 +194,7 @@ def build_observation(
         block[plans, vertical] = 1.0
     if active is not None:
         active = np.asarray(active, dtype=bool)
-        if not active.all():
+        if not np.logical_and.reduce(active, axis=None):
             block[~active] = 0.0
     glob = obs[..., max_plans * N_PLAN_FEATURES :]
     if batch:
