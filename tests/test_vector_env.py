@@ -247,3 +247,31 @@ def test_ppo_trains_a_few_hundred_steps_on_the_adapter() -> None:
     obs = vec.reset()
     action, _ = model.predict(obs, deterministic=True)
     assert action.shape == (4, 8)
+
+
+# -------------------------------------------------------------------------------------------------
+# The benchmark script (figures are not checked: only that it runs and writes what the README shows)
+# -------------------------------------------------------------------------------------------------
+def test_bench_script_writes_json_and_markdown(tmp_path) -> None:
+    from experiments import bench
+
+    out, table = tmp_path / "bench.json", tmp_path / "benchmarks.md"
+    results = bench.main(
+        [
+            "--quick",
+            "--seconds",
+            "0.01",
+            "--sections",
+            "env,vector",
+            "--presets",
+            "small",
+            "--out",
+            str(out),
+            "--markdown",
+            str(table),
+        ]
+    )
+    assert out.exists() and "Batched env against SyncVectorEnv" in table.read_text()
+    assert set(results["vector"]) == {"1", "8", "64"}
+    assert results["env"]["small"]["numba_over_reference"] > 0
+    assert "batched_over_sync_64" in results["targets"]

@@ -1,0 +1,611 @@
+"""Benchmarks of the simulator: kernel, single env, batched env, cost growth, PPO end to end, memory.
+
+``python -m experiments.bench`` measures everything in one run (about 5 minutes on a 2-core machine;
+``--quick`` about one) and writes the figures as JSON (``bench_results/bench.json``) and as the
+Markdown tables that the README includes (``docs/benchmarks.md``). Every figure is a rate over a
+timed loop after the kernels are compiled and the env has been warmed up; each loop runs for a
+fixed wall time (``--seconds``), so figures on a busy machine are lower, and the load average
+before and after the run is recorded with them.
+
+What is measured:
+
+- ``kernel``: auctions per second of :func:`envs.kernels.auction` (the env kernel's bidder loop:
+  bids with per-bidder noise, masking, top two) at 8, 32, 128, 1024 bidders, one thread and all
+  threads; and whole opportunities per second of the env's step kernel with one channel and that
+  many bidders (opportunity draws, auction, funnel: what a step really costs per opportunity).
+- ``env``: single-env steps per second per preset, and the NumPy reference's on the same preset
+  (the Numba / reference ratio).
+- ``vector``: ``gymnasium.vector.SyncVectorEnv`` of N single envs against the batched
+  :class:`envs.vector_env.BudgetShiftVectorEnv` at N = 1, 8, 64, 256 on ``default``.
+- ``scaling``: single-env steps per second as plans grow 8 -> 1024 and as opportunities per step
+  grow x1 -> x100 (channel volumes scaled), with the cost per plan and per opportunity.
+- ``ppo``: Stable-Baselines3 PPO training steps per second on ``default`` with the batched env, and
+  the share of wall time spent stepping the env.
+- ``memory``: peak traced memory (tracemalloc) of the batched env with 256 copies of ``large``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numba
+import numpy as np
+import yaml
+
+from envs import kernels
+from envs.budget_env import BudgetShiftEnv, PortfolioBatch
+from envs.scenario import PortfolioGenerator, list_presets, load_scenario, preset_path
+from envs.vector_env import BudgetShiftVectorEnv, make_sb3_vec_env
+
+ROOT = Path(__file__).resolve().parent.parent
+BIDDERS = (8, 32, 128, 1024)
+VECTOR_SIZES = (1, 8, 64, 256)
+PLAN_COUNTS = (8, 32, 128, 512, 1024)
+VOLUME_FACTORS = (1, 10, 100)
+#: Targets of the simulator and performance issues, on the project's 2-core machines.
+TARGETS = {
+    "kernel_auctions_per_s_32_bidders_per_core": 10e6,
+    "env_steps_per_s_default": 5_000,
+    "numba_over_reference_default": 5.0,
+    "batched_over_sync_64": 10.0,
+    "batched_env_steps_per_s_default": 100_000,
+    "ppo_steps_per_s_default": 1_500,
+    "ppo_env_share_max": 0.25,
+}
+
+
+def _rate(run_once: Callable[[], int], seconds: float, min_calls: int = 3) -> tuple[float, float]:
+    """``(work units per second, CPU share)``: ``run_once`` returns the units it did and is repeated
+    for ``seconds`` of wall time. The CPU share is this process's CPU time over the wall time (1 for
+    a single thread that had a core to itself; less when other jobs took the CPU)."""
+    done, calls = 0, 0
+    start, cpu_start = time.perf_counter(), time.process_time()
+    while calls < min_calls or time.perf_counter() - start < seconds:
+        done += run_once()
+        calls += 1
+    wall = time.perf_counter() - start
+    return done / wall, (time.process_time() - cpu_start) / wall
+
+
+def _preset_mapping(name: str) -> dict[str, Any]:
+    with open(preset_path(name)) as f:
+        return yaml.safe_load(f)
+
+
+# -------------------------------------------------------------------------------------------------
+def bench_kernel(seconds: float) -> dict[str, Any]:
+    all_threads = numba.config.NUMBA_NUM_THREADS
+    streams = np.arange(4 * all_threads, dtype=np.uint64)
+    kernels.auction_bench_batch_kernel(10, 8, streams)  # compile / load
+    auction: dict[str, dict[str, float]] = {}
+    opportunity: dict[str, dict[str, float]] = {}
+    for n_bidders in BIDDERS:
+        per_call = max(1_000, int(2e6 / n_bidders))
+        row = {}
+        for threads in (1, all_threads):
+            numba.set_num_threads(threads)
+
+            def run_once(n: int = n_bidders, k: int = per_call) -> int:
+                kernels.auction_bench_batch_kernel(k, n, streams)
+                return k * len(streams)
+
+            row[f"threads_{threads}"], row[f"threads_{threads}_cpu_share"] = _rate(run_once, seconds)
+        auction[str(n_bidders)] = row
+        opportunity[str(n_bidders)] = _bench_step_kernel(n_bidders, seconds, all_threads)
+    numba.set_num_threads(all_threads)
+    return {"auction_loop": auction, "step_kernel_one_channel": opportunity, "threads": all_threads}
+
+
+def _bench_step_kernel(n_bidders: int, seconds: float, all_threads: int) -> dict[str, float]:
+    """Opportunities per second of the env's step kernel: one channel, ``n_bidders`` plans that all
+    exist, target every segment and never run out of budget (so every opportunity is an auction
+    among all of them)."""
+    mapping = _preset_mapping("small")
+    mapping.update(name=f"bench_{n_bidders}", accounts=1, plans_per_account=n_bidders, max_plans=n_bidders)
+    mapping["channels"] = {"feed": {"share": 1.0, "volume": 200.0}}
+    sc = load_scenario(mapping)
+    n_envs = 4 * all_threads
+    sim = PortfolioBatch(sc, n_envs)
+    rng = np.random.default_rng(0)
+    for i in range(n_envs):
+        sim.load(i, PortfolioGenerator()(sc, rng))
+    sim.audience[:] = np.uint64(0xFFFFFFFF)
+    sim.plan[..., kernels.PL_LAUNCH] = 0.0
+    budget = np.full((n_envs, sc.n_plans), 1e15)
+    out = np.zeros((n_envs, sc.n_plans, sim.last.shape[-1]))
+    t = np.full(n_envs, 12)  # noon: the channel's volume is about its daily mean
+    opportunities = _opportunities(sim, 12)
+    args = (
+        sc.hours_per_step,
+        sc.steps_per_day,
+        sc.impressions_per_opportunity,
+        sc.user_quality_sigma,
+        sc.learning_conversions,
+        sc.noise_floor,
+        sim.chan,
+        sim.chan_diurnal,
+        sim.chan_market_hour,
+    )
+
+    def run_once() -> int:
+        state, pending = sim.state.copy(), sim.pending  # keep the learning state fixed between calls
+        kernels.step_batch_kernel(
+            t,
+            sim.key,
+            *args,
+            sim.market_day,
+            sim.plan,
+            sim.audience,
+            sim.stage,
+            sim.chan_plans,
+            sim.chan_start,
+            state,
+            pending,
+            budget,
+            out,
+        )
+        return opportunities
+
+    row = {}
+    for threads in (1, all_threads):
+        numba.set_num_threads(threads)
+        run_once()
+        row[f"threads_{threads}"], row[f"threads_{threads}_cpu_share"] = _rate(run_once, seconds)
+    return row
+
+
+def _opportunities(sim: PortfolioBatch, t: int) -> int:
+    """Opportunities the kernel draws at step ``t`` over the batch (the reference's counter-based draw)."""
+    from envs.reference import child, poisson
+
+    sc = sim.scenario
+    hour = (t % sc.steps_per_day) * sc.hours_per_step
+    total = 0
+    for key in sim.key:
+        h_step = child(int(key), t)
+        for c in range(len(sc.channels)):
+            lam = sim.chan[c, kernels.CH_VOLUME] * sim.chan_diurnal[c, hour] * sc.hours_per_step
+            total += poisson(child(child(h_step, c), kernels.STREAM_COUNT), lam)
+    return total
+
+
+# -------------------------------------------------------------------------------------------------
+def _env_rate(env: gym.Env, seconds: float, seed: int = 0, min_steps: int = 3) -> tuple[float, float]:
+    """Steps per second of one env with random actions (episodes restart as they end)."""
+    env.reset(seed=seed)
+    actions = np.random.default_rng(seed).uniform(-1, 1, (256, env.action_space.shape[-1])).astype(np.float32)
+    counter = {"i": 0}
+
+    def run_once() -> int:
+        i = counter["i"] = counter["i"] + 1
+        if env.step(actions[i % len(actions)])[2]:
+            env.reset()
+        return 1
+
+    for _ in range(min(20, min_steps)):
+        run_once()
+    return _rate(run_once, seconds, min_calls=min_steps)
+
+
+def bench_env(seconds: float, presets: list[str], reference_seconds: float) -> dict[str, Any]:
+    rows = {}
+    for preset in presets:
+        fast, fast_cpu = _env_rate(BudgetShiftEnv(preset), seconds)
+        slow, slow_cpu = _env_rate(BudgetShiftEnv(preset, backend="reference"), reference_seconds, min_steps=2)
+        rows[preset] = {
+            "numba_steps_per_s": fast,
+            "numba_cpu_share": fast_cpu,
+            "reference_steps_per_s": slow,
+            "reference_cpu_share": slow_cpu,
+            "numba_over_reference": fast / slow,
+        }
+    return rows
+
+
+# -------------------------------------------------------------------------------------------------
+def bench_vector(seconds: float, sizes: tuple[int, ...], preset: str = "default") -> dict[str, Any]:
+    rows = {}
+    for n in sizes:
+        sync = gym.vector.SyncVectorEnv(
+            [lambda: BudgetShiftEnv(preset) for _ in range(n)], autoreset_mode=gym.vector.AutoresetMode.SAME_STEP
+        )
+        batched = BudgetShiftVectorEnv(n, scenario=preset)
+        row = {}
+        for name, venv in (("sync", sync), ("batched", batched)):
+            venv.reset(seed=0)
+            actions = np.random.default_rng(0).uniform(-1, 1, (16, n, venv.single_action_space.shape[0]))
+            actions = actions.astype(np.float32)
+            counter = {"i": 0}
+
+            def run_once(venv=venv, actions=actions, counter=counter, n=n) -> int:
+                counter["i"] += 1
+                venv.step(actions[counter["i"] % len(actions)])
+                return n
+
+            run_once()
+            row[f"{name}_env_steps_per_s"], row[f"{name}_cpu_share"] = _rate(run_once, seconds)
+        row["batched_over_sync"] = row["batched_env_steps_per_s"] / row["sync_env_steps_per_s"]
+        rows[str(n)] = row
+    return rows
+
+
+# -------------------------------------------------------------------------------------------------
+def bench_scaling(seconds: float, plan_counts: tuple[int, ...], volume_factors: tuple[int, ...]) -> dict[str, Any]:
+    base = _preset_mapping("default")
+    plans = {}
+    for n_plans in plan_counts:
+        mapping = dict(base, name=f"default_{n_plans}_plans", accounts=1, plans_per_account=n_plans, max_plans=n_plans)
+        env = BudgetShiftEnv(mapping)
+        rate, cpu = _env_rate(env, seconds)
+        plans[str(n_plans)] = {
+            "steps_per_s": rate,
+            "cpu_share": cpu,
+            "us_per_step": 1e6 / rate,
+            "us_per_plan_step": 1e6 / rate / n_plans,
+        }
+    volumes = {}
+    for factor in volume_factors:
+        mapping = dict(base, name=f"default_x{factor}_volume")
+        mapping["channels"] = {
+            name: dict(spec or {}, volume=load_scenario("default").channels[i].volume * factor)
+            for i, (name, spec) in enumerate(base["channels"].items())
+        }
+        env = BudgetShiftEnv(mapping)
+        rate, cpu = _env_rate(env, seconds)
+        opportunities = sum(c.volume for c in env.scenario.channels) * env.scenario.hours_per_step
+        volumes[f"x{factor}"] = {
+            "steps_per_s": rate,
+            "cpu_share": cpu,
+            "us_per_step": 1e6 / rate,
+            "opportunities_per_step": opportunities,
+            "ns_per_opportunity": 1e9 / rate / opportunities,
+        }
+    return {"plans": plans, "opportunities": volumes}
+
+
+# -------------------------------------------------------------------------------------------------
+def bench_ppo(total_timesteps: int, n_envs: int, preset: str = "default") -> dict[str, Any]:
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecEnvWrapper, VecMonitor
+
+    class StepTimer(VecEnvWrapper):
+        """Wall time spent in the env's ``step_wait`` and ``reset``."""
+
+        def __init__(self, venv) -> None:
+            super().__init__(venv)
+            self.seconds = 0.0
+
+        def reset(self):
+            start = time.perf_counter()
+            obs = self.venv.reset()
+            self.seconds += time.perf_counter() - start
+            return obs
+
+        def step_wait(self):
+            start = time.perf_counter()
+            result = self.venv.step_wait()
+            self.seconds += time.perf_counter() - start
+            return result
+
+    timer = StepTimer(make_sb3_vec_env(preset, n_envs=n_envs, seed=0))
+    n_steps = 64
+    model = PPO("MlpPolicy", VecMonitor(timer), n_steps=n_steps, batch_size=256, seed=0, device="cpu", verbose=0)
+    model.learn(total_timesteps=n_steps * n_envs)  # warm-up: first rollout and update
+    timer.seconds = 0.0
+    start = time.perf_counter()
+    model.learn(total_timesteps=total_timesteps, reset_num_timesteps=False)
+    wall = time.perf_counter() - start
+    return {
+        "n_envs": n_envs,
+        "n_steps": n_steps,
+        "batch_size": 256,
+        "n_epochs": model.n_epochs,
+        "timesteps": total_timesteps,
+        "wall_s": wall,
+        "steps_per_s": total_timesteps / wall,
+        "env_s": timer.seconds,
+        "env_share": timer.seconds / wall,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+# -------------------------------------------------------------------------------------------------
+def bench_memory(n_envs: int, preset: str = "large", steps: int = 2) -> dict[str, Any]:
+    tracemalloc.start()
+    venv = BudgetShiftVectorEnv(n_envs, scenario=preset)
+    venv.reset(seed=0)
+    actions = np.zeros((n_envs, venv.max_plans), dtype=np.float32)
+    start = time.perf_counter()
+    for _ in range(steps):
+        venv.step(actions)
+    elapsed = time.perf_counter() - start
+    current, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    sim = venv.sim
+    state_bytes = sum(a.nbytes for a in (sim.pending, sim.ring, sim.last, sim.total, sim.plan, sim.stage, sim.state))
+    return {
+        "n_envs": n_envs,
+        "preset": preset,
+        "peak_mib": peak / 2**20,
+        "held_mib": current / 2**20,
+        "state_arrays_mib": state_bytes / 2**20,
+        "pending_mib": sim.pending.nbytes / 2**20,
+        "env_steps_per_s": steps * n_envs / elapsed,
+    }
+
+
+# -------------------------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "numba_threading_layer": _threading_layer(),
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "gymnasium": gym.__version__,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _threading_layer() -> str:
+    try:
+        return numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        return "not initialised"
+
+
+def summary(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each target with its measured figure and whether it was met."""
+    rows: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, measured: float | None, higher_is_better: bool = True, cpu_share: float | None = None) -> None:
+        if measured is None:
+            return
+        target = TARGETS[name]
+        met = measured >= target if higher_is_better else measured <= target
+        rows[name] = {"target": target, "measured": measured, "met": bool(met), "cpu_share": cpu_share}
+
+    kernel = results.get("kernel")
+    auction_32 = kernel and kernel["auction_loop"]["32"]
+    add(
+        "kernel_auctions_per_s_32_bidders_per_core",
+        auction_32 and auction_32["threads_1"],
+        cpu_share=auction_32 and auction_32["threads_1_cpu_share"],
+    )
+    env = results.get("env", {}).get("default")
+    add("env_steps_per_s_default", env and env["numba_steps_per_s"], cpu_share=env and env["numba_cpu_share"])
+    add("numba_over_reference_default", env and env["numba_over_reference"])
+    vector = results.get("vector", {})
+    add("batched_over_sync_64", vector.get("64", {}).get("batched_over_sync"))
+    best = max(vector.values(), key=lambda row: row["batched_env_steps_per_s"], default=None)
+    add(
+        "batched_env_steps_per_s_default",
+        best and best["batched_env_steps_per_s"],
+        cpu_share=best and best["batched_cpu_share"],
+    )
+    ppo = results.get("ppo")
+    add("ppo_steps_per_s_default", ppo and ppo["steps_per_s"])
+    add("ppo_env_share_max", ppo and ppo["env_share"], higher_is_better=False)
+    return rows
+
+
+def _fmt(x: float) -> str:
+    if x >= 1e6:
+        return f"{x / 1e6:.1f}M"
+    if x >= 1e4:
+        return f"{x / 1e3:.0f}k"
+    if x >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.2f}" if x < 10 else f"{x:.1f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        "<!-- Written by `python -m experiments.bench`; do not edit by hand. -->",
+        "## Benchmarks",
+        "",
+        f"Measured by `python -m experiments.bench{' --quick' if results['quick'] else ''}` on {m['date']}: "
+        f"{m['cpu']}, {m['cores']} cores, {m['numba_threads']} Numba threads ({m['numba_threading_layer']}), "
+        f"Python {m['python']}, NumPy {m['numpy']}, Numba {m['numba']}. Load average before / after the run: "
+        f"{results['load_before']} / {results['load_after']} (a shared machine: other jobs ran meanwhile, so "
+        "rates are lower bounds). One timed run per figure. *CPU* is the process's CPU time over the wall time "
+        "while it was measured: 1.0 for one thread with a core to itself, up to the number of threads; below "
+        "that, other jobs took the CPU.",
+        "",
+    ]
+    rows = summary(results)
+    if rows:
+        lines += [
+            "### Targets",
+            "",
+            "*Per CPU-second* divides a rate by the CPU share it got: roughly what one dedicated core would do, "
+            "for the single-threaded figures.",
+            "",
+            "| figure | target | measured | CPU | per CPU-second | met |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, row in rows.items():
+            cpu, per_cpu = "", ""
+            if row["cpu_share"] is not None:
+                cpu, per_cpu = f"{row['cpu_share']:.2f}", _fmt(row["measured"] / row["cpu_share"])
+            met = "yes" if row["met"] else "**no**"
+            lines.append(f"| {name} | {_fmt(row['target'])} | {_fmt(row['measured'])} | {cpu} | {per_cpu} | {met} |")
+        lines.append("")
+    if "kernel" in results:
+        k = results["kernel"]
+        th = k["threads"]
+        lines += [
+            "### Kernel (auctions / s)",
+            "",
+            "Auction loop: `envs.kernels.auction` alone (bids with per-bidder noise, masking, top two). Whole "
+            "opportunity: the env's step kernel with one channel and that many bidders, all eligible "
+            "(opportunity draws, auction, click/conversion/deep funnel).",
+            "",
+            f"| bidders | auction loop, 1 thread (CPU) | auction loop, {th} threads (CPU) | "
+            f"whole opportunity, 1 thread (CPU) | whole opportunity, {th} threads (CPU) |",
+            "|---|---|---|---|---|",
+        ]
+
+        def cell(row: dict[str, float], threads: int) -> str:
+            return f"{_fmt(row[f'threads_{threads}'])} ({row[f'threads_{threads}_cpu_share']:.2f})"
+
+        for n in k["auction_loop"]:
+            a, o = k["auction_loop"][n], k["step_kernel_one_channel"][n]
+            lines.append(f"| {n} | {cell(a, 1)} | {cell(a, th)} | {cell(o, 1)} | {cell(o, th)} |")
+        lines.append("")
+    if "env" in results:
+        lines += [
+            "### Single env (steps / s, random actions)",
+            "",
+            "| preset | Numba | CPU | NumPy reference | CPU | ratio |",
+            "|---|---|---|---|---|---|",
+        ]
+        for preset, row in results["env"].items():
+            lines.append(
+                f"| {preset} | {_fmt(row['numba_steps_per_s'])} | {row['numba_cpu_share']:.2f} | "
+                f"{_fmt(row['reference_steps_per_s'])} | {row['reference_cpu_share']:.2f} | "
+                f"{row['numba_over_reference']:.0f}x |"
+            )
+        lines.append("")
+    if "vector" in results:
+        lines += [
+            "### Batched env against SyncVectorEnv (`default`, env steps / s)",
+            "",
+            "| N | SyncVectorEnv of N envs | CPU | BudgetShiftVectorEnv | CPU | ratio |",
+            "|---|---|---|---|---|---|",
+        ]
+        for n, row in results["vector"].items():
+            lines.append(
+                f"| {n} | {_fmt(row['sync_env_steps_per_s'])} | {row['sync_cpu_share']:.2f} | "
+                f"{_fmt(row['batched_env_steps_per_s'])} | {row['batched_cpu_share']:.2f} | "
+                f"{row['batched_over_sync']:.1f}x |"
+            )
+        lines.append("")
+    if "scaling" in results:
+        s = results["scaling"]
+        lines += [
+            "### Cost growth (single env on `default`)",
+            "",
+            "| plans | steps / s | µs / step | µs / plan-step |",
+            "|---|---|---|---|",
+        ]
+        for n, row in s["plans"].items():
+            lines.append(
+                f"| {n} | {_fmt(row['steps_per_s'])} | {_fmt(row['us_per_step'])} | {row['us_per_plan_step']:.2f} |"
+            )
+        lines += [
+            "",
+            "| opportunities | per step | steps / s | µs / step | ns / opportunity |",
+            "|---|---|---|---|---|",
+        ]
+        for f, row in s["opportunities"].items():
+            lines.append(
+                f"| {f} | {_fmt(row['opportunities_per_step'])} | {_fmt(row['steps_per_s'])} | "
+                f"{_fmt(row['us_per_step'])} | {row['ns_per_opportunity']:.0f} |"
+            )
+        lines.append("")
+    if "ppo" in results:
+        p = results["ppo"]
+        lines += [
+            "### PPO end to end (`default`, batched env)",
+            "",
+            f"SB3 PPO, MlpPolicy, {p['n_envs']} envs x {p['n_steps']} steps per rollout, batch {p['batch_size']}, "
+            f"{p['n_epochs']} epochs, torch on CPU ({p['torch_threads']} threads): **{_fmt(p['steps_per_s'])} "
+            f"steps / s** over {p['timesteps']:,} steps; the env took {100 * p['env_share']:.0f}% of the wall time.",
+            "",
+        ]
+    if "memory" in results:
+        mem = results["memory"]
+        lines += [
+            f"### Memory (batched env, {mem['n_envs']} x `{mem['preset']}`)",
+            "",
+            f"Peak traced memory {mem['peak_mib']:,.0f} MiB (state arrays {mem['state_arrays_mib']:,.0f} MiB, of "
+            f"which the pending deep-event tensor {mem['pending_mib']:,.0f} MiB); "
+            f"{_fmt(mem['env_steps_per_s'])} env steps / s.",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short loops and fewer sizes (about a minute)")
+    parser.add_argument("--seconds", type=float, default=None, help="wall time of each timed loop")
+    parser.add_argument(
+        "--sections",
+        default="kernel,env,vector,scaling,ppo,memory",
+        help="comma-separated subset of kernel,env,vector,scaling,ppo,memory",
+    )
+    parser.add_argument("--presets", default=None, help="comma-separated presets for the single-env figures")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "bench.json", help="JSON output")
+    parser.add_argument(
+        "--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md", help="Markdown output ('-' to skip)"
+    )
+    args = parser.parse_args(argv)
+    seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 2.0)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - {"kernel", "env", "vector", "scaling", "ppo", "memory"}
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}")
+    presets = args.presets.split(",") if args.presets else (["small", "default"] if args.quick else list_presets())
+
+    results: dict[str, Any] = {
+        "quick": args.quick,
+        "seconds_per_loop": seconds,
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+    }
+    steps: list[tuple[str, Callable[[], Any]]] = [
+        ("kernel", lambda: bench_kernel(seconds)),
+        ("env", lambda: bench_env(seconds, presets, reference_seconds=seconds)),
+        ("vector", lambda: bench_vector(seconds, (1, 8, 64) if args.quick else VECTOR_SIZES)),
+        (
+            "scaling",
+            lambda: bench_scaling(
+                seconds, (8, 128) if args.quick else PLAN_COUNTS, (1, 10) if args.quick else VOLUME_FACTORS
+            ),
+        ),
+        ("ppo", lambda: bench_ppo(4_096 if args.quick else 32_768, n_envs=32)),
+        ("memory", lambda: bench_memory(64 if args.quick else 256)),
+    ]
+    for name, run in steps:
+        if name in sections:
+            start = time.perf_counter()
+            results[name] = run()
+            print(f"[bench] {name}: {time.perf_counter() - start:.0f} s", flush=True)
+    results["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    results["machine"] = machine()
+    results["targets"] = summary(results)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    print(table)
+    if str(args.markdown) != "-":
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table + "\n")
+    return results
+
+
+if __name__ == "__main__":
+    main()
