@@ -37,19 +37,20 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckActionNoise
 from stable_baselines3.common.running_mean_std import RunningMeanStd
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor, VecNormalize
 from torch import nn
 
 from agents.policies import ACTIVE, SET_POLICIES
 from envs.budget_env import BudgetShiftEnv
 from envs.features import N_GLOBAL_FEATURES, N_PLAN_FEATURES, observation_size
 from envs.scenario import Scenario
+from envs.vector_env import make_sb3_vec_env
 
 ALGOS: dict[str, type[BaseAlgorithm]] = {"PPO": PPO, "A2C": A2C, "SAC": SAC, "TD3": TD3, "RecurrentPPO": RecurrentPPO}
 OFF_POLICY = ("SAC", "TD3")
 POLICIES = ("mlp", "set")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU}
-VEC_ENVS = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+VEC_ENVS = {"native": None, "dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 AGENT_KEYS = ("name", "kind", "algo", "policy", "n_envs", "hyperparams", "policy_kwargs", "normalize")
 
 
@@ -128,10 +129,17 @@ def build_vec_normalize(venv: VecEnv, agent: Mapping[str, Any], max_plans: int, 
 # -------------------------------------------------------------------------------------------------
 
 
-def make_envs(scenario: Scenario, n_envs: int, seed: int, vec_env: str = "dummy") -> VecEnv:
-    """``n_envs`` Monitor-wrapped copies of the env; copy ``i`` is first reset with ``seed + i``."""
+def make_envs(scenario: Scenario, n_envs: int, seed: int, vec_env: str = "native") -> VecEnv:
+    """``n_envs`` copies of the env with episode statistics; copy ``i`` is first reset with ``seed + i``.
+
+    ``native``: :class:`envs.vector_env.BudgetShiftVectorEnv` (every copy in one kernel call) behind
+    its SB3 adapter; ``dummy``/``subproc``: SB3's vector envs of single Monitor-wrapped envs. All three
+    give the same episodes for the same seed.
+    """
     if vec_env not in VEC_ENVS:
         raise AgentSpecError(f"vec_env must be one of {list(VEC_ENVS)}, got {vec_env!r}")
+    if vec_env == "native":
+        return VecMonitor(make_sb3_vec_env(scenario, n_envs=n_envs, seed=seed))
     kwargs = {"start_method": "fork"} if vec_env == "subproc" else None
     return make_vec_env(
         BudgetShiftEnv,

@@ -27,7 +27,9 @@ evaluation history and TensorBoard run. A fresh run refuses a folder that alread
 pass ``resume=true`` to continue it or ``overwrite=true`` to start it over.
 
 Determinism: the same config and seed give the same numbers (SB3 seeds Python, NumPy, torch and the
-env copies ``seed + i``; ``torch_threads`` is fixed; ``vec_env=dummy`` steps the copies in order).
+env copies ``seed + i``; ``torch_threads`` is fixed). The env copies are the batched
+:class:`envs.vector_env.BudgetShiftVectorEnv` (``vec_env=native``, default) or SB3's ``dummy`` /
+``subproc`` vector envs of single envs: the same episodes either way, so the same numbers.
 """
 
 from __future__ import annotations

@@ -121,7 +121,8 @@ def test_evaluation_callback_and_trained_allocator_agree(tmp_path):
     evaluations = np.load(tmp_path / "evaluations.npz")
     best = int(evaluations["results"].mean(axis=1).argmax())
     episodes = evaluate_allocator(TrainedAllocator(tmp_path, which="best"), "small", [1000000, 1000001])
-    np.testing.assert_allclose([e["score"] for e in episodes], evaluations["results"][best], rtol=1e-9)
+    # (the batched env's SB3 adapter reports float32 rewards, hence the tolerance)
+    np.testing.assert_allclose([e["score"] for e in episodes], evaluations["results"][best], rtol=1e-6)
 
 
 def test_flat_mlp_policy_trains(tmp_path):
