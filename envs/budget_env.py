@@ -50,8 +50,8 @@ def _feature_table() -> str:
 
 
 # -------------------------------------------------------------------------------------------------
-# Allocation: actions -> shares -> step budgets. Every function works on one portfolio (plans on the
-# last axis) or a batch (leading axes), row by row.
+# Allocation: actions -> budget shares. Every function works on one portfolio (plans on the last
+# axis) or a batch (leading axes), row by row.
 # -------------------------------------------------------------------------------------------------
 def masked_softmax(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Softmax over the entries where ``mask`` is true (last axis); masked entries get 0, and a row
@@ -126,7 +126,8 @@ def project_shares(
         a = np.where(above, tau, a)
         b = np.where(above, b, tau)
     out = np.clip(shares - 0.5 * (a + b), lo, hi)
-    out /= out.sum(axis=-1, keepdims=True)
+    total = out.sum(axis=-1, keepdims=True)
+    np.divide(out, total, out=out, where=total > 0)
     # Upper bounds that cannot reach 1: the bounds themselves, normalised (or the shares, if all 0).
     short = hi_sum < 1.0
     if short.any():
@@ -640,7 +641,7 @@ class BudgetShiftEnv(gym.Env):
         if a.shape != (self.max_plans,):
             raise ValueError(f"action must have shape ({self.max_plans},), got {a.shape}")
         a = check_actions(a, self.max_plans)
-        return masked_softmax(a[: self.n_plans] * self.scenario.temperature, self.active_mask())
+        return masked_softmax(a[: self.n_plans] * self.scenario.temperature, self.sim.active[0])
 
     def step_shares(self, shares: np.ndarray):
         """Step with budget shares directly (heuristic allocators); limits and caps still apply."""
