@@ -545,7 +545,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {f} | {_fmt(row['opportunities_per_step'])} | {_fmt(row['steps_per_s'])} | "
                 f"{_fmt(row['us_per_step'])} | {row['ns_per_opportunity']:.0f} |"
             )
-        lines.append("")
+        lines += ["", _growth_sentence(s), ""]
     if "ppo" in results:
         p = results["ppo"]
         lines += [
@@ -570,6 +570,23 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _growth_sentence(scaling: dict[str, Any]) -> str:
+    """How the step cost grew over each table's last step up in size, to compare with linear growth."""
+    parts = []
+    for table in ("plans", "opportunities"):
+        rows = list(scaling[table].items())
+        if len(rows) < 2:
+            continue
+        (a, first), (b, last) = rows[-2], rows[-1]
+        ratio = float(b.lstrip("x")) / float(a.lstrip("x"))
+        growth = last["us_per_step"] / first["us_per_step"]
+        parts.append(f"from {a} to {b} {table} ({ratio:.0f}x) the step cost grew {growth:.1f}x")
+    return (
+        "Growth: " + "; ".join(parts) + ". Linear growth shows as a constant cost per plan-step or per opportunity "
+        "at the large end; at the small end the fixed per-step cost (the Python side) dominates."
+    )
+
+
 def _notes(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str]:
     """Where targets are missed, and why, from the figures of this run."""
     missed = [name for name, row in rows.items() if not row["met"]]
@@ -582,8 +599,8 @@ def _notes(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str
     lines = [
         "### Where targets are missed, and why",
         "",
-        f"- **The step kernel is most of a step.** On `default` it took {kernel_us:,.0f} µs of a {step_us:,.0f} µs "
-        f"step ({100 * kernel_us / step_us:.0f}%) at a CPU share of {cpu:.2f}, i.e. about "
+        f"- **The step kernel is {100 * kernel_us / step_us:.0f}% of a single-env step.** On `default` it took "
+        f"{kernel_us:,.0f} µs of a {step_us:,.0f} µs step at a CPU share of {cpu:.2f}, i.e. about "
         f"{kernel_us * cpu:,.0f} µs of CPU for ~{opportunities:,.0f} opportunities, "
         f"~{1e3 * kernel_us * cpu / opportunities:.0f} ns each. About half of that is each opportunity's own "
         "draws: the exact counter-based normal pair (log, sqrt, cos) and the exp of the user quality, which the "
@@ -598,8 +615,9 @@ def _notes(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str
             f"{40e3 / opportunities:.0f} ns per opportunity on `default`: less than drawing the opportunity "
             "costs. The ratio to SyncVectorEnv is bounded by (kernel + Python per env) / (kernel + batched "
             "Python per env) on one core, times the thread speed-up on two. Cheaper steps need fewer, larger "
-            "opportunity lots (`impressions_per_opportunity`, `channels.*.volume`: the cost-growth table shows the "
-            "cost is linear in opportunities) or a cheaper normal draw shared by kernel and reference: model "
+            "opportunity lots (`impressions_per_opportunity`, `channels.*.volume`: past a fixed per-step cost, "
+            "a step's cost grows linearly with its opportunities) or a cheaper normal draw shared by kernel and "
+            "reference: model "
             "choices for the scenario, not the engine. The env's share of PPO's wall time follows from the same "
             "cost."
         )
