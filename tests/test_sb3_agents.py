@@ -206,7 +206,7 @@ def test_short_ppo_training_on_small_beats_uniform(tmp_path):
             "agent=ppo",
             "env=small",
             "seed=0",
-            "total_timesteps=16000",
+            "total_timesteps=40000",
             "eval.freq=0",
             "checkpoint.freq=100000",
             "progress_bar=false",
@@ -217,4 +217,5 @@ def test_short_ppo_training_on_small_beats_uniform(tmp_path):
     seeds = list(range(500, 510))
     learned = [e["score"] for e in evaluate_allocator(TrainedAllocator(tmp_path), "small", seeds)]
     uniform = [e["score"] for e in evaluate_allocator(HEURISTICS["uniform"](), "small", seeds)]
-    assert np.mean(learned) > 1.2 * np.mean(uniform), (np.mean(learned), np.mean(uniform))
+    # Over training seeds 0-4 this config reached 1.49-1.80x uniform; 1.25x leaves room for changes.
+    assert np.mean(learned) > 1.25 * np.mean(uniform), (np.mean(learned), np.mean(uniform))
