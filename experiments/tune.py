@@ -16,6 +16,11 @@ an agent config from the search space of ``conf/tune/<agent>.yaml`` (TPE, seeded
 the last evaluation's mean return. Every trial evaluates on the same fixed episodes
 (``eval.seed + i``) from the same training seed.
 
+Workers draw apart: each seeds TPE from ``(sampler.seed, worker_id)`` (fresh entropy, recorded in
+``provenance.json``, when ``worker_id`` is null) and ``constant_liar`` counts running trials as bad.
+The study records its setup (agent, env, seed, budget, evaluation, search space); a worker with
+another setup is refused, naming the first field that differs.
+
 Storage URLs: ``sqlite:///<path>`` (one machine; ``sqlite:////<absolute path>``), any SQLAlchemy URL
 (PostgreSQL or MySQL for clusters), or ``journal:///<path>``: Optuna's JournalStorage on an
 append-only file (an NFS share without a database server).
@@ -26,8 +31,9 @@ queues them again with the same parameters (``RetryHeartbeatStaleTrialCallback``
 ``heartbeat.max_retry`` times). RDBStorage has this built in (its database clock); JournalStorage has
 no heartbeat in Optuna, so :class:`HeartbeatJournalStorage` adds it (heartbeats are trial system
 attributes holding the worker's wall clock, so the workers' clocks must agree to well within the
-grace period). A trial that raises (a NaN, a bad combination) ends FAILED with ``error.txt`` in its
-folder and the worker goes on; ``max_failures`` failures in a row stop the worker (exit 1).
+grace period). Stale trials are noticed when a worker joins or starts its next trial. A trial that
+raises (a NaN, a bad combination) ends FAILED with ``error.txt`` in its folder and the worker goes
+on; ``max_failures`` failures in a row stop the worker (exit 1).
 
 The worker's output folder (``hydra.run.dir``, default ``outputs/tune/<study>/<time>``) gets:
 
@@ -686,7 +692,9 @@ def tune(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     check_setup(study, study_setup(cfg))
 
     objective = Objective(cfg, out_dir, params, ties)
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved["storage"] = redact(cfg.storage)  # a password given through ${oc.env:...} stays out of files
+    OmegaConf.save(OmegaConf.create(resolved), out_dir / "config.yaml")
     provenance.write(
         out_dir,
         seed=cfg.seed,
