@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 from filelock import FileLock
 
 
@@ -33,9 +34,13 @@ def warm_up(timeout_s: float = 600.0) -> dict[str, int]:
     with FileLock(str(folder / "budgetshift-jit.lock"), timeout=timeout_s):
         from envs.budget_env import BudgetShiftEnv
         from envs.kernels import step_kernel
+        from envs.vector_env import BudgetShiftVectorEnv
 
         env = BudgetShiftEnv("small")
         env.reset(seed=0)
         env.step_shares(env.active_mask().astype(float))
+        vec = BudgetShiftVectorEnv(num_envs=2, scenario="small")  # compiles the batched kernel too
+        vec.reset(seed=0)
+        vec.step(np.zeros(vec.action_space.shape, dtype=np.float32))
         stats = step_kernel.stats
         return {"cache_hits": sum(stats.cache_hits.values()), "cache_misses": sum(stats.cache_misses.values())}
