@@ -54,6 +54,7 @@ import onnxruntime as ort
 
 from agents.heuristics import HEURISTICS
 from envs.features import CHANNELS, NUMERIC_STATS, STAT_NAMES, VERTICALS, Clock, build_observation, feature_names
+from envs.shares import project_shares
 
 #: Version of the bundle layout this loader reads; :mod:`agents.export` writes it. Bump it when the
 #: manifest or the graph's inputs/outputs change in a way an older loader would misread.
@@ -247,40 +248,6 @@ def check_clock(clock: Clock) -> Clock:
 
 # -------------------------------------------------------------------------------------------------
 # Shares -> budgets: the training env's limits and caps
-
-
-def project_shares(
-    shares: np.ndarray,
-    previous: np.ndarray,
-    active: np.ndarray,
-    min_share: float,
-    max_share: float,
-    max_change: float | None,
-) -> np.ndarray:
-    """The simulator's share limits (:func:`envs.budget_env.project_shares`, which imports Numba).
-
-    A NumPy copy kept here so the loader stays dependency-light; ``tests/test_allocator_loader.py``
-    checks that both give the same shares.
-    """
-    lo = np.where(active, min_share, 0.0)
-    hi = np.where(active, max_share, 0.0)
-    if max_change is not None and previous.sum() > 0:
-        lo = np.maximum(lo, previous - max_change)
-        hi = np.minimum(hi, previous + max_change)
-        lo = np.where(active, np.minimum(lo, hi), 0.0)
-    if lo.sum() > 1.0:
-        lo = lo / lo.sum()
-    if hi.sum() < 1.0:
-        return hi / hi.sum() if hi.sum() > 0 else shares
-    a, b = shares.min() - hi.max() - 1.0, shares.max() - lo.min() + 1.0
-    for _ in range(100):  # bisection on the shift tau
-        tau = 0.5 * (a + b)
-        if np.clip(shares - tau, lo, hi).sum() > 1.0:
-            a = tau
-        else:
-            b = tau
-    out = np.clip(shares - 0.5 * (a + b), lo, hi)
-    return out / out.sum()
 
 
 @dataclass(frozen=True)
