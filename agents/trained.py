@@ -5,7 +5,7 @@
 as the training env did: :func:`envs.features.build_observation` (the env's own observation
 function), the saved VecNormalize observation normalisation (frozen), the policy's deterministic
 action, clipped to [-1, 1], times the scenario's temperature, and
-:func:`envs.budget_env.masked_softmax` over the active plans (the env's ``action_to_shares``).
+:func:`envs.shares.masked_softmax` over the active plans (the env's ``action_to_shares``).
 
 Portfolios of another size: observations are built at the model's ``max_plans`` whenever the
 portfolio has at most that many plans (padded plans are inactive, as in training). A set policy
@@ -29,9 +29,9 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.base import Allocator
 from agents.sb3 import PlanPooledRunningMeanStd, load_model
-from envs.budget_env import masked_softmax
 from envs.features import N_GLOBAL_FEATURES, N_PLAN_FEATURES, Clock, build_observation
 from envs.scenario import load_scenario
+from envs.shares import masked_softmax
 
 #: ``which`` -> (model file, VecNormalize file) in a training run folder.
 CHECKPOINTS = {"final": ("model.zip", "vecnormalize.pkl"), "best": ("best_model.zip", "best_vecnormalize.pkl")}
