@@ -287,9 +287,26 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
     train_env.close()
     eval_env.close()
     summary = summarise(model, run_dir, done_before, wall_s)
+    if cfg.get("export", True):
+        summary["bundle"] = export_run(run_dir)
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
     log.info("trained %s on %s: %s", agent["name"], scenario.name, summary)
     return summary
+
+
+def export_run(run_dir: Path) -> str | None:
+    """The production bundle of the final model in ``<run>/bundle`` (agents/export.py).
+
+    A policy that cannot leave as a stateless bundle (RecurrentPPO) is logged and skipped: the
+    training itself succeeded.
+    """
+    from agents.export import ExportError, export_bundle
+
+    try:
+        return str(export_bundle(run_dir, run_dir / "bundle"))
+    except ExportError as exc:
+        log.warning("no production bundle for %s: %s", run_dir, exc)
+        return None
 
 
 def summarise(model: BaseAlgorithm, run_dir: Path, done_before: int, wall_s: float) -> dict[str, Any]:
