@@ -15,10 +15,20 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# The main job: train PPO (set policy) on `default`, evaluate it beside every heuristic on the same
+# seeds, print the report. Everything lands in $(RESULTS): train/ (model, VecNormalize stats,
+# production bundle, TensorBoard logs), eval/ (run folders), report.md, summary.csv and the plots.
+RESULTS ?= results/main
+MAIN_STEPS ?= 200000
+MAIN_SEEDS ?= 0,1,2,3,4
+
 run: $(STAMP)
-	rm -rf multirun/quick
-	$(PY) -m experiments.evaluate -m experiment=quick hydra/launcher=joblib hydra.sweep.dir=multirun/quick
-	$(PY) -m experiments.report multirun/quick
+	rm -rf $(RESULTS)
+	$(PY) -m experiments.train agent=ppo env=default seed=0 total_timesteps=$(MAIN_STEPS) hydra.run.dir=$(RESULTS)/train
+	$(PY) -m experiments.evaluate -m experiment=main hydra/launcher=joblib hydra.sweep.dir=$(RESULTS)/eval/heuristics
+	$(PY) -m experiments.evaluate -m agent=trained agent.run=$(RESULTS)/train env=default episodes=4 \
+		seed=$(MAIN_SEEDS) hydra.sweep.dir=$(RESULTS)/eval/ppo
+	$(PY) -m experiments.report $(RESULTS)/eval --out $(RESULTS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

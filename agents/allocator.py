@@ -44,6 +44,7 @@ import json
 import math
 import numbers
 import sys
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -274,7 +275,7 @@ class ShareLimits:
         return shares, shares * scale[table.stats["vertical"]]
 
 
-class TableAllocator:
+class TableAllocator(ABC):
     """``allocate(plan_stats, clock)`` for any rule that maps validated stats to shares."""
 
     name = "allocator"
@@ -286,9 +287,9 @@ class TableAllocator:
         """Validate ``plan_stats`` for this allocator (see :func:`parse_plan_stats`)."""
         return parse_plan_stats(plan_stats, self.plan_limit, self.plan_limit_why)
 
+    @abstractmethod
     def shares(self, table: PlanTable, clock: Clock) -> np.ndarray:
         """Shares over ``table``'s plans before limits and caps (sum 1 over active plans)."""
-        raise NotImplementedError
 
     def allocate(self, plan_stats: Any, clock: Clock, previous_shares: Mapping[str, float] | None = None) -> Allocation:
         """Budgets for the plans in ``plan_stats`` at ``clock``.

@@ -22,6 +22,7 @@ Shared conventions:
 from __future__ import annotations
 
 import math
+from abc import abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -145,9 +146,9 @@ class HeuristicAllocator(Allocator):
         self.steps_seen += 1
         return self.finalise(weights, stats, active)
 
+    @abstractmethod
     def weights(self, stats: Mapping[str, np.ndarray], clock: Clock, active: np.ndarray) -> np.ndarray:
         """Non-negative weights over plans (need not sum to 1)."""
-        raise NotImplementedError
 
     def finalise(self, weights: np.ndarray, stats: Mapping[str, np.ndarray], active: np.ndarray) -> np.ndarray:
         weights = np.where(active & np.isfinite(weights), np.maximum(weights, 0.0), 0.0)

@@ -303,7 +303,7 @@ def export_run(run_dir: Path) -> str | None:
     from agents.export import ExportError, export_bundle
 
     try:
-        return str(export_bundle(run_dir, run_dir / "bundle"))
+        return str(export_bundle(run_dir, run_dir / "bundle").relative_to(run_dir))  # relative: runs move
     except ExportError as exc:
         log.warning("no production bundle for %s: %s", run_dir, exc)
         return None
