@@ -276,8 +276,10 @@ class SetActorCriticPolicy(ActorCriticPolicy):
 # -------------------------------------------------------------------------------------------------
 
 
-class SetSACActor(BasePolicy):
-    """SAC actor: per plan a mean and a log-std of a tanh-squashed Gaussian, masked in the log-probability."""
+class _SetActor(BasePolicy):
+    """The shared part of the SAC and TD3 actors: a :class:`PlanScorer` with ``n_outputs`` per plan."""
+
+    n_outputs = 1
 
     def __init__(
         self,
@@ -289,11 +291,7 @@ class SetSACActor(BasePolicy):
         activation_fn: type[nn.Module] = nn.ReLU,
         embed_arch: list[int] | None = None,
         normalize_images: bool = True,
-        use_sde: bool = False,
-        **_sde_kwargs: Any,
     ) -> None:
-        if use_sde:
-            raise ValueError("use_sde must be false for policy: set")
         super().__init__(
             observation_space,
             action_space,
@@ -305,7 +303,7 @@ class SetSACActor(BasePolicy):
         self.embed_arch = list(embed_arch) if embed_arch is not None else [64, 64]
         self.features_dim = features_dim
         self.activation_fn = activation_fn
-        self.scorer = PlanScorer(self.embed_arch, net_arch, activation_fn, n_outputs=2)
+        self.scorer = PlanScorer(self.embed_arch, net_arch, activation_fn, n_outputs=self.n_outputs)
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
@@ -317,6 +315,19 @@ class SetSACActor(BasePolicy):
             features_extractor=self.features_extractor,
         )
         return data
+
+
+class SetSACActor(_SetActor):
+    """SAC actor: per plan a mean and a log-std of a tanh-squashed Gaussian, masked in the log-probability."""
+
+    n_outputs = 2
+
+    def __init__(self, *args: Any, use_sde: bool = False, **kwargs: Any) -> None:
+        if use_sde:
+            raise ValueError("use_sde must be false for policy: set")
+        for sde_key in ("log_std_init", "full_std", "use_expln", "clip_mean"):  # SB3's gSDE options: unused
+            kwargs.pop(sde_key, None)
+        super().__init__(*args, **kwargs)
 
     def get_action_dist_params(self, obs: PyTorchObs) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """``(mean (B, P), log_std (B, P), mask (B, P))`` of the pre-squash Gaussian."""
@@ -341,43 +352,8 @@ class SetSACActor(BasePolicy):
         return self(observation, deterministic)
 
 
-class SetTD3Actor(BasePolicy):
+class SetTD3Actor(_SetActor):
     """TD3 actor: ``tanh`` of a shared per-plan score (0 for masked plans)."""
-
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        action_space: spaces.Box,
-        net_arch: list[int],
-        features_extractor: nn.Module,
-        features_dim: int,
-        activation_fn: type[nn.Module] = nn.ReLU,
-        embed_arch: list[int] | None = None,
-        normalize_images: bool = True,
-    ) -> None:
-        super().__init__(
-            observation_space,
-            action_space,
-            features_extractor=features_extractor,
-            normalize_images=normalize_images,
-            squash_output=True,
-        )
-        self.net_arch = net_arch
-        self.embed_arch = list(embed_arch) if embed_arch is not None else [64, 64]
-        self.features_dim = features_dim
-        self.activation_fn = activation_fn
-        self.scorer = PlanScorer(self.embed_arch, net_arch, activation_fn, n_outputs=1)
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data.update(
-            net_arch=self.net_arch,
-            embed_arch=self.embed_arch,
-            features_dim=self.features_dim,
-            activation_fn=self.activation_fn,
-            features_extractor=self.features_extractor,
-        )
-        return data
 
     def forward(self, obs: th.Tensor) -> th.Tensor:
         scores, _ = self.scorer(self.extract_features(obs, self.features_extractor))
