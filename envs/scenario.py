@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from conf import CONF_DIR
+
 # The channel and vertical vocabularies are the observation's one-hot order; a scenario may use any
 # subset, in any order.
 from envs.features import CHANNELS, VERTICALS
@@ -36,7 +38,7 @@ N_SEGMENTS = 32
 KIND_REGULAR, KIND_POTENTIAL, KIND_TRAP = 0, 1, 2
 KIND_NAMES = ("regular", "potential", "trap")
 
-PRESET_DIR = Path(__file__).resolve().parent.parent / "conf" / "env"
+PRESET_DIR = CONF_DIR / "env"  # package data of ``conf``: ships in the wheel
 
 
 class ScenarioError(ValueError):
