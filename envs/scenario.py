@@ -40,6 +40,21 @@ KIND_NAMES = ("regular", "potential", "trap")
 
 PRESET_DIR = CONF_DIR / "env"  # package data of ``conf``: ships in the wheel
 
+# Bounds on what a scenario may ask for. Each keeps the simulation finite and its work and memory
+# bounded; values beyond them are refused at load time, naming the field, before anything allocates.
+MAX_PLANS = 10_000  # plans in a portfolio (and max_plans)
+MAX_DAYS = 366  # episode length
+MAX_ATTRIBUTION_DAYS = 366  # pending deep events are kept this long after the episode
+MAX_DELAY_HOURS = 24.0 * 366  # median delay of a deep stage
+MAX_VOLUME = 1e6  # opportunity lots per hour on one channel (the feed's default is 700)
+MAX_LOTS_PER_EPISODE = 1e9  # expected auction lots of one episode, all channels (~100 s of kernel time)
+MAX_PENDING_BYTES = 2**30  # one episode's pending deep-event tensor (plans x stages x steps, int32)
+MAX_MONEY = 1e12  # budgets, targets, values and bids, currency units
+MIN_DAILY_BUDGET = 1.0  # currency units; below it the observation's money features (x 100 / budget) overflow
+MAX_MULT = 1e3  # multipliers of rates, CPAs and budget weights
+MAX_BETA = 20.0  # exponent of the CPA penalty
+MAX_YAML_NODES = 100_000  # a preset file, aliases expanded (an alias bomb is refused, not expanded)
+
 
 class ScenarioError(ValueError):
     """A scenario field has a value the simulator cannot use."""
@@ -404,15 +419,73 @@ def _number(
     value = cfg[key]
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(path, value, "a number", source)
+    if not np.isfinite(value):  # before the integer test: int(nan) raises an unhelpful ValueError
+        raise _fail(path, value, "finite", source)
     if integer and float(value) != int(value):
         raise _fail(path, value, "an integer", source)
-    if not np.isfinite(value):
-        raise _fail(path, value, "finite", source)
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise _fail(path, value, f"{'>' if lo_open else '>='} {lo}", source)
     if hi is not None and value > hi:
         raise _fail(path, value, f"<= {hi}", source)
     return int(value) if integer else float(value)
+
+
+def _check_size(
+    channels: list[ChannelSpec],
+    n_plans: int,
+    days: int,
+    steps_per_day: int,
+    attribution_window_days: float,
+    source: str | None,
+) -> None:
+    """Refuse a scenario whose episode would take unbounded time or memory, before allocating."""
+    lots = sum(c.volume for c in channels) * 24 * days
+    if lots > MAX_LOTS_PER_EPISODE:
+        raise _fail(
+            "sum of channels.*.volume x 24 x days",
+            f"{lots:.3g} auction lots per episode",
+            f"<= {MAX_LOTS_PER_EPISODE:.0e} (lower a channel's volume or days)",
+            source,
+        )
+    pending_steps = days * steps_per_day + int(round(attribution_window_days * steps_per_day))
+    pending_bytes = n_plans * MAX_STAGES * pending_steps * 4
+    if pending_bytes > MAX_PENDING_BYTES:
+        raise _fail(
+            "plans x stages x (days + attribution_window_days) x steps_per_day",
+            f"{pending_bytes / 2**30:.3g} GiB of pending deep events per episode",
+            f"<= {MAX_PENDING_BYTES / 2**30:.0f} GiB (fewer plans, days or attribution days)",
+            source,
+        )
+
+
+def _yaml_nodes(node: yaml.Node, memo: dict[int, int]) -> int:
+    """Nodes of a composed YAML document with every alias expanded (shared nodes counted each time)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a recursive alias counts once instead of looping
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_yaml_nodes(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_yaml_nodes(k, memo) + _yaml_nodes(v, memo) for k, v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = size
+    return size
+
+
+def load_yaml(path: Path) -> Any:
+    """A YAML file's content, refusing one that cannot be parsed or expands past :data:`MAX_YAML_NODES`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        size = 0 if node is None else _yaml_nodes(node, {})
+        if size > MAX_YAML_NODES:
+            raise ScenarioError(
+                f"{path} expands to {size:,} YAML nodes with its aliases, more than {MAX_YAML_NODES:,}: refused"
+            )
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ScenarioError(f"cannot parse {path}: {exc}") from exc
 
 
 def _check_keys(cfg: Mapping[str, Any], allowed: set[str], path: str, source: str | None) -> None:
@@ -423,10 +496,16 @@ def _check_keys(cfg: Mapping[str, Any], allowed: set[str], path: str, source: st
 
 
 def _curve24(value: Any, path: str, source: str | None) -> tuple[float, ...]:
-    arr = np.asarray(value, dtype=float) if isinstance(value, list | tuple) else None
-    if arr is None or arr.shape != (24,) or not np.all(np.isfinite(arr)) or np.any(arr < 0) or arr.sum() <= 0:
-        raise _fail(path, value, "a list of 24 non-negative numbers with a positive sum", source)
-    return tuple(float(v) for v in arr)
+    expected = "a list of 24 finite non-negative numbers with a positive sum"
+    # Length and entry types first: never hand numpy a nested (possibly alias-expanded) structure.
+    if not isinstance(value, list | tuple) or len(value) != 24:
+        raise _fail(path, value if not isinstance(value, list | tuple) else f"<{len(value)} entries>", expected, source)
+    for hour, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v) or v < 0:
+            raise _fail(f"{path}[{hour}]", v, "a finite non-negative number", source)
+    if sum(value) <= 0:
+        raise _fail(path, list(value), expected, source)
+    return tuple(float(v) for v in value)
 
 
 def _group(
@@ -462,14 +541,14 @@ def _channel(name: str, overrides: Mapping[str, Any], source: str | None) -> Cha
         raise _fail(f"{path}.auction", auction, "'second' or 'first'", source)
     return ChannelSpec(
         name=name,
-        volume=_number(cfg, "volume", f"{path}.volume", source, lo=0.0, lo_open=True),
+        volume=_number(cfg, "volume", f"{path}.volume", source, lo=0.0, lo_open=True, hi=MAX_VOLUME),
         diurnal=_curve24(cfg["diurnal"], f"{path}.diurnal", source),
-        market_bid=_number(cfg, "market_bid", f"{path}.market_bid", source, lo=0.0, lo_open=True),
+        market_bid=_number(cfg, "market_bid", f"{path}.market_bid", source, lo=0.0, lo_open=True, hi=MAX_MONEY),
         market_sigma=_number(cfg, "market_sigma", f"{path}.market_sigma", source, lo=0.0, hi=3.0),
         market_diurnal=_curve24(cfg["market_diurnal"], f"{path}.market_diurnal", source),
         market_day_sigma=_number(cfg, "market_day_sigma", f"{path}.market_day_sigma", source, lo=0.0, hi=2.0),
-        ctr_mult=_number(cfg, "ctr_mult", f"{path}.ctr_mult", source, lo=0.0, lo_open=True),
-        cvr_mult=_number(cfg, "cvr_mult", f"{path}.cvr_mult", source, lo=0.0, lo_open=True),
+        ctr_mult=_number(cfg, "ctr_mult", f"{path}.ctr_mult", source, lo=0.0, lo_open=True, hi=MAX_MULT),
+        cvr_mult=_number(cfg, "cvr_mult", f"{path}.cvr_mult", source, lo=0.0, lo_open=True, hi=MAX_MULT),
         auction=auction,
     )
 
@@ -491,18 +570,22 @@ def _vertical(name: str, overrides: Mapping[str, Any], source: str | None) -> Ve
         missing = sorted(stage_keys - set(st))
         if missing:
             raise ScenarioError(f"{sp}.{missing[0]} is missing{_where(source)}")
+        if not isinstance(st["name"], str) or not st["name"]:
+            raise _fail(f"{sp}.name", st["name"], "a non-empty string", source)
         stages.append(
             StageSpec(
-                name=str(st["name"]),
+                name=st["name"],
                 rate=_number(st, "rate", f"{sp}.rate", source, lo=0.0, hi=1.0),
-                delay_median_hours=_number(st, "delay_median_hours", f"{sp}.delay_median_hours", source, lo=1.0),
+                delay_median_hours=_number(
+                    st, "delay_median_hours", f"{sp}.delay_median_hours", source, lo=1.0, hi=MAX_DELAY_HOURS
+                ),
                 delay_sigma=_number(st, "delay_sigma", f"{sp}.delay_sigma", source, lo=0.0, hi=3.0),
-                value=_number(st, "value", f"{sp}.value", source, lo=0.0),
+                value=_number(st, "value", f"{sp}.value", source, lo=0.0, hi=MAX_MONEY),
             )
         )
     return VerticalSpec(
         name=name,
-        target_cpa=_number(cfg, "target_cpa", f"{path}.target_cpa", source, lo=0.0, lo_open=True),
+        target_cpa=_number(cfg, "target_cpa", f"{path}.target_cpa", source, lo=0.0, lo_open=True, hi=MAX_MONEY),
         ctr=_number(cfg, "ctr", f"{path}.ctr", source, lo=0.0, hi=1.0, lo_open=True),
         cvr=_number(cfg, "cvr", f"{path}.cvr", source, lo=0.0, hi=1.0, lo_open=True),
         stages=tuple(stages),
@@ -542,8 +625,12 @@ def _plan_mix(cfg: Any, source: str | None) -> PlanMix:
             out[key] = _number(merged, key, path, source, lo=0.0, hi=0.95)
         elif key.endswith("_bias"):
             out[key] = _number(merged, key, path, source, lo=-5.0, hi=5.0)
+        elif key.endswith("_sigma"):  # log-sds: exp(sigma * z) must stay finite
+            out[key] = _number(merged, key, path, source, lo=0.0, hi=3.0)
+        elif key.endswith("_mult"):  # multipliers of rates and target CPAs: a zero CPA has no log
+            out[key] = _number(merged, key, path, source, lo=0.0, lo_open=True, hi=MAX_MULT)
         else:
-            out[key] = _number(merged, key, path, source, lo=0.0)
+            out[key] = _number(merged, key, path, source, lo=0.0, hi=MAX_MULT)
     if out["potential_fraction"] + out["trap_fraction"] + out["new_fraction"] > 1.0:
         raise _fail(
             "plans.potential_fraction + plans.trap_fraction + plans.new_fraction",
@@ -595,10 +682,12 @@ def scenario_from_mapping(cfg: Mapping[str, Any], source: str | None = None) -> 
     steps_per_day = num("steps_per_day", integer=True, lo=1)
     if 24 % steps_per_day:
         raise _fail("steps_per_day", steps_per_day, "a divisor of 24 (1, 2, 3, 4, 6, 8, 12 or 24)", source)
-    accounts = num("accounts", integer=True, lo=1)
-    plans_per_account = num("plans_per_account", integer=True, lo=1)
+    accounts = num("accounts", integer=True, lo=1, hi=MAX_PLANS)
+    plans_per_account = num("plans_per_account", integer=True, lo=1, hi=MAX_PLANS)
     n_plans = accounts * plans_per_account
-    max_plans = num("max_plans", n_plans, integer=True, lo=1)
+    if n_plans > MAX_PLANS:
+        raise _fail("accounts * plans_per_account", n_plans, f"<= {MAX_PLANS}", source)
+    max_plans = num("max_plans", n_plans, integer=True, lo=1, hi=MAX_PLANS)
     if max_plans < n_plans:
         raise _fail("max_plans", max_plans, f">= accounts * plans_per_account = {n_plans}", source)
     min_share = num("min_share", 0.0, lo=0.0, hi=1.0)
@@ -610,25 +699,28 @@ def scenario_from_mapping(cfg: Mapping[str, Any], source: str | None = None) -> 
     max_change = cfg.get("max_change")
     if max_change is not None:
         max_change = _number(cfg, "max_change", "max_change", source, lo=0.0, hi=1.0, lo_open=True)
+    days = num("days", integer=True, lo=1, hi=MAX_DAYS)
+    attribution_window_days = num("attribution_window_days", 7.0, lo=0.0, hi=MAX_ATTRIBUTION_DAYS)
+    _check_size(channels, n_plans, days, steps_per_day, attribution_window_days, source)
     return Scenario(
         name=name,
         accounts=accounts,
         plans_per_account=plans_per_account,
         max_plans=max_plans,
-        days=num("days", integer=True, lo=1),
+        days=days,
         steps_per_day=steps_per_day,
-        daily_budget=num("daily_budget", lo=0.0, lo_open=True),
-        cpa_target=num("cpa_target", lo=0.0, lo_open=True),
+        daily_budget=num("daily_budget", lo=MIN_DAILY_BUDGET, hi=MAX_MONEY),
+        cpa_target=num("cpa_target", lo=0.0, lo_open=True, hi=MAX_MONEY),
         channels=tuple(channels),
         channel_mix=channel_mix,
         verticals=tuple(verticals),
         vertical_mix=vertical_mix,
         plans=_plan_mix(cfg.get("plans"), source),
-        beta=num("beta", 2.0, lo=0.0),
-        attribution_window_days=num("attribution_window_days", 7.0, lo=0.0),
+        beta=num("beta", 2.0, lo=0.0, hi=MAX_BETA),
+        attribution_window_days=attribution_window_days,
         impressions_per_opportunity=num("impressions_per_opportunity", 20, integer=True, lo=1, hi=10_000),
         user_quality_sigma=num("user_quality_sigma", 0.4, lo=0.0, hi=2.0),
-        learning_conversions=num("learning_conversions", 20.0, lo=0.0, lo_open=True),
+        learning_conversions=num("learning_conversions", 20.0, lo=0.0, lo_open=True, hi=1e6),
         noise_floor=num("noise_floor", 0.1, lo=0.0, hi=0.95),
         temperature=num("temperature", 5.0, lo=0.0, lo_open=True, hi=50.0),
         min_share=min_share,
@@ -658,11 +750,7 @@ def load_scenario(spec: str | Mapping[str, Any] | Scenario) -> Scenario:
             path = preset_path(str(spec))
             if not path.exists():
                 raise ScenarioError(f"unknown scenario preset {str(spec)!r}; known: {list_presets()}")
-        try:
-            cfg = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ScenarioError(f"cannot parse {path}: {exc}") from exc
-        return scenario_from_mapping(cfg, source=str(path))
+        return scenario_from_mapping(load_yaml(path), source=str(path))
     raise ScenarioError(f"scenario must be a preset name, a YAML path or a mapping, got {type(spec).__name__}")
 
 

@@ -31,6 +31,29 @@ def _set(key: str, value: Any) -> Callable[[Config], None]:
     return edit
 
 
+def _at(dotted: str, value: Any) -> Callable[[Config], None]:
+    """Set a nested field (``channels.feed.volume``), creating the mappings on the way."""
+
+    def edit(cfg: Config) -> None:
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for key in parents:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[leaf] = value
+
+    return edit
+
+
+def _many(**fields: Any) -> Callable[[Config], None]:
+    def edit(cfg: Config) -> None:
+        for dotted, value in fields.items():
+            _at(dotted, value)(cfg)
+
+    return edit
+
+
 def _stage_rate_above_one(cfg: Config) -> None:
     cfg["verticals"]["credit"]["stages"] = [
         {"name": "approval", "rate": 1.3, "delay_median_hours": 18.0, "delay_sigma": 0.6, "value": 450.0}
@@ -56,7 +79,7 @@ def _missing_days(cfg: Config) -> None:
 # (edit of the `small` preset, pattern the message must match: the field and the offending value)
 BAD_SCENARIOS = [
     pytest.param(_set("plans_per_account", 0), r"plans_per_account must be >= 1, got 0", id="plans_per_account=0"),
-    pytest.param(_set("daily_budget", -500.0), r"daily_budget must be > 0(\.0)?, got -500\.0", id="negative-budget"),
+    pytest.param(_set("daily_budget", -500.0), r"daily_budget must be >= 1(\.0)?, got -500\.0", id="negative-budget"),
     pytest.param(
         _stage_rate_above_one, r"verticals\.credit\.stages\[0\]\.rate must be <= 1(\.0)?, got 1\.3", id="rate>1"
     ),
@@ -72,6 +95,53 @@ BAD_SCENARIOS = [
     pytest.param(_set("daily_budget", float("nan")), r"daily_budget must be finite, got nan", id="budget-nan"),
     pytest.param(_set("min_share", 0.5), r"min_share must be <= 1 / n_plans.*got 0\.5", id="min_share-infeasible"),
     pytest.param(_missing_days, r"days is missing", id="missing-days"),
+    # Fields that, unbounded, gave NaN observations, overflowed or hung (issue 15).
+    pytest.param(_at("plans.trap_cpa_mult", 0), r"plans\.trap_cpa_mult must be > 0(\.0)?, got 0", id="trap-cpa-0"),
+    pytest.param(_at("plans.cpa_sigma", 1e3), r"plans\.cpa_sigma must be <= 3(\.0)?, got 1000", id="cpa-sigma"),
+    pytest.param(_set("daily_budget", 1e-320), r"daily_budget must be >= 1(\.0)?, got 1e-320", id="budget-denormal"),
+    pytest.param(_set("beta", 100), r"beta must be <= 20(\.0)?, got 100", id="beta-100"),
+    pytest.param(_at("channels.feed.volume", 1e9), r"channels\.feed\.volume must be <= 1000000", id="volume-1e9"),
+    pytest.param(_at("channels.feed.volume", 1e30), r"channels\.feed\.volume must be <= 1000000", id="volume-1e30"),
+    pytest.param(
+        _at(
+            "verticals.credit.stages",
+            [{"name": "approval", "rate": 0.3, "delay_median_hours": 1e20, "delay_sigma": 0.5, "value": 100.0}],
+        ),
+        r"verticals\.credit\.stages\[0\]\.delay_median_hours must be <= 8784",
+        id="delay-1e20",
+    ),
+    pytest.param(_set("attribution_window_days", 1e9), r"attribution_window_days must be <= 366", id="window-1e9"),
+    pytest.param(_set("accounts", float("nan")), r"accounts must be finite, got nan", id="accounts-nan"),
+    pytest.param(_set("days", float("inf")), r"days must be finite, got inf", id="days-inf"),
+    pytest.param(
+        _at("channels.feed.diurnal", [1.0] * 3 + ["x"] + [1.0] * 20),
+        r"channels\.feed\.diurnal\[3\] must be a finite non-negative number, got 'x'",
+        id="curve-string",
+    ),
+    pytest.param(
+        _at("channels.feed.diurnal", [True] * 24), r"channels\.feed\.diurnal\[0\] must be a finite", id="curve-bool"
+    ),
+    pytest.param(
+        _at("channels.feed.diurnal", [1.0] * 23), r"channels\.feed\.diurnal must be a list of 24", id="curve-short"
+    ),
+    pytest.param(
+        _at(
+            "verticals.credit.stages",
+            [{"name": None, "rate": 0.3, "delay_median_hours": 10.0, "delay_sigma": 0.5, "value": 100.0}],
+        ),
+        r"verticals\.credit\.stages\[0\]\.name must be a non-empty string, got None",
+        id="stage-name-null",
+    ),
+    pytest.param(
+        _many(accounts=100, plans_per_account=100, max_plans=10_000, days=366, attribution_window_days=366),
+        r"GiB of pending deep events per episode",
+        id="pending-too-big",
+    ),
+    pytest.param(
+        _many(**{"days": 200, "channels.feed.volume": 1e6}),
+        r"auction lots per episode",
+        id="episode-too-long",
+    ),
 ]
 
 
@@ -146,3 +216,21 @@ def test_a_hydra_node_is_accepted_and_not_modified() -> None:
     sc = load_scenario(node)
     assert sc.daily_budget == cfg["daily_budget"] and sc.n_plans == 6
     assert OmegaConf.to_container(node) == cfg
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"a{i}: &a{i} [{', '.join(['*a' + str(i - 1)] * 9)}]" for i in range(1, 10)]
+    lines += ["name: *a9"]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    assert path.stat().st_size < 1000
+    with pytest.raises(ScenarioError, match=r"expands to [\d,]+ YAML nodes.*refused"):
+        load_scenario(path)
+
+
+def test_a_non_utf8_preset_is_a_scenario_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(ScenarioError, match=re.escape(str(path))):
+        load_scenario(path)
