@@ -55,7 +55,7 @@ import onnxruntime as ort
 
 from agents.heuristics import HEURISTICS
 from envs.features import CHANNELS, NUMERIC_STATS, STAT_NAMES, VERTICALS, Clock, build_observation, feature_names
-from envs.shares import project_shares
+from envs.shares import has_share_limits, project_shares, vertical_caps, withhold_over_caps
 
 #: Version of the bundle layout this loader reads; :mod:`agents.export` writes it. Bump it when the
 #: manifest or the graph's inputs/outputs change in a way an older loader would misread.
@@ -262,17 +262,14 @@ class ShareLimits:
 
     @property
     def any_share_limit(self) -> bool:
-        return self.min_share > 0 or self.max_share < 1 or self.max_change is not None
+        return has_share_limits(self.min_share, self.max_share, self.max_change)
 
     def apply(self, shares: np.ndarray, table: PlanTable, previous: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """``(shares, capped)``: shares within the limits (sum 1) and the shares after compliance caps."""
         if self.any_share_limit:
             prev = np.zeros_like(shares) if previous is None else previous
             shares = project_shares(shares, prev, table.active, self.min_share, self.max_share, self.max_change)
-        caps = np.array([self.vertical_caps.get(v, 1.0) for v in VERTICALS])
-        per_vertical = np.bincount(table.stats["vertical"], weights=shares, minlength=len(VERTICALS))
-        scale = np.where(per_vertical > caps, caps / np.maximum(per_vertical, 1e-300), 1.0)
-        return shares, shares * scale[table.stats["vertical"]]
+        return shares, withhold_over_caps(shares, table.stats["vertical"], vertical_caps(self.vertical_caps))
 
 
 class TableAllocator(ABC):

@@ -51,7 +51,6 @@ import numpy as np
 import onnx
 import torch
 import yaml
-from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
@@ -68,7 +67,9 @@ from agents.allocator import (
     sha256_file,
     write_stats_csv,
 )
-from envs.budget_env import BudgetShiftEnv, masked_softmax
+from agents.config import env_mapping
+from agents.sb3 import ALGOS, RUN_CONFIG, RUN_MODELS
+from envs.budget_env import BudgetShiftEnv
 from envs.features import (
     CHANNELS,
     GLOBAL_FEATURES,
@@ -81,17 +82,16 @@ from envs.features import (
     observation_size,
 )
 from envs.scenario import Scenario, load_scenario
-from experiments.common import env_mapping
+from envs.shares import has_share_limits, masked_softmax
 
 #: Max abs difference in shares between the trained model and the exported graph that export accepts.
 PARITY_TOLERANCE = 1e-5
 OPSET = 17
-#: Algorithms whose deterministic action the graph reproduces, by the name a config uses.
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3}
-#: Which model of a run folder to export: ``final`` (model.zip) or ``best`` (EvalCallback's best_model.zip),
-#: each with the VecNormalize statistics saved alongside it.
-RUN_MODELS = {"final": ("model.zip", "vecnormalize.pkl"), "best": ("best_model.zip", "best_vecnormalize.pkl")}
-CONFIG_FILES = ("config.yaml", ".hydra/config.yaml", "resolved_config.yaml")
+#: Algorithms (keys of :data:`agents.sb3.ALGOS`) whose deterministic action the graph reproduces:
+#: RecurrentPPO carries an LSTM state from step to step, which an hourly stateless bundle cannot.
+EXPORTABLE = tuple(name for name in ALGOS if name != "RecurrentPPO")
+#: Where a run folder's resolved config may be, in the order looked for.
+CONFIG_FILES = (RUN_CONFIG, ".hydra/config.yaml", "resolved_config.yaml")
 VERSION_LIBRARIES = (
     "budgetshift",
     "numpy",
@@ -116,7 +116,7 @@ class TrainedRun:
 
     run_dir: Path
     config: dict[str, Any]  # the resolved config as plain data
-    algorithm: str  # key of ALGORITHMS
+    algorithm: str  # one of EXPORTABLE
     scenario: Scenario
     model: BaseAlgorithm
     vecnormalize: VecNormalize | None  # statistics only (no venv attached); None if training did not normalise
@@ -146,18 +146,16 @@ def _find_config(run_dir: Path) -> Path:
 
 
 def _algorithm_name(config: dict[str, Any], run_dir: Path) -> str:
-    """The key of :data:`ALGORITHMS` from the run's ``agent.algo`` (``PPO``, ...), else ``agent.name``."""
+    """The :data:`EXPORTABLE` algorithm of the run's ``agent.algo`` (``PPO``, ...), else ``agent.name``, any case."""
     agent = config.get("agent")
     algo = agent.get("algo", agent.get("name")) if isinstance(agent, dict) else agent
-    name = str(algo).lower()
-    if name in ALGORITHMS:
+    name = {a.lower(): a for a in EXPORTABLE}.get(str(algo).lower())
+    if name is not None:
         return name
     why = ""
-    if name == "recurrentppo":
+    if str(algo).lower() == "recurrentppo":
         why = " (RecurrentPPO carries an LSTM state from step to step, which an hourly stateless bundle cannot)"
-    raise ExportError(
-        f"{run_dir / 'config.yaml'}: agent.algo is {algo!r}; export supports {[a.upper() for a in ALGORITHMS]}{why}"
-    )
+    raise ExportError(f"{run_dir / RUN_CONFIG}: agent.algo is {algo!r}; export supports {list(EXPORTABLE)}{why}")
 
 
 def read_run(run_dir: Path, which: str = "final") -> TrainedRun:
@@ -176,7 +174,7 @@ def read_run(run_dir: Path, which: str = "final") -> TrainedRun:
     # A resolved Hydra env node lists unset optional fields as null; env_mapping drops them as training did.
     scenario = load_scenario(env_mapping(env) if isinstance(env, dict) else env)
     algorithm = _algorithm_name(config, run_dir)
-    model = ALGORITHMS[algorithm].load(model_path, device="cpu")
+    model = ALGOS[algorithm].load(model_path, device="cpu")
     vecnormalize = None
     if vecnormalize_path.is_file():
         # VecNormalize.save pickles the wrapper without its venv; reading it is trusted-input only, which is
@@ -338,7 +336,7 @@ def _jsonable(value: Any) -> Any:
 def build_manifest(run: TrainedRun, policy_path: Path, parity: dict[str, Any]) -> dict[str, Any]:
     sc = run.scenario
     limits = None
-    if sc.min_share > 0 or sc.max_share < 1 or sc.max_change is not None:
+    if has_share_limits(sc.min_share, sc.max_share, sc.max_change):
         limits = {"min_share": sc.min_share, "max_share": sc.max_share, "max_change": sc.max_change}
     vn = run.vecnormalize
     kind = policy_kind(run.model)
@@ -347,7 +345,7 @@ def build_manifest(run: TrainedRun, policy_path: Path, parity: dict[str, Any]) -
         {
             "schema_version": SCHEMA_VERSION,
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-            "algorithm": run.algorithm.upper(),
+            "algorithm": run.algorithm,
             "policy_class": f"{type(run.model.policy).__module__}.{type(run.model.policy).__qualname__}",
             "max_plans": sc.max_plans,
             "policy_kind": kind,

@@ -5,7 +5,7 @@ Each heuristic is a plain, documented policy over what an advertiser's reporting
 the portfolio's hidden truth; ``static`` reads only the morning's plan budgets
 (``portfolio.static_share``, the advertiser's own setting). Knobs live in one ``Params`` dataclass
 per allocator: the same dataclasses are the Hydra schema of ``conf/agent/<name>.yaml``'s ``params``
-(see :mod:`conf.schema`), so a typo'd knob fails at compose time and a bad value at startup.
+(see :mod:`agents.config`), so a typo'd knob fails at compose time and a bad value at startup.
 
 Shared conventions:
 
@@ -16,7 +16,7 @@ Shared conventions:
   daily budget) of pseudo-exposure, so a plan with no data gets the portfolio average.
 - Every allocation respects the verticals' compliance caps (``max_spend_share``, public scenario
   configuration): what a capped vertical would get above its cap goes to the other verticals'
-  plans, so the env never has to withhold budget.
+  plans (:func:`envs.shares.redistribute_over_caps`), so the env never has to withhold budget.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.base import Allocator
-from envs.features import VERTICALS, Clock
+from envs.features import Clock
+from envs.shares import redistribute_over_caps, vertical_caps
 
 
 class ParamsError(ValueError):
@@ -51,40 +52,6 @@ def uniform_over(active: np.ndarray) -> np.ndarray:
     active = np.asarray(active, dtype=bool)
     n_active = int(active.sum())
     return active / n_active if n_active else np.zeros(active.shape)
-
-
-def apply_vertical_caps(
-    shares: np.ndarray, plan_vertical: np.ndarray, vertical_cap: np.ndarray, active: np.ndarray
-) -> np.ndarray:
-    """Shares with each vertical's total at most its cap; the excess moves to uncapped plans.
-
-    :param shares: (n_plans,) non-negative, summing to 1.
-    :param plan_vertical: (n_plans,) int vocabulary index of each plan's vertical.
-    :param vertical_cap: (len(VERTICALS),) maximum share of each vertical (1 = no cap).
-    :param active: (n_plans,) bool; the excess goes only to active plans.
-
-    When every active plan sits in a capped vertical, the caps cannot hold with shares summing to
-    1 and the shares are returned as they are (the env then withholds the excess).
-    """
-    shares = shares.copy()
-    caps = vertical_cap[plan_vertical]
-    if np.all(caps >= 1.0):
-        return shares
-    for _ in range(len(vertical_cap) + 1):
-        per_vertical = np.bincount(plan_vertical, weights=shares, minlength=len(vertical_cap))
-        over = per_vertical > vertical_cap + 1e-12
-        if not over.any():
-            return shares
-        full = over[plan_vertical] | (per_vertical[plan_vertical] >= vertical_cap[plan_vertical] - 1e-12)
-        scale = np.where(over, vertical_cap / np.maximum(per_vertical, 1e-300), 1.0)
-        excess = float(shares.sum() - (shares * scale[plan_vertical]).sum())
-        shares = shares * scale[plan_vertical]
-        takers = active & ~full
-        if not takers.any():
-            return shares / shares.sum()
-        weight = np.where(takers, np.maximum(shares, 1e-9), 0.0)
-        shares = shares + excess * weight / weight.sum()
-    return shares
 
 
 def exposure(stats: Mapping[str, np.ndarray], immature_weight: float) -> np.ndarray:
@@ -130,14 +97,12 @@ class HeuristicAllocator(Allocator):
     def __init__(self, params=None) -> None:
         self.params = params if params is not None else self.Params()
         self.scenario = None
-        self.vertical_cap = np.ones(len(VERTICALS))
+        self.vertical_cap = vertical_caps({})
         self.steps_seen = 0
 
     def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
         self.scenario = scenario
-        self.vertical_cap = np.ones(len(VERTICALS))
-        for v in scenario.verticals:
-            self.vertical_cap[VERTICALS.index(v.name)] = v.max_spend_share
+        self.vertical_cap = vertical_caps(scenario.verticals)
         self.steps_seen = 0
 
     def allocate(self, stats: Mapping[str, np.ndarray], clock: Clock, active: np.ndarray) -> np.ndarray:
@@ -155,7 +120,7 @@ class HeuristicAllocator(Allocator):
         total = weights.sum()
         shares = weights / total if total > 0 else uniform_over(active)
         if active.any():
-            shares = apply_vertical_caps(
+            shares = redistribute_over_caps(
                 shares, np.asarray(stats["vertical"], dtype=np.int64), self.vertical_cap, active
             )
         return shares

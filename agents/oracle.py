@@ -15,6 +15,7 @@ import numpy as np
 
 from agents.heuristics import HeuristicAllocator, ParamsError
 from envs.scenario import MAX_STAGES
+from envs.shares import diurnal_traffic, pacing
 
 
 @dataclass
@@ -67,14 +68,9 @@ class OracleAllocator(HeuristicAllocator):
         n = sc.n_plans
         self.portfolio = pf
         self.plan_channel = np.asarray(pf.channel, dtype=np.int64)
-        self.plan_vertical = np.asarray(pf.vertical, dtype=np.int64)
-        self.plan_cap = np.array([v.max_spend_share for v in sc.verticals])[self.plan_vertical]
-        # Traffic index of each channel by step of the day (what a plan's capacity scales with).
-        hours = np.arange(sc.steps_per_day) * sc.hours_per_step
-        diurnal = np.array([np.asarray(c.diurnal) / np.mean(c.diurnal) for c in sc.channels])
-        self.traffic = diurnal[:, hours]  # (C, steps_per_day)
-        traffic_left = np.cumsum(self.traffic[:, ::-1], axis=1)[:, ::-1]
-        self.pace = self.traffic / traffic_left  # the env's pacing: share of the day's rest spent now
+        # Traffic index of each channel by step of the day (what a plan's capacity scales with) and
+        # the env's pacing (the share of the day's rest spent now), both (C, steps_per_day).
+        self.traffic, self.pace = pacing(diurnal_traffic(sc.channels), sc.steps_per_day)
 
         # Cumulative delays (in steps) to each stage, Monte Carlo with a fixed stream per portfolio.
         rng = np.random.default_rng([int(pf.key) % (2**63), 7])
@@ -122,11 +118,12 @@ class OracleAllocator(HeuristicAllocator):
         need = p.headroom * self.capacity * self.traffic[self.plan_channel, step_of_day] / budget_now
         shares = np.zeros(active.shape)
         left = 1.0
-        vertical_left = {v: self.plan_cap[self.plan_vertical == v][0] for v in np.unique(self.plan_vertical)}
+        plan_vertical = np.asarray(stats["vertical"], dtype=np.int64)
+        vertical_left = self.vertical_cap.copy()  # share each vertical may still get (compliance caps)
         for plan in np.argsort(-worth, kind="stable"):
             if not active[plan] or left <= 0:
                 continue
-            v = self.plan_vertical[plan]
+            v = plan_vertical[plan]
             give = min(need[plan], left, vertical_left[v])
             if not math.isfinite(give) or give <= 0:
                 continue

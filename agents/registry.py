@@ -15,23 +15,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from agents.base import Allocator
-from agents.config import AGENT_KINDS, HEURISTIC_ALLOCATORS
+from agents.config import AGENT_KINDS, HEURISTIC_ALLOCATORS, plain
 
 
 class AgentConfigError(ValueError):
     """An ``agent`` config node that no allocator can be built from."""
-
-
-def _plain(cfg: Any) -> dict[str, Any]:
-    if isinstance(cfg, DictConfig):
-        return OmegaConf.to_container(cfg, resolve=True)
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    raise AgentConfigError(f"agent config must be a mapping, got {type(cfg).__name__}")
 
 
 def make_params(name: str, params: Mapping[str, Any] | None):
@@ -47,7 +39,9 @@ def make_params(name: str, params: Mapping[str, Any] | None):
 
 def make_allocator(agent_cfg: Mapping[str, Any]) -> Allocator:
     """An allocator from an ``agent`` config node (a DictConfig or a plain mapping)."""
-    cfg = _plain(agent_cfg)
+    if not isinstance(agent_cfg, Mapping):
+        raise AgentConfigError(f"agent config must be a mapping, got {type(agent_cfg).__name__}")
+    cfg = plain(agent_cfg)
     kind = cfg.get("kind")
     name = cfg.get("name")
     if kind not in AGENT_KINDS:

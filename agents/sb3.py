@@ -1,5 +1,8 @@
 """Stable-Baselines3 learners from ``conf/agent/<name>.yaml``: vectorised envs, normalisation, algorithm.
 
+The names of a training run folder's files (:data:`RUN_CONFIG`, :data:`RUN_MODELS`) live here too:
+``experiments.train`` writes them, :mod:`agents.trained` and :mod:`agents.export` read them.
+
 An agent config of ``kind: sb3`` is data in SB3's own words (rl-baselines3-zoo style)::
 
     algo: PPO               # PPO | A2C | SAC | TD3 | RecurrentPPO
@@ -41,17 +44,25 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv,
 from torch import nn
 
 from agents.policies import ACTIVE, SET_POLICIES
+from agents.vec_env import make_sb3_vec_env
 from envs.budget_env import BudgetShiftEnv
 from envs.features import N_GLOBAL_FEATURES, N_PLAN_FEATURES, observation_size
 from envs.scenario import Scenario
-from envs.vector_env import make_sb3_vec_env
 
+#: Every algorithm an agent config's ``algo`` may name.
 ALGOS: dict[str, type[BaseAlgorithm]] = {"PPO": PPO, "A2C": A2C, "SAC": SAC, "TD3": TD3, "RecurrentPPO": RecurrentPPO}
 OFF_POLICY = ("SAC", "TD3")
 POLICIES = ("mlp", "set")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU}
 VEC_ENVS = {"native": None, "dummy": DummyVecEnv, "subproc": SubprocVecEnv}
 AGENT_KEYS = ("name", "kind", "algo", "policy", "n_envs", "hyperparams", "policy_kwargs", "normalize")
+
+# A training run folder (written by experiments.train, read by agents.trained and agents.export).
+#: The resolved config of the run.
+RUN_CONFIG = "config.yaml"
+#: ``which`` model -> (learner file, its VecNormalize statistics): ``final`` at the end of training,
+#: ``best`` at the best periodic evaluation (EvalCallback's ``best_model.zip``).
+RUN_MODELS = {"final": ("model.zip", "vecnormalize.pkl"), "best": ("best_model.zip", "best_vecnormalize.pkl")}
 
 
 class AgentSpecError(ValueError):

@@ -28,13 +28,10 @@ import yaml
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.base import Allocator
-from agents.sb3 import PlanPooledRunningMeanStd, load_model
+from agents.sb3 import RUN_CONFIG, RUN_MODELS, PlanPooledRunningMeanStd, load_model
 from envs.features import N_GLOBAL_FEATURES, N_PLAN_FEATURES, Clock, build_observation
 from envs.scenario import load_scenario
 from envs.shares import masked_softmax
-
-#: ``which`` -> (model file, VecNormalize file) in a training run folder.
-CHECKPOINTS = {"final": ("model.zip", "vecnormalize.pkl"), "best": ("best_model.zip", "best_vecnormalize.pkl")}
 
 
 class TrainedAllocator(Allocator):
@@ -50,17 +47,17 @@ class TrainedAllocator(Allocator):
 
     def __init__(self, run_dir: str | Path, deterministic: bool = True, which: str = "final") -> None:
         self.run_dir = Path(run_dir)
-        if which not in CHECKPOINTS:
-            raise ValueError(f"which must be one of {list(CHECKPOINTS)}, got {which!r}")
-        config_path = self.run_dir / "config.yaml"
+        if which not in RUN_MODELS:
+            raise ValueError(f"which must be one of {list(RUN_MODELS)}, got {which!r}")
+        config_path = self.run_dir / RUN_CONFIG
         if not config_path.exists():
             raise FileNotFoundError(
-                f"{self.run_dir} is not a training run folder: no config.yaml "
+                f"{self.run_dir} is not a training run folder: no {RUN_CONFIG} "
                 "(train one with python -m experiments.train)"
             )
         self.config: dict[str, Any] = yaml.safe_load(config_path.read_text())
         self.agent: dict[str, Any] = self.config["agent"]
-        model_file, stats_file = CHECKPOINTS[which]
+        model_file, stats_file = RUN_MODELS[which]
         self.model = load_model(self.agent, str(self.run_dir / model_file))
         self.model.policy.set_training_mode(False)
         self.vec_normalize: VecNormalize | None = None

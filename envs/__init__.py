@@ -5,6 +5,19 @@ Importing this package registers ``BudgetShift-v0``:
 ``gymnasium.make_vec("BudgetShift-v0", num_envs=64, vectorization_mode="vector_entry_point",
 scenario="default")`` the batched one (:class:`envs.vector_env.BudgetShiftVectorEnv`).
 
+Modules, in the order data flows through them (none imports ``agents``, ``experiments`` or a
+learning library):
+
+- ``scenario``: the scenario spec, the channel and vertical catalogues, loading presets, and the
+  generator that draws an episode's hidden truth (:class:`~envs.scenario.Portfolio`);
+- ``simulation``: the state of a batch of episodes (:class:`~envs.simulation.PortfolioBatch`);
+- ``kernels`` + ``reference``: one step's dynamics in Numba, and the NumPy oracle it is tested against;
+- ``features``: reporting stats -> observation (also the production allocator's input);
+- ``shares``: actions -> shares -> step budgets: softmax, share limits, compliance caps, pacing;
+- ``objective``: the reward and the end-of-episode settlement;
+- ``budget_env``: the ``gymnasium.Env``; ``vector_env``: the native batched ``VectorEnv``;
+- ``jit``: compiling the kernels once per machine.
+
 It also defaults ``OMP_WAIT_POLICY`` to ``PASSIVE`` (unless set): OpenMP threads that spin while
 idle (libgomp's default) steal the CPU from each other on small machines, both between the batched
 kernel's ``prange`` regions and between Numba's and torch's thread pools during training. On the

@@ -9,7 +9,8 @@ Windows: ``_last`` is the last decision step (an hour by default), ``_24h`` the 
 divided by the portfolio's daily budget so one policy serves portfolios of any size.
 
 Layout: ``max_plans`` blocks of :data:`PLAN_FEATURES` (padded plans are all zeros, their
-``active`` flag 0), then :data:`GLOBAL_FEATURES`.
+``active`` flag 0), then :data:`GLOBAL_FEATURES`. :func:`build_observation` writes each feature by
+its name in these tables (:data:`PLAN_INDEX`, :data:`GLOBAL_INDEX`), and one portfolio is a batch of one.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ GLOBAL_FEATURES: tuple[Feature, ...] = (
 )
 N_PLAN_FEATURES = len(PLAN_FEATURES)
 N_GLOBAL_FEATURES = len(GLOBAL_FEATURES)
+# Position of each feature in its block, by name: build_observation writes features by name only.
+PLAN_INDEX: dict[str, int] = {f.name: i for i, f in enumerate(PLAN_FEATURES)}
+GLOBAL_INDEX: dict[str, int] = {f.name: i for i, f in enumerate(GLOBAL_FEATURES)}
 # Observation bounds: every feature is clipped into them (money ratios can grow with the episode).
 OBS_LOW, OBS_HIGH = -1.0, 1.0e6
 
@@ -131,19 +135,18 @@ def build_observation(
     equal to what the unbatched call returns for its own portfolio (the batched simulator relies
     on it).
     """
+    single = np.ndim(stats["target_cpa"]) == 1
+    if single:  # one portfolio: a batch of one
+        stats = {name: np.asarray(values)[None] for name, values in stats.items()}
+        active = None if active is None else np.asarray(active)[None]
     target_cpa = stats["target_cpa"]
     n = target_cpa.shape[-1]
     if n > max_plans:
         raise ValueError(f"{n} plans do not fit an observation of max_plans={max_plans}")
     batch = target_cpa.shape[:-1]
-    if batch:  # clock fields are scalars or (...) arrays: broadcast them over plans
-        budget = np.asarray(clock.daily_budget, dtype=np.float64)
-        pct = (100.0 / budget)[..., None]
-        one_pct = (0.01 * budget)[..., None]
-    else:
-        budget = float(clock.daily_budget)
-        pct = 100.0 / budget
-        one_pct = 0.01 * budget
+    budget = np.asarray(clock.daily_budget, dtype=np.float64)
+    pct = (100.0 / budget)[..., None]  # money -> % of the daily budget, broadcast over plans
+    one_pct = (0.01 * budget)[..., None]
     spend_last = stats["spend_last"]
     spend_24h = stats["spend_24h"]
     spend_total = stats["spend_total"]
@@ -155,64 +158,59 @@ def build_observation(
     obs = np.zeros((*batch, observation_size(max_plans)))
     block = obs[..., : max_plans * N_PLAN_FEATURES].reshape(*batch, max_plans, N_PLAN_FEATURES)[..., :n, :]
     col = block.transpose(block.ndim - 1, *range(block.ndim - 1))  # col[j]: feature j of every plan
-    col[0] = 1.0
-    np.multiply(spend_last, pct, out=col[1])
-    np.multiply(spend_24h, pct, out=col[2])
-    np.multiply(spend_total, pct, out=col[3])
-    np.multiply(budget_last, pct, out=col[4])
-    # spend_last / budget_last where a budget was given, else 0, clipped to [0, 1]
-    np.divide(spend_last, budget_last, out=col[5], where=budget_last > 0)
-    np.minimum(np.maximum(col[5], 0.0, out=col[5]), 1.0, out=col[5])
-    np.log1p(impressions_24h, out=col[6])
-    np.log1p(stats["clicks_24h"], out=col[7])
-    np.divide(stats["clicks_24h"], impressions_24h, out=col[8], where=impressions_24h > 0)
-    np.multiply(100.0, col[8], out=col[8])
-    np.log1p(stats["conversions_last"], out=col[9])
-    np.log1p(stats["conversions_24h"], out=col[10])
-    np.log1p(stats["conversions_total"], out=col[11])
-    np.log1p(stats["deep_events_24h"], out=col[12])
-    np.log1p(stats["deep_events_total"], out=col[13])
-    np.multiply(deep_value_24h, pct, out=col[14])
-    np.multiply(deep_value_total, pct, out=col[15])
+
+    def feature(name: str) -> np.ndarray:
+        return col[PLAN_INDEX[name]]
+
+    feature("active")[...] = 1.0
+    np.multiply(spend_last, pct, out=feature("spend_last"))
+    np.multiply(spend_24h, pct, out=feature("spend_24h"))
+    np.multiply(spend_total, pct, out=feature("spend_total"))
+    np.multiply(budget_last, pct, out=feature("budget_last"))
+    used = feature("budget_used_last")  # spend_last / budget_last where a budget was given, else 0
+    np.divide(spend_last, budget_last, out=used, where=budget_last > 0)
+    np.minimum(np.maximum(used, 0.0, out=used), 1.0, out=used)
+    np.log1p(impressions_24h, out=feature("impressions_24h"))
+    np.log1p(stats["clicks_24h"], out=feature("clicks_24h"))
+    ctr = feature("ctr_24h")
+    np.divide(stats["clicks_24h"], impressions_24h, out=ctr, where=impressions_24h > 0)
+    np.multiply(100.0, ctr, out=ctr)
+    np.log1p(stats["conversions_last"], out=feature("conversions_last"))
+    np.log1p(stats["conversions_24h"], out=feature("conversions_24h"))
+    np.log1p(stats["conversions_total"], out=feature("conversions_total"))
+    np.log1p(stats["deep_events_24h"], out=feature("deep_24h"))
+    np.log1p(stats["deep_events_total"], out=feature("deep_total"))
+    np.multiply(deep_value_24h, pct, out=feature("deep_value_24h"))
+    np.multiply(deep_value_total, pct, out=feature("deep_value_total"))
     cpa = spend_total / np.maximum(stats["conversions_total"], 1.0)
-    np.minimum(np.maximum(np.divide(cpa, target_cpa, out=col[16]), 0.0, out=col[16]), 5.0, out=col[16])
-    np.divide(deep_value_24h, np.maximum(spend_24h, one_pct), out=col[17])
-    np.minimum(np.maximum(col[17], 0.0, out=col[17]), 20.0, out=col[17])
-    np.divide(deep_value_total, np.maximum(spend_total, one_pct), out=col[18])
-    np.minimum(np.maximum(col[18], 0.0, out=col[18]), 20.0, out=col[18])
-    np.log(target_cpa, out=col[19])
-    np.divide(np.minimum(stats["age_hours"] / 24.0, 30.0), 30.0, out=col[20])
-    col[21] = stats["learning"]
-    channel = 22 + np.asarray(stats["channel"], dtype=np.int64)
-    vertical = 22 + len(CHANNELS) + np.asarray(stats["vertical"], dtype=np.int64)
-    if batch:
-        np.put_along_axis(block, channel[..., None], 1.0, axis=-1)
-        np.put_along_axis(block, vertical[..., None], 1.0, axis=-1)
-    else:
-        plans = np.arange(n)
-        block[plans, channel] = 1.0
-        block[plans, vertical] = 1.0
+    cpa_ratio = feature("cpa_ratio_total")
+    np.minimum(np.maximum(np.divide(cpa, target_cpa, out=cpa_ratio), 0.0, out=cpa_ratio), 5.0, out=cpa_ratio)
+    for name, value, spend in (("roi_24h", deep_value_24h, spend_24h), ("roi_total", deep_value_total, spend_total)):
+        roi = feature(name)
+        np.divide(value, np.maximum(spend, one_pct), out=roi)
+        np.minimum(np.maximum(roi, 0.0, out=roi), 20.0, out=roi)
+    np.log(target_cpa, out=feature("target_cpa"))
+    np.divide(np.minimum(stats["age_hours"] / 24.0, 30.0), 30.0, out=feature("age_days"))
+    feature("learning")[...] = stats["learning"]
+    channel = PLAN_INDEX[f"channel_{CHANNELS[0]}"] + np.asarray(stats["channel"], dtype=np.int64)
+    vertical = PLAN_INDEX[f"vertical_{VERTICALS[0]}"] + np.asarray(stats["vertical"], dtype=np.int64)
+    np.put_along_axis(block, channel[..., None], 1.0, axis=-1)
+    np.put_along_axis(block, vertical[..., None], 1.0, axis=-1)
     if active is not None:
         active = np.asarray(active, dtype=bool)
         if not np.logical_and.reduce(active, axis=None):
             block[~active] = 0.0
     glob = obs[..., max_plans * N_PLAN_FEATURES :]
-    if batch:
-        hour = np.asarray(clock.hour)
-        angle = 2.0 * np.pi * hour / 24.0
-        np.sin(angle, out=glob[..., 0])
-        np.cos(angle, out=glob[..., 1])
-        glob[..., 2] = np.asarray(clock.day) / np.asarray(clock.days)
-        glob[..., 3] = np.asarray(clock.budget_left_today) / budget
-        glob[..., 4] = (24 - hour) / 24.0
-    else:
-        angle = 2.0 * np.pi * clock.hour / 24.0
-        glob[:] = (
-            np.sin(angle),
-            np.cos(angle),
-            clock.day / clock.days,
-            clock.budget_left_today / budget,
-            (24 - clock.hour) / 24.0,
-        )
+
+    def global_feature(name: str) -> np.ndarray:
+        return glob[..., GLOBAL_INDEX[name]]
+
+    hour = np.asarray(clock.hour)
+    angle = 2.0 * np.pi * hour / 24.0
+    np.sin(angle, out=global_feature("hour_sin"))
+    np.cos(angle, out=global_feature("hour_cos"))
+    global_feature("day_frac")[...] = np.asarray(clock.day) / np.asarray(clock.days)
+    global_feature("budget_left_today")[...] = np.asarray(clock.budget_left_today) / budget
+    global_feature("hours_left_today")[...] = (24 - hour) / 24.0
     np.minimum(np.maximum(obs, OBS_LOW, out=obs), OBS_HIGH, out=obs)
-    return obs.astype(np.float32)
+    return obs[0].astype(np.float32) if single else obs.astype(np.float32)

@@ -38,14 +38,23 @@ top two. The competing market bid (the ``sin`` half of the opportunity's normal 
 is computed only when some plan bid; the bidder noise hash and the transcendental draws of the
 opportunity dominate the cost. :func:`step_batch_kernel` runs many environments in one call
 (``prange`` over environments).
+
+Inputs: the scenario's numbers and each episode's hidden truth and state travel as one
+:class:`KernelInputs`, packed here beside the column constants (:func:`pack_inputs`,
+:func:`load_portfolio`) and unpacked into the kernels' positional arguments in one place,
+:func:`step_episodes`, which also steps the NumPy reference (it has the kernel's signature).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import NamedTuple
+
 import numba as nb
 import numpy as np
 
-from envs.scenario import N_SEGMENTS
+from envs.scenario import MAX_STAGES, N_SEGMENTS, Portfolio, Scenario
+from envs.shares import diurnal_traffic
 
 # Columns of a step's per-plan output (n_plans, N_STEP_FIELDS); deep stage counts follow.
 SPEND, IMPRESSIONS, CLICKS, CONVERSIONS, DEEP_VALUE, BUDGET = 0, 1, 2, 3, 4, 5
@@ -76,6 +85,120 @@ SLOT_DEEP = 16
 SLOT_BIDDER = 1 << 40
 # Stream of the per-(step, channel) opportunity count.
 STREAM_COUNT = 1 << 41
+
+
+class KernelInputs(NamedTuple):
+    """What the step kernel reads besides the step, the step budgets and its output, by name.
+
+    The fields are the kernel's positional parameters in order (``step_kernel(t, *inputs,
+    step_budget, out)`` for one episode). The first ones are the scenario's, shared by every
+    episode; from ``key`` on every array has a leading env axis ``E`` (drop it for one episode).
+    """
+
+    hours_per_step: int
+    steps_per_day: int
+    lot: int  # impressions per opportunity
+    quality_sigma: float  # log-sd of an opportunity's user quality
+    learning_conversions: float  # conversions that end a plan's learning phase
+    noise_floor: float  # bid noise amplitude of a mature plan
+    chan: np.ndarray  # (C, N_CHANNEL_FIELDS) float64
+    chan_diurnal: np.ndarray  # (C, 24) float64 traffic multiplier by hour, mean 1
+    chan_market_hour: np.ndarray  # (C, 24) float64 competitor-pressure multiplier by hour
+    key: np.ndarray  # (E,) uint64 root of the episode's counter-based draws
+    market_day: np.ndarray  # (E, days, C) float64 competitor-pressure multiplier by day
+    plan: np.ndarray  # (E, P, N_PLAN_FIELDS) float64
+    audience: np.ndarray  # (E, P) uint64 segment bit masks
+    stage: np.ndarray  # (E, P, S, N_STAGE_FIELDS) float64
+    chan_plans: np.ndarray  # (E, P) int64 plan indices sorted by channel
+    chan_start: np.ndarray  # (E, C + 1) int64 offsets of each channel's plans in chan_plans
+    state: np.ndarray  # (E, P, N_STATE_FIELDS) float64, updated in place by each step
+    pending: np.ndarray  # (E, P, S, H) int32 deep events scheduled by step, updated in place
+
+
+_N_SHARED_INPUTS = KernelInputs._fields.index("key")
+
+
+def pack_inputs(scenario: Scenario, n_envs: int) -> KernelInputs:
+    """The kernel inputs of ``n_envs`` episodes of ``scenario``: its channels packed, every episode
+    empty until :func:`load_portfolio`. ``H`` is the horizon plus the attribution window."""
+    sc, e, n, c = scenario, n_envs, scenario.n_plans, len(scenario.channels)
+    chan = np.zeros((c, N_CHANNEL_FIELDS))
+    for row, spec in zip(chan, sc.channels, strict=True):
+        row[CH_VOLUME] = spec.volume
+        row[CH_MARKET] = spec.market_bid
+        row[CH_MARKET_SIGMA] = spec.market_sigma
+        row[CH_CTR_MULT] = spec.ctr_mult
+        row[CH_CVR_MULT] = spec.cvr_mult
+        row[CH_FIRST_PRICE] = 1.0 if spec.auction == "first" else 0.0
+    return KernelInputs(
+        hours_per_step=sc.hours_per_step,
+        steps_per_day=sc.steps_per_day,
+        lot=sc.impressions_per_opportunity,
+        quality_sigma=sc.user_quality_sigma,
+        learning_conversions=sc.learning_conversions,
+        noise_floor=sc.noise_floor,
+        chan=chan,
+        chan_diurnal=diurnal_traffic(sc.channels),
+        chan_market_hour=np.array([spec.market_diurnal for spec in sc.channels], dtype=np.float64),
+        key=np.zeros(e, dtype=np.uint64),
+        market_day=np.ones((e, sc.days, c)),
+        plan=np.zeros((e, n, N_PLAN_FIELDS)),
+        audience=np.zeros((e, n), dtype=np.uint64),
+        stage=np.zeros((e, n, MAX_STAGES, N_STAGE_FIELDS)),
+        chan_plans=np.zeros((e, n), dtype=np.int64),
+        chan_start=np.zeros((e, c + 1), dtype=np.int64),
+        state=np.zeros((e, n, N_STATE_FIELDS)),
+        pending=np.zeros((e, n, MAX_STAGES, sc.horizon + sc.attribution_steps), dtype=np.int32),
+    )
+
+
+def load_portfolio(inputs: KernelInputs, env_index: int, pf: Portfolio) -> None:
+    """Start episode ``env_index`` of ``inputs`` (in place) with the hidden truth of ``pf``."""
+    i = env_index
+    inputs.key[i] = np.uint64(pf.key)
+    inputs.market_day[i] = pf.market_day
+    plan = inputs.plan[i]
+    plan[:, PL_CTR] = pf.ctr
+    plan[:, PL_CVR] = pf.cvr
+    plan[:, PL_CPA] = pf.target_cpa
+    plan[:, PL_BIAS0] = pf.bias0
+    plan[:, PL_NOISE0] = pf.noise0
+    plan[:, PL_FATIGUE_SCALE] = pf.fatigue_scale
+    plan[:, PL_FATIGUE_FLOOR] = pf.fatigue_floor
+    plan[:, PL_CHANNEL] = pf.channel
+    plan[:, PL_LAUNCH] = pf.launch_step
+    inputs.audience[i] = pf.audience
+    stage = inputs.stage[i]
+    stage[..., ST_RATE] = pf.stage_rate
+    stage[..., ST_VALUE] = pf.stage_value
+    stage[..., ST_DELAY_MEDIAN] = pf.delay_median
+    stage[..., ST_DELAY_SIGMA] = pf.delay_sigma
+    inputs.chan_plans[i] = np.argsort(pf.channel, kind="stable")
+    n_channels = inputs.chan_start.shape[-1] - 1
+    inputs.chan_start[i] = np.concatenate([[0], np.cumsum(np.bincount(pf.channel, minlength=n_channels))])
+    inputs.state[i, :, STATE_CONVERSIONS] = pf.prior_conversions
+    inputs.state[i, :, STATE_IMPRESSIONS] = pf.prior_impressions
+    inputs.pending[i] = 0
+
+
+def step_episodes(
+    inputs: KernelInputs, t: np.ndarray, step_budget: np.ndarray, out: np.ndarray, step_fn: Callable | None = None
+) -> None:
+    """Simulate step ``t[e]`` of every episode ``e`` of ``inputs``: one :func:`step_batch_kernel` call
+    when ``step_fn`` is None, else ``step_fn`` (:func:`step_kernel`, or ``envs.reference.step_reference``)
+    episode by episode.
+
+    :param t: (E,) int64 the step each episode simulates.
+    :param step_budget: (E, P) float64 budget given to each plan for this step.
+    :param out: (E, P, DEEP0 + S) float64, overwritten with the step's per-plan results.
+    """
+    shared, per_env = inputs[:_N_SHARED_INPUTS], inputs[_N_SHARED_INPUTS:]
+    if step_fn is None:
+        step_batch_kernel(t, *shared, *per_env, step_budget, out)
+        return
+    for e in range(t.shape[0]):
+        step_fn(int(t[e]), *shared, *(a[e] for a in per_env), step_budget[e], out[e])
+
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -220,24 +343,24 @@ def auction(h, quality, lo, hi, bidder_base, bidder_amp, bidder_learning, bidder
 @nb.njit(cache=True)
 def step_kernel(
     t,  # int: the step being simulated, 0-based
-    key,  # uint64: the episode's random root
-    hours_per_step,  # int
-    steps_per_day,  # int
-    lot,  # int: impressions per opportunity
-    quality_sigma,  # float
-    learning_conversions,  # float
-    noise_floor,  # float
-    chan,  # (C, N_CHANNEL_FIELDS) float64
-    chan_diurnal,  # (C, 24) float64 traffic multiplier by hour
-    chan_market_hour,  # (C, 24) float64 competitor-pressure multiplier by hour
-    market_day,  # (days, C) float64 competitor-pressure multiplier by day
-    plan,  # (P, N_PLAN_FIELDS) float64
-    audience,  # (P,) uint64 segment bit masks
-    stage,  # (P, S, N_STAGE_FIELDS) float64
-    chan_plans,  # (P,) int64 plan indices sorted by channel
-    chan_start,  # (C + 1,) int64 offsets of each channel's plans in chan_plans
-    state,  # (P, N_STATE_FIELDS) float64, updated in place
-    pending,  # (P, S, H) int32 deep events scheduled by step, updated in place
+    hours_per_step,  # the fields of KernelInputs, one episode's rows ...
+    steps_per_day,
+    lot,
+    quality_sigma,
+    learning_conversions,
+    noise_floor,
+    chan,
+    chan_diurnal,
+    chan_market_hour,
+    key,
+    market_day,
+    plan,
+    audience,
+    stage,
+    chan_plans,
+    chan_start,
+    state,
+    pending,  # ... up to here
     step_budget,  # (P,) float64 budget given to each plan for this step
     out,  # (P, DEEP0 + S) float64, overwritten with this step's per-plan results
 ):
@@ -289,7 +412,7 @@ def step_kernel(
         first_price = chan[c, CH_FIRST_PRICE] > 0.5
         for o in range(n_opp):
             h = hash_at(h_chan, o)
-            segment = int(uniform_at(h, SLOT_SEGMENT) * 32.0)
+            segment = int(uniform_at(h, SLOT_SEGMENT) * N_SEGMENTS)
             lo = seg_start[c, segment]
             hi = seg_start[c, segment + 1]
             if hi == lo:  # nobody targets the segment: the market takes it
@@ -356,7 +479,6 @@ def step_kernel(
 @nb.njit(cache=True, parallel=True)
 def step_batch_kernel(
     t,
-    keys,
     hours_per_step,
     steps_per_day,
     lot,
@@ -366,6 +488,7 @@ def step_batch_kernel(
     chan,
     chan_diurnal,
     chan_market_hour,
+    key,
     market_day,
     plan,
     audience,
@@ -378,11 +501,10 @@ def step_batch_kernel(
     out,
 ):
     """:func:`step_kernel` over a batch of environments (leading axis ``E`` on every per-episode
-    array: ``t``, ``keys``, ``market_day``, ``plan`` ... ``out``), one ``prange`` iteration each."""
-    for e in nb.prange(keys.shape[0]):
+    array: ``t``, ``key`` ... ``pending``, ``step_budget``, ``out``), one ``prange`` iteration each."""
+    for e in nb.prange(key.shape[0]):
         step_kernel(
             t[e],
-            keys[e],
             hours_per_step,
             steps_per_day,
             lot,
@@ -392,6 +514,7 @@ def step_batch_kernel(
             chan,
             chan_diurnal,
             chan_market_hour,
+            key[e],
             market_day[e],
             plan[e],
             audience[e],

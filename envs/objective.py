@@ -6,13 +6,17 @@ attribution window) and ``cpa = spend / deep conversions`` (first deep stage, sa
 The form is that of a public auto-bidding benchmark's CPA-constrained score.
 
 :class:`DeepValueScore` is the reward piece handed to the env (swappable with ``_target_``): each
-step pays the value matured in it, and the last step adds the settlement and the penalty, so an
-episode's return equals its score.
+step pays the value matured in it (:meth:`~DeepValueScore.step_reward`), and the last step adds the
+settlement of the events still pending and the penalty (:meth:`~DeepValueScore.settle`,
+:meth:`~DeepValueScore.final_reward`), so an episode's return equals its score. The simulation state
+hands it per-plan arrays and knows nothing of the formula.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -46,13 +50,50 @@ class DeepValueScore:
         cpa = spend / deep_conversions
         return cpa, min(1.0, (cpa_target / cpa) ** self.beta)
 
-    def settle(self, matured_value: float, settled_value: float, spend: float, deep_conversions: float,
-               cpa_target: float) -> ScoreParts:
-        value = matured_value + settled_value
-        cpa, penalty = self.penalty(spend, deep_conversions, cpa_target)
-        return ScoreParts(score=value * penalty, value=value, matured_value=matured_value,
-                          settled_value=settled_value, spend=spend, deep_conversions=deep_conversions,
-                          cpa=cpa, cpa_target=cpa_target, penalty=penalty)
+    def step_reward(self, matured_value: np.ndarray) -> np.ndarray:
+        """A step's reward: the value of the deep events that matured in it, summed over plans.
+
+        :param matured_value: (..., n_plans) currency; returns (...).
+        """
+        return np.add.reduce(matured_value, axis=-1)
+
+    def settle(
+        self,
+        matured_value: np.ndarray,
+        matured_deep: np.ndarray,
+        spend: np.ndarray,
+        pending: np.ndarray,
+        stage_value: np.ndarray,
+        cpa_target: float,
+    ) -> ScoreParts:
+        """Score parts of an episode so far, settling the deep events still pending.
+
+        :param matured_value: (n_plans,) deep value matured so far, currency.
+        :param matured_deep: (n_plans,) first-stage deep events matured so far.
+        :param spend: (n_plans,) spend so far, currency.
+        :param pending: (n_plans, n_stages, steps) deep events scheduled from now on, within the
+            attribution window (the simulator drops the later ones).
+        :param stage_value: (n_plans, n_stages) currency per event.
+        :param cpa_target: the portfolio's target cost per deep conversion.
+        """
+        settled = pending.sum(axis=2).astype(np.float64)  # (P, S)
+        settled_value = float((settled * stage_value).sum())
+        matured = float(matured_value.sum())
+        deep_conversions = float(matured_deep.sum() + settled[:, 0].sum())
+        total_spend = float(spend.sum())
+        value = matured + settled_value
+        cpa, penalty = self.penalty(total_spend, deep_conversions, cpa_target)
+        return ScoreParts(
+            score=value * penalty,
+            value=value,
+            matured_value=matured,
+            settled_value=settled_value,
+            spend=total_spend,
+            deep_conversions=deep_conversions,
+            cpa=cpa,
+            cpa_target=cpa_target,
+            penalty=penalty,
+        )
 
     def final_reward(self, parts: ScoreParts) -> float:
         """The last step's reward on top of what matured in it: the rest of the score."""

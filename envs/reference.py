@@ -3,7 +3,9 @@
 It implements the model documented in :mod:`envs.kernels` with Python integers for the hash (so
 nothing relies on Numba's unsigned arithmetic) and NumPy vectors over a channel's bidders, in the
 same order of events. The alignment test steps the kernel and this function side by side and expects
-equal counts and money equal to 1e-9 relative. :func:`step_reference` has the kernel's signature.
+equal counts and money equal to 1e-9 relative. :func:`step_reference` has the kernel's signature
+(``t``, the fields of :class:`envs.kernels.KernelInputs` for one episode, ``step_budget``, ``out``) and
+runs through the same :func:`envs.kernels.step_episodes`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from envs.kernels import (
     STATE_IMPRESSIONS,
     STREAM_COUNT,
 )
+from envs.scenario import N_SEGMENTS
 
 MASK = (1 << 64) - 1
 GOLDEN = 0x9E3779B97F4A7C15
@@ -118,9 +121,29 @@ def binomial(h: int, slot: int, n: int, p: float) -> int:
     return k
 
 
-def step_reference(t, key, hours_per_step, steps_per_day, lot, quality_sigma, learning_conversions, noise_floor,
-                   chan, chan_diurnal, chan_market_hour, market_day, plan, audience, stage, chan_plans, chan_start,
-                   state, pending, step_budget, out):
+def step_reference(
+    t,
+    hours_per_step,
+    steps_per_day,
+    lot,
+    quality_sigma,
+    learning_conversions,
+    noise_floor,
+    chan,
+    chan_diurnal,
+    chan_market_hour,
+    key,
+    market_day,
+    plan,
+    audience,
+    stage,
+    chan_plans,
+    chan_start,
+    state,
+    pending,
+    step_budget,
+    out,
+):
     key = int(key)
     n_stages = stage.shape[1]
     horizon = pending.shape[2]
@@ -133,8 +156,14 @@ def step_reference(t, key, hours_per_step, steps_per_day, lot, quality_sigma, le
     fatigue = floor + (1.0 - floor) * np.exp(-state[:, STATE_IMPRESSIONS] / plan[:, PL_FATIGUE_SCALE])
     channel = plan[:, PL_CHANNEL].astype(np.int64)
     click_p = np.minimum(1.0, plan[:, PL_CTR] * fatigue * chan[channel, CH_CTR_MULT])
-    base_bid = (plan[:, PL_CPA] * click_p * plan[:, PL_CVR] * chan[channel, CH_CVR_MULT]
-                * np.exp(plan[:, PL_BIAS0] * learning) * lot)
+    base_bid = (
+        plan[:, PL_CPA]
+        * click_p
+        * plan[:, PL_CVR]
+        * chan[channel, CH_CVR_MULT]
+        * np.exp(plan[:, PL_BIAS0] * learning)
+        * lot
+    )
     noise_amp = noise_floor + (plan[:, PL_NOISE0] - noise_floor) * learning
     active = (t >= plan[:, PL_LAUNCH]).astype(np.float64)
     remaining = step_budget.astype(np.float64).copy()
@@ -145,16 +174,17 @@ def step_reference(t, key, hours_per_step, steps_per_day, lot, quality_sigma, le
         h_chan = child(h_step, c)
         lam = chan[c, CH_VOLUME] * chan_diurnal[c, hour] * hours_per_step
         n_opp = poisson(child(h_chan, STREAM_COUNT), lam)
-        bidders = chan_plans[chan_start[c]:chan_start[c + 1]]
+        bidders = chan_plans[chan_start[c] : chan_start[c + 1]]
         if len(bidders) == 0:
             continue
         market_base = chan[c, CH_MARKET] * chan_market_hour[c, hour] * market_day[day, c] * lot
         first_price = chan[c, CH_FIRST_PRICE] > 0.5
-        targeted_by_segment = [((audience[bidders] >> np.uint64(s)) & np.uint64(1)).astype(np.float64)
-                               for s in range(32)]
+        targeted_by_segment = [
+            ((audience[bidders] >> np.uint64(s)) & np.uint64(1)).astype(np.float64) for s in range(N_SEGMENTS)
+        ]
         for o in range(n_opp):
             h = child(h_chan, o)
-            segment = int(uniform(h, SLOT_SEGMENT) * 32.0)
+            segment = int(uniform(h, SLOT_SEGMENT) * N_SEGMENTS)
             z_quality, z_market = normal_pair(h, SLOT_Z1)
             quality = math.exp(quality_sigma * z_quality - 0.5 * quality_sigma * quality_sigma)
             market = market_base * math.exp(chan[c, CH_MARKET_SIGMA] * z_market)
@@ -195,5 +225,5 @@ def step_reference(t, key, hours_per_step, steps_per_day, lot, quality_sigma, le
     state[:, STATE_IMPRESSIONS] += out[:, IMPRESSIONS]
     if t < horizon:
         matured = pending[:, :, t].astype(np.float64)
-        out[:, DEEP0:DEEP0 + n_stages] = matured
+        out[:, DEEP0 : DEEP0 + n_stages] = matured
         out[:, DEEP_VALUE] = (matured * stage[:, :, ST_VALUE]).sum(axis=1)

@@ -16,6 +16,7 @@ file it came from.
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -755,14 +756,14 @@ def load_scenario(spec: str | Mapping[str, Any] | Scenario) -> Scenario:
 
 
 def _plain(obj: Any) -> Any:
-    """Turn OmegaConf containers (or any nested mappings) into plain dicts/lists."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
+    """Turn OmegaConf containers (or any nested mappings) into plain dicts/lists.
 
-        if isinstance(obj, DictConfig | ListConfig):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # the production loader does not need omegaconf
-        pass
+    An OmegaConf container exists only once its caller imported omegaconf, so the simulator never
+    imports it itself (nor does the production loader, which has no omegaconf).
+    """
+    omegaconf = sys.modules.get("omegaconf")
+    if omegaconf is not None and isinstance(obj, omegaconf.DictConfig | omegaconf.ListConfig):
+        return omegaconf.OmegaConf.to_container(obj, resolve=True)
     return copy.deepcopy(dict(obj)) if isinstance(obj, Mapping) else obj
 
 

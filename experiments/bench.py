@@ -43,10 +43,12 @@ import numba
 import numpy as np
 import yaml
 
+from agents.vec_env import make_sb3_vec_env
 from envs import kernels
-from envs.budget_env import BudgetShiftEnv, PortfolioBatch
+from envs.budget_env import BudgetShiftEnv
 from envs.scenario import PortfolioGenerator, list_presets, load_scenario, preset_path
-from envs.vector_env import BudgetShiftVectorEnv, make_sb3_vec_env
+from envs.simulation import PortfolioBatch
+from envs.vector_env import BudgetShiftVectorEnv
 
 ROOT = Path(__file__).resolve().parent.parent
 BIDDERS = (8, 32, 128, 1024)
@@ -120,41 +122,17 @@ def _bench_step_kernel(n_bidders: int, seconds: float, all_threads: int) -> dict
     rng = np.random.default_rng(0)
     for i in range(n_envs):
         sim.load(i, PortfolioGenerator()(sc, rng))
-    sim.audience[:] = np.uint64(0xFFFFFFFF)
-    sim.plan[..., kernels.PL_LAUNCH] = 0.0
+    inputs = sim.inputs
+    inputs.audience[:] = np.uint64(0xFFFFFFFF)
+    inputs.plan[..., kernels.PL_LAUNCH] = 0.0
     budget = np.full((n_envs, sc.n_plans), 1e15)
     out = np.zeros((n_envs, sc.n_plans, sim.last.shape[-1]))
     t = np.full(n_envs, 12)  # noon: the channel's volume is about its daily mean
     opportunities = _opportunities(sim, 12)
-    args = (
-        sc.hours_per_step,
-        sc.steps_per_day,
-        sc.impressions_per_opportunity,
-        sc.user_quality_sigma,
-        sc.learning_conversions,
-        sc.noise_floor,
-        sim.chan,
-        sim.chan_diurnal,
-        sim.chan_market_hour,
-    )
 
     def run_once() -> int:
-        state, pending = sim.state.copy(), sim.pending  # keep the learning state fixed between calls
-        kernels.step_batch_kernel(
-            t,
-            sim.key,
-            *args,
-            sim.market_day,
-            sim.plan,
-            sim.audience,
-            sim.stage,
-            sim.chan_plans,
-            sim.chan_start,
-            state,
-            pending,
-            budget,
-            out,
-        )
+        # A fresh copy of the learning state each call keeps it fixed between calls.
+        kernels.step_episodes(inputs._replace(state=inputs.state.copy()), t, budget, out)
         return opportunities
 
     row = {}
@@ -172,10 +150,11 @@ def _opportunities(sim: PortfolioBatch, t: int) -> int:
     sc = sim.scenario
     hour = (t % sc.steps_per_day) * sc.hours_per_step
     total = 0
-    for key in sim.key:
+    inputs = sim.inputs
+    for key in inputs.key:
         h_step = child(int(key), t)
         for c in range(len(sc.channels)):
-            lam = sim.chan[c, kernels.CH_VOLUME] * sim.chan_diurnal[c, hour] * sc.hours_per_step
+            lam = inputs.chan[c, kernels.CH_VOLUME] * inputs.chan_diurnal[c, hour] * sc.hours_per_step
             total += poisson(child(child(h_step, c), kernels.STREAM_COUNT), lam)
     return total
 
@@ -353,15 +332,16 @@ def bench_memory(n_envs: int, preset: str = "large", steps: int = 2) -> dict[str
     elapsed = time.perf_counter() - start
     current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    sim = venv.sim
-    state_bytes = sum(a.nbytes for a in (sim.pending, sim.ring, sim.last, sim.total, sim.plan, sim.stage, sim.state))
+    sim, inputs = venv.sim, venv.sim.inputs
+    books = (sim.ring, sim.last, sim.total)
+    state_bytes = sum(a.nbytes for a in (inputs.pending, inputs.plan, inputs.stage, inputs.state, *books))
     return {
         "n_envs": n_envs,
         "preset": preset,
         "peak_mib": peak / 2**20,
         "held_mib": current / 2**20,
         "state_arrays_mib": state_bytes / 2**20,
-        "pending_mib": sim.pending.nbytes / 2**20,
+        "pending_mib": inputs.pending.nbytes / 2**20,
         "env_steps_per_s": steps * n_envs / elapsed,
     }
 

@@ -29,9 +29,9 @@ from typing import Any, Optional
 
 import numpy as np
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
-from agents.config import register_agent_schemas
+from agents.config import env_mapping, register_agent_schemas
 from envs.scenario import PlanMix, Scenario, ScenarioError, scenario_from_mapping
 
 # Scenario fields whose config form differs from the dataclass (mappings by name in the YAML).
@@ -133,12 +133,6 @@ def register_configs() -> None:
     register_agent_schemas(cs)
 
 
-def env_mapping(env_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A scenario mapping from an ``env`` config node (unset optional fields dropped)."""
-    plain = OmegaConf.to_container(env_cfg, resolve=True) if isinstance(env_cfg, DictConfig) else dict(env_cfg)
-    return {k: v for k, v in plain.items() if v is not None or k == "max_change"}
-
-
 def scenario_from_config(env_cfg: Mapping[str, Any], source: str | None = None) -> Scenario:
     """The validated scenario of an ``env`` node; raises ScenarioError naming the field and value."""
     return scenario_from_mapping(env_mapping(env_cfg), source=source)
@@ -178,5 +172,4 @@ __all__ = [
     "check_run_config",
     "episode_seeds",
     "agent_seed",
-    "env_mapping",
 ]

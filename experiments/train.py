@@ -52,7 +52,17 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
-from agents.sb3 import OFF_POLICY, build_model, build_vec_normalize, check_agent, load_model, make_envs
+from agents.config import plain
+from agents.sb3 import (
+    OFF_POLICY,
+    RUN_CONFIG,
+    RUN_MODELS,
+    build_model,
+    build_vec_normalize,
+    check_agent,
+    load_model,
+    make_envs,
+)
 from envs.scenario import Scenario
 from experiments import provenance
 from experiments.common import register_configs, scenario_from_config
@@ -64,10 +74,8 @@ CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "rl_model"
 #: What a run leaves in its folder (``overwrite=true`` removes these before starting over).
 RUN_ARTIFACTS = (
-    "model.zip",
-    "vecnormalize.pkl",
-    "best_model.zip",
-    "best_vecnormalize.pkl",
+    *RUN_MODELS["final"],
+    *RUN_MODELS["best"],
     "evaluations.npz",
     "evaluations.csv",
     "train_summary.json",
@@ -207,13 +215,13 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
     :param callback_after_eval: called after every evaluation (its ``parent`` is the evaluation
         callback: ``parent.last_mean_reward``); returning False stops training (tuning prunes this way).
     """
-    agent = OmegaConf.to_container(cfg.agent, resolve=True)
+    agent = plain(cfg.agent)
     check_agent(agent)
     scenario: Scenario = scenario_from_config(cfg.env)
     torch.set_num_threads(cfg.torch_threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    OmegaConf.save(cfg, run_dir / RUN_CONFIG, resolve=True)
     provenance.write(run_dir, seed=cfg.seed)
 
     # Environments: training copies seeded seed + i; evaluation copies (one per evaluation episode)
@@ -223,23 +231,81 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
         make_envs(scenario, cfg.eval.n_episodes, cfg.eval.seed), agent, scenario.max_plans, training=False
     )
     tensorboard_log = str(run_dir / "tensorboard") if cfg.tensorboard else None
+    model, train_env, resumed_from = start_or_resume(cfg, agent, run_dir, train_env, scenario, tensorboard_log)
+    record_command(run_dir, resumed_from)
+    history = evaluation_history(run_dir, resumed_from)
+    callbacks = make_callbacks(cfg, agent, run_dir, eval_env, history, callback_after_eval)
+
+    done_before = model.num_timesteps
+    for callback in callbacks:  # count from the checkpoint, so a resumed run evaluates at the same steps
+        callback.n_calls = done_before // agent["n_envs"]
+    remaining = cfg.total_timesteps - done_before
+    start = time.perf_counter()
+    if remaining > 0:
+        model.learn(
+            total_timesteps=remaining,
+            callback=callbacks,
+            progress_bar=cfg.progress_bar,
+            reset_num_timesteps=resumed_from is None,
+            tb_log_name=agent["algo"],
+        )
+    wall_s = time.perf_counter() - start
+
+    model_file, vecnormalize_file = RUN_MODELS["final"]
+    model.save(run_dir / model_file)
+    train_env.save(str(run_dir / vecnormalize_file))
+    train_env.close()
+    eval_env.close()
+    summary = summarise(model, run_dir, done_before, wall_s)
+    if cfg.get("export", True):
+        summary["bundle"] = export_run(run_dir)
+    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    log.info("trained %s on %s: %s", agent["name"], scenario.name, summary)
+    return summary
+
+
+def start_or_resume(
+    cfg: DictConfig,
+    agent: dict[str, Any],
+    run_dir: Path,
+    train_env: VecEnv,
+    scenario: Scenario,
+    tensorboard_log: str | None,
+) -> tuple[BaseAlgorithm, VecNormalize, int | None]:
+    """A fresh learner on ``train_env`` normalised, or with ``resume=true`` the newest checkpoint's.
+
+    Returns the learner, its normalised training env and the step it resumed from (None: fresh).
+    """
     checkpoint = load_checkpoint(run_dir, agent, train_env, cfg.device, tensorboard_log) if cfg.resume else None
-    history = None
     if checkpoint is None:
         if cfg.resume:
             log.warning("resume=true but %s has no checkpoint: starting from scratch", run_dir / CHECKPOINT_DIR)
         train_env = build_vec_normalize(train_env, agent, scenario.max_plans)
-        model = build_model(agent, train_env, cfg.seed, tensorboard_log, cfg.device, cfg.verbose)
-    else:
-        steps, model, train_env = checkpoint
-        log.info("resuming %s from step %d", run_dir, steps)
-        model.set_random_seed(cfg.seed + steps)  # fresh episodes, not a replay of the first ones
-        if (run_dir / "evaluations.npz").exists():
-            history = dict(np.load(run_dir / "evaluations.npz"))
-            keep = history["timesteps"] <= steps
-            history = {k: history[k][keep] for k in ("timesteps", "results", "ep_lengths")}
-    record_command(run_dir, checkpoint[0] if checkpoint else None)
+        return build_model(agent, train_env, cfg.seed, tensorboard_log, cfg.device, cfg.verbose), train_env, None
+    steps, model, train_env = checkpoint
+    log.info("resuming %s from step %d", run_dir, steps)
+    model.set_random_seed(cfg.seed + steps)  # fresh episodes, not a replay of the first ones
+    return model, train_env, steps
 
+
+def evaluation_history(run_dir: Path, resumed_from: int | None) -> dict[str, np.ndarray] | None:
+    """The evaluations a resumed run already made up to its checkpoint (None for a fresh run)."""
+    if resumed_from is None or not (run_dir / "evaluations.npz").exists():
+        return None
+    history = dict(np.load(run_dir / "evaluations.npz"))
+    keep = history["timesteps"] <= resumed_from
+    return {k: history[k][keep] for k in ("timesteps", "results", "ep_lengths")}
+
+
+def make_callbacks(
+    cfg: DictConfig,
+    agent: dict[str, Any],
+    run_dir: Path,
+    eval_env: VecEnv,
+    history: dict[str, np.ndarray] | None,
+    callback_after_eval: BaseCallback | None,
+) -> list[BaseCallback]:
+    """Checkpoints every ``checkpoint.freq`` env steps and, if ``eval.freq`` > 0, the periodic evaluation."""
     n_envs = agent["n_envs"]
     callbacks: list[BaseCallback] = [
         LatestReplayBufferCheckpoint(
@@ -257,9 +323,9 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
                 n_eval_episodes=cfg.eval.n_episodes,
                 eval_freq=max(cfg.eval.freq // n_envs, 1),
                 deterministic=True,
-                best_model_save_path=str(run_dir),
+                best_model_save_path=str(run_dir),  # EvalCallback names it best_model.zip: RUN_MODELS["best"]
                 log_path=str(run_dir),
-                callback_on_new_best=SaveVecNormalize(run_dir / "best_vecnormalize.pkl"),
+                callback_on_new_best=SaveVecNormalize(run_dir / RUN_MODELS["best"][1]),
                 eval_seed=cfg.eval.seed,
                 csv_path=run_dir / "evaluations.csv",
                 history=history,
@@ -267,31 +333,7 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
                 verbose=cfg.verbose,
             )
         )
-
-    done_before = model.num_timesteps
-    for callback in callbacks:  # count from the checkpoint, so a resumed run evaluates at the same steps
-        callback.n_calls = done_before // n_envs
-    remaining = cfg.total_timesteps - done_before
-    start = time.perf_counter()
-    if remaining > 0:
-        model.learn(
-            total_timesteps=remaining,
-            callback=callbacks,
-            progress_bar=cfg.progress_bar,
-            reset_num_timesteps=checkpoint is None,
-            tb_log_name=agent["algo"],
-        )
-    wall_s = time.perf_counter() - start
-    model.save(run_dir / "model.zip")
-    train_env.save(str(run_dir / "vecnormalize.pkl"))
-    train_env.close()
-    eval_env.close()
-    summary = summarise(model, run_dir, done_before, wall_s)
-    if cfg.get("export", True):
-        summary["bundle"] = export_run(run_dir)
-    (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("trained %s on %s: %s", agent["name"], scenario.name, summary)
-    return summary
+    return callbacks
 
 
 def export_run(run_dir: Path) -> str | None:

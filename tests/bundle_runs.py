@@ -20,8 +20,9 @@ from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from envs.budget_env import BudgetShiftEnv, masked_softmax
+from envs.budget_env import BudgetShiftEnv
 from envs.scenario import PRESET_DIR
+from envs.shares import masked_softmax
 
 ALGORITHMS = {"ppo": PPO, "sac": SAC}
 

@@ -18,12 +18,12 @@ from agents.heuristics import (
     ThompsonAllocator,
     ThompsonParams,
     UniformAllocator,
-    apply_vertical_caps,
 )
 from agents.oracle import OracleAllocator
 from agents.registry import make_allocator
 from envs.features import NUMERIC_STATS, VERTICALS, Clock
 from envs.scenario import KIND_POTENTIAL, KIND_REGULAR, KIND_TRAP, PortfolioGenerator, load_scenario
+from envs.shares import redistribute_over_caps
 from experiments.common import episode_seeds
 from experiments.evaluate import evaluate_allocator
 
@@ -118,7 +118,7 @@ def test_vertical_caps_move_the_excess_to_other_verticals():
     vertical = np.array([SECURITIES, SECURITIES, CREDIT])
     caps = np.ones(len(VERTICALS))
     caps[SECURITIES] = 0.6
-    capped = apply_vertical_caps(shares, vertical, caps, np.ones(3, dtype=bool))
+    capped = redistribute_over_caps(shares, vertical, caps, np.ones(3, dtype=bool))
     assert capped[:2].sum() == pytest.approx(0.6)
     assert capped[2] == pytest.approx(0.4)
     assert capped[0] / capped[1] == pytest.approx(0.5 / 0.3)  # within a vertical, proportions are kept

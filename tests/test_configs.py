@@ -19,7 +19,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
-from agents.config import AGENT_KINDS, HEURISTIC_ALLOCATORS
+from agents.config import AGENT_KINDS, HEURISTIC_ALLOCATORS, HEURISTIC_NAMES
 from agents.heuristics import ParamsError
 from agents.registry import AgentConfigError, make_allocator
 from envs.scenario import ScenarioError, load_scenario
@@ -79,6 +79,13 @@ def test_experiment_deltas_override_the_primary_config():
     assert cfg.env.name == "small" and cfg.episodes == 1 and cfg.steps_table == "csv"
     paced = compose_config(["experiment=paced"])
     assert paced.env.max_change == 0.05 and check_run_config(paced).max_change == 0.05
+
+
+@pytest.mark.parametrize("experiment", ["heuristics", "main", "quick", "verticals"])
+def test_heuristic_sweeps_run_every_heuristic_in_the_library_order(experiment):
+    # The YAML list lives in conf/sweep/heuristics.yaml; the Python one is agents.config.HEURISTIC_NAMES.
+    cfg = compose_config([f"experiment={experiment}"], hydra_node=True)
+    assert tuple(swept(cfg, "agent")) == HEURISTIC_NAMES
 
 
 # --------------------------------------------------------------------------------------------

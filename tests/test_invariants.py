@@ -127,8 +127,8 @@ def test_shares_sum_to_one_and_skip_inactive_plans(preset: str, seed: int, actio
         # Compliance caps withhold part of the budget; what is handed out plus that is everything.
         assert shares.sum() + tr.info["cap_withheld"] == pytest.approx(1.0, abs=1e-9), f"step {t}"
         assert np.all(shares[~tr.active] == 0.0), f"an inactive plan got a share at step {t}"
-        for v, cap in enumerate(env.vertical_cap):
-            assert shares[env.portfolio.vertical == v].sum() <= cap + 1e-9
+        for v, cap in enumerate(env.vertical_cap):  # by vocabulary index (envs.features.VERTICALS)
+            assert shares[env.plan_vertical_vocab == v].sum() <= cap + 1e-9
         for key in ("budget", "spend", "impressions"):
             assert np.all(tr.info[key][~tr.active] == 0.0), f"{key} of an inactive plan at step {t}"
 

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from experiments.report import build_report, iqm, iqm_interval, main
+from experiments.report import build_report, main
+from experiments.stats import iqm, iqm_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,8 +15,9 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from agents.policies import SetActorCriticPolicy, SetContinuousCritic, SetSACPolicy, SetTD3Policy
 from agents.sb3 import PlanPooledRunningMeanStd
-from envs.budget_env import BudgetShiftEnv, masked_softmax
+from envs.budget_env import BudgetShiftEnv
 from envs.features import N_GLOBAL_FEATURES, N_PLAN_FEATURES, build_observation, observation_size
+from envs.shares import masked_softmax
 
 MAX_PLANS = 8
 

@@ -18,7 +18,8 @@ from optuna.trial import FixedTrial, TrialState
 
 from agents.sb3 import check_agent
 from envs.jit import warm_up
-from experiments.tune import check_setup, make_storage, sample_agent, search_space, work_left
+from experiments.tune_space import sample_agent, search_space
+from experiments.tune_study import check_setup, make_storage, work_left
 
 ROOT = Path(__file__).resolve().parent.parent
 #: Trials of a few seconds on the small preset: two evaluations of one episode each.

@@ -20,9 +20,10 @@ from stable_baselines3.common.utils import check_for_correct_spaces
 from stable_baselines3.common.vec_env import VecCheckNan, VecMonitor, VecNormalize
 
 import envs  # noqa: F401  (registers BudgetShift-v0)
+from agents.vec_env import Sb3VecEnvAdapter, make_sb3_vec_env
 from envs.budget_env import BudgetShiftEnv
 from envs.scenario import load_scenario
-from envs.vector_env import BudgetShiftVectorEnv, Sb3VecEnvAdapter, make_sb3_vec_env
+from envs.vector_env import BudgetShiftVectorEnv
 
 STEP_KEYS = ("spend", "impressions", "clicks", "conversions", "deep_events", "deep_value", "budget", "shares")
 
@@ -102,7 +103,7 @@ def test_reference_backend_gives_the_same_batch() -> None:
         obs_slow, reward_slow, *_ = slow.step(actions)
         np.testing.assert_allclose(reward_fast, reward_slow, rtol=1e-9)
         np.testing.assert_allclose(obs_fast, obs_slow, rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(fast.sim.pending, slow.sim.pending)
+    np.testing.assert_array_equal(fast.sim.inputs.pending, slow.sim.inputs.pending)
 
 
 def test_same_step_autoreset_returns_the_next_episode_and_keeps_the_last_observation() -> None:

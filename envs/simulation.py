@@ -1,0 +1,281 @@
+"""The simulation state: any number of episodes of one scenario as arrays, stepped together.
+
+:class:`PortfolioBatch` holds ``n_envs`` episodes with a leading env axis: the kernel inputs
+(:class:`envs.kernels.KernelInputs`: hidden truth, plan state, pending deep events), the
+advertiser's reporting books and the clock. One :meth:`PortfolioBatch.step` turns shares into step
+budgets (:mod:`envs.shares`), runs the step kernel and pays the reward (:mod:`envs.objective`).
+:class:`envs.budget_env.BudgetShiftEnv` is a batch of one and
+:class:`envs.vector_env.BudgetShiftVectorEnv` a batch of many. Every per-episode computation is a
+NumPy operation along the trailing (plan) axes, or the step kernel env by env, so an episode's
+numbers do not depend on the batch it sits in: a sub-env of the vector env seeded with ``s`` follows
+exactly the trajectory of a single env reset with ``s``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from envs import kernels
+from envs.features import CHANNELS, VERTICALS, Clock, build_observation
+from envs.kernels import BUDGET, CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, SPEND
+from envs.objective import DeepValueScore, ScoreParts
+from envs.scenario import MAX_STAGES, Portfolio, Scenario
+from envs.shares import (
+    has_share_limits,
+    masked_softmax,
+    pacing,
+    project_shares,
+    vertical_caps,
+    withhold_over_caps,
+)
+
+BACKENDS = ("numba", "reference")
+# Step-output columns kept for the 24-hour reporting window, in this order.
+WINDOW_COLUMNS = (SPEND, IMPRESSIONS, CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE)
+_WINDOW_STATS = ("spend", "impressions", "clicks", "conversions", "deep_events", "deep_value")
+# The ring of the last 24 hours keeps the step output's first columns, up to the first deep stage (a
+# slice, so storing a step is one copy).
+_RING_FIELDS = max(WINDOW_COLUMNS) + 1
+
+
+class PortfolioBatch:
+    """``n_envs`` independent episodes of one scenario, as arrays with a leading env axis ``E``.
+
+    Hidden truth (``inputs.plan``, ``inputs.stage``, ``inputs.audience``, ...) is loaded from a
+    :class:`Portfolio` per env by :meth:`load`; :meth:`step` allocates shares, paces them into step
+    budgets, runs the step kernel (``step_batch_kernel`` for a numba batch, ``step_kernel`` or the
+    NumPy reference env by env otherwise) and keeps the advertiser's reporting books. Autoreset,
+    seeding and the Gymnasium API live in the envs built on it.
+    """
+
+    def __init__(
+        self, scenario: Scenario, n_envs: int, backend: str = "numba", objective: DeepValueScore | None = None
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if n_envs < 1:
+            raise ValueError(f"n_envs must be >= 1, got {n_envs}")
+        self.scenario = sc = scenario
+        self.n_envs = n_envs
+        self.backend = backend
+        self.objective = objective if objective is not None else DeepValueScore(beta=sc.beta)
+        self.n_plans = n = sc.n_plans
+        self.max_plans = sc.max_plans
+        self.n_stages = MAX_STAGES
+        self.horizon = sc.horizon
+        self.pending_horizon = sc.horizon + sc.attribution_steps
+        self.window = max(1, 24 // sc.hours_per_step)  # steps in the 24-hour reporting window
+        self.has_limits = has_share_limits(sc.min_share, sc.max_share, sc.max_change)
+
+        e = n_envs
+        k = kernels.n_step_fields(self.n_stages)
+        # The kernel's inputs: the scenario's channels and, per episode, hidden truth and plan state.
+        self.inputs = kernels.pack_inputs(sc, n_envs)
+        _, self.pace = pacing(self.inputs.chan_diurnal, sc.steps_per_day)  # (C, steps_per_day)
+        self.channel_vocab = np.array([CHANNELS.index(c.name) for c in sc.channels], dtype=np.int64)
+        self.vertical_vocab = np.array([VERTICALS.index(v.name) for v in sc.verticals], dtype=np.int64)
+        self.vertical_cap = vertical_caps(sc.verticals)  # (len(VERTICALS),) by vocabulary index
+        self.portfolios: list[Portfolio | None] = [None] * e
+        # Per-episode structure the env and its reporting read.
+        self.launch_step = np.zeros((e, n), dtype=np.int64)  # (E, P)
+        self.prior_age_steps = np.zeros((e, n), dtype=np.int64)  # (E, P)
+        self.target_cpa = np.ones((e, n))  # (E, P) currency
+        self.plan_channel_vocab = np.zeros((e, n), dtype=np.int64)  # (E, P) index into features.CHANNELS
+        self.plan_vertical_vocab = np.zeros((e, n), dtype=np.int64)  # (E, P) index into features.VERTICALS
+        # Dynamic state.
+        self.t = np.zeros(e, dtype=np.int64)  # (E,) next step to simulate
+        self.spent_today = np.zeros(e)  # (E,) currency
+        self.episode_return = np.zeros(e)  # (E,)
+        self.shares = np.zeros((e, n))  # (E, P) shares given at the last step
+        self.last = np.zeros((e, n, k))  # (E, P, k) the last step's per-plan output
+        self.total = np.zeros((e, n, k))  # (E, P, k) per-plan output since the episode started
+        self.ring = np.zeros((e, self.window, n, _RING_FIELDS))  # (E, W, P, 7) the last 24 hours' outputs
+        # Reporting derived from the books when stats are read, in place (the stats dicts are views).
+        self._day = np.zeros((e, n, _RING_FIELDS))  # (E, P, 7) sums over the last 24 hours
+        self._age_steps = np.zeros((e, n), dtype=np.int64)  # (E, P)
+        self._age_hours = np.zeros((e, n))  # (E, P)
+        self._learning = np.zeros((e, n))  # (E, P) 1.0 while in the learning phase
+        self._stats_views: dict[int | None, dict[str, np.ndarray]] = {}
+        self.active = np.zeros((e, n), dtype=bool)  # (E, P) plans launched by the step about to be decided
+        self.plan_pace = np.zeros((e, sc.steps_per_day, n))  # (E, steps_per_day, P) pace of each plan's channel
+        self._rows = np.arange(e)
+        # The kernel for a single episode (or the reference, env by env); None: one batched call.
+        self._step_fn = None
+        if backend == "reference":
+            from envs.reference import step_reference
+
+            self._step_fn = step_reference
+        elif n_envs == 1:
+            self._step_fn = kernels.step_kernel
+
+    # ---------------------------------------------------------------------------------------------
+    def load(self, env_index: int, pf: Portfolio) -> None:
+        """Start a new episode in row ``env_index`` with the hidden truth of ``pf``."""
+        i = env_index
+        self.portfolios[i] = pf
+        kernels.load_portfolio(self.inputs, i, pf)
+        self.plan_pace[i] = self.pace[pf.channel].T
+        self.launch_step[i] = pf.launch_step
+        self.prior_age_steps[i] = pf.prior_age_steps
+        self.target_cpa[i] = pf.target_cpa
+        self.plan_channel_vocab[i] = self.channel_vocab[pf.channel]
+        self.plan_vertical_vocab[i] = self.vertical_vocab[pf.vertical]
+        self.t[i] = 0
+        self.spent_today[i] = 0.0
+        self.episode_return[i] = 0.0
+        self.shares[i] = 0.0
+        self.last[i] = 0.0
+        self.total[i] = 0.0
+        self.ring[i] = 0.0
+        self.active[i] = self.launch_step[i] <= 0
+
+    # ---------------------------------------------------------------------------------------------
+    def step(self, shares: np.ndarray) -> dict[str, Any]:
+        """Simulate one step of every env with non-negative budget shares ``(E, P)``.
+
+        Shares are renormalised over active plans (uniform when they are all 0), projected onto the
+        scenario's share limits and capped by compliance. Returns this step's arrays (fresh, never
+        written again): ``out`` (E, P, k) kernel output, ``budget`` and ``shares`` (E, P),
+        ``cap_withheld``, ``reward`` and ``terminated`` (E,), ``step`` (E,) the step simulated, and
+        ``score`` mapping each env that terminated to its :class:`ScoreParts`.
+        """
+        sc = self.scenario
+        active = self.active
+        shares = np.where(active, shares, 0.0)
+        total = np.add.reduce(shares, axis=-1, keepdims=True)
+        given = total > 0
+        np.divide(shares, total, out=shares, where=given)
+        if not np.logical_and.reduce(given, axis=None):
+            shares = np.where(given, shares, masked_softmax(np.zeros_like(shares), active))
+        if self.has_limits:
+            shares = project_shares(shares, self.shares, active, sc.min_share, sc.max_share, sc.max_change)
+        capped = withhold_over_caps(shares, self.plan_vertical_vocab, self.vertical_cap)
+        withheld = np.add.reduce(shares, axis=-1) - np.add.reduce(capped, axis=-1)
+        self.shares[...] = shares = capped
+
+        t = self.t  # the step simulated (self.t is rebound to t + 1 below)
+        step_in_day = t % sc.steps_per_day
+        self.spent_today[step_in_day == 0] = 0.0
+        left_today = np.maximum(0.0, sc.daily_budget - self.spent_today)
+        step_budget = shares * left_today[:, None] * self.plan_pace[self._rows, step_in_day]
+
+        out = np.empty((self.n_envs, self.n_plans, self.last.shape[-1]))
+        kernels.step_episodes(self.inputs, t, step_budget, out, self._step_fn)
+
+        self.spent_today += np.add.reduce(out[..., SPEND], axis=-1)
+        self.last[...] = out
+        self.total += out
+        if self.n_envs == 1:
+            self.ring[0, t[0] % self.window] = out[0, :, :_RING_FIELDS]
+        else:
+            self.ring[self._rows, t % self.window] = out[..., :_RING_FIELDS]
+        reward = self.objective.step_reward(out[..., DEEP_VALUE])
+        self.t = t + 1
+        self.active = self.launch_step <= np.minimum(self.t, self.horizon - 1)[:, None]
+        terminated = self.t >= self.horizon
+        score: dict[int, ScoreParts] = {}
+        if np.logical_or.reduce(terminated):
+            for i in np.flatnonzero(terminated):
+                score[int(i)] = parts = self.settle(int(i))
+                reward[i] += self.objective.final_reward(parts)
+        self.episode_return += reward
+        return {
+            "out": out,
+            "budget": step_budget,
+            "shares": shares,
+            "cap_withheld": withheld,
+            "reward": reward,
+            "terminated": terminated,
+            "step": t,
+            "score": score,
+        }
+
+    # ---------------------------------------------------------------------------------------------
+    def settle(self, env_index: int) -> ScoreParts:
+        """Score parts of env ``env_index``'s episode so far, settling pending events within the
+        attribution window."""
+        i, t = env_index, int(self.t[env_index])
+        total = self.total[i]
+        return self.objective.settle(
+            matured_value=total[:, DEEP_VALUE],
+            matured_deep=total[:, DEEP0],
+            spend=total[:, SPEND],
+            pending=self.inputs.pending[i, :, :, t:],
+            stage_value=self.inputs.stage[i, :, :, kernels.ST_VALUE],
+            cpa_target=self.scenario.cpa_target,
+        )
+
+    def active_mask(self, env_index: int | None = None) -> np.ndarray:
+        """(E, P) bool, or (P,) for one env: plans launched by the step about to be decided."""
+        return (self.active if env_index is None else self.active[env_index]).copy()
+
+    def clock(self, env_index: int | None = None) -> Clock:
+        """The decision's :class:`Clock`: fields are arrays (E,), or scalars for one env."""
+        sc = self.scenario
+        if env_index is None:
+            t = np.minimum(self.t, self.horizon - 1)
+            step_in_day = t % sc.steps_per_day
+            spent = np.where(step_in_day == 0, 0.0, self.spent_today)
+            return Clock(
+                hour=step_in_day * sc.hours_per_step,
+                day=t // sc.steps_per_day,
+                days=sc.days,
+                daily_budget=sc.daily_budget,
+                budget_left_today=np.maximum(0.0, sc.daily_budget - spent),
+            )
+        t = min(int(self.t[env_index]), self.horizon - 1)
+        step_in_day = t % sc.steps_per_day
+        spent = 0.0 if step_in_day == 0 else float(self.spent_today[env_index])
+        return Clock(
+            hour=step_in_day * sc.hours_per_step,
+            day=t // sc.steps_per_day,
+            days=sc.days,
+            daily_budget=sc.daily_budget,
+            budget_left_today=max(0.0, sc.daily_budget - spent),
+        )
+
+    def reporting_stats(self, env_index: int | None = None) -> dict[str, np.ndarray]:
+        """What the advertiser's reporting shows per plan now (the input of :mod:`envs.features`):
+        arrays (E, P), or (P,) for one env. They are views of the books, valid until the next step
+        (copy them to keep them)."""
+        sc = self.scenario
+        np.add.reduce(self.ring, axis=1, out=self._day)
+        age = self._age_steps
+        np.subtract(self.t[:, None], self.launch_step, out=age)
+        np.maximum(age, 0, out=age)
+        age += self.prior_age_steps
+        np.multiply(age, sc.hours_per_step, out=self._age_hours)
+        np.less(
+            self.inputs.state[..., kernels.STATE_CONVERSIONS],
+            sc.learning_conversions,
+            out=self._learning,
+            casting="unsafe",
+        )
+        views = self._stats_views.get(env_index)
+        if views is None:
+            rows = slice(None) if env_index is None else env_index
+            last, day, total = self.last[rows], self._day[rows], self.total[rows]
+            views = {
+                "channel": self.plan_channel_vocab[rows],
+                "vertical": self.plan_vertical_vocab[rows],
+                "age_hours": self._age_hours[rows],
+                "learning": self._learning[rows],
+                "target_cpa": self.target_cpa[rows],
+                "budget_last": last[..., BUDGET],
+            }
+            for window, books in (("last", last), ("24h", day), ("total", total)):
+                for name, column in zip(_WINDOW_STATS, WINDOW_COLUMNS, strict=True):
+                    views[f"{name}_{window}"] = books[..., column]
+            self._stats_views[env_index] = views
+        return dict(views)
+
+    def observe(self, env_index: int | None = None) -> np.ndarray:
+        """Observations (E, obs_size) float32, or (obs_size,) for one env (:func:`build_observation`)."""
+        return build_observation(
+            self.reporting_stats(env_index),
+            self.clock(env_index),
+            self.max_plans,
+            self.active if env_index is None else self.active[env_index],
+        )
