@@ -183,19 +183,32 @@ class BudgetShiftEnv(gym.Env):
 
     def action_to_shares(self, action: np.ndarray) -> np.ndarray:
         """Validate an action and turn it into budget shares over the plans (masked softmax + limits)."""
-        a = np.asarray(action, dtype=np.float64)
-        if a.shape != (self.max_plans,):
-            raise ValueError(f"action must have shape ({self.max_plans},), got {a.shape}")
-        a = check_actions(a, self.max_plans)
+        if np.shape(action) != (self.max_plans,):
+            raise ValueError(f"action must have shape ({self.max_plans},), got {np.shape(action)}")
+        a = check_actions(action, self.max_plans)
         return masked_softmax(a[: self.n_plans] * self.scenario.temperature, self.sim.active[0])
 
     def step_shares(self, shares: np.ndarray):
         """Step with budget shares directly (heuristic allocators); limits and caps still apply."""
         self._check_running()
         n = self.n_plans
-        shares = np.asarray(shares, dtype=np.float64)
-        if shares.shape != (n,) or not np.all(np.isfinite(shares)) or np.any(shares < 0):
-            raise ValueError(f"shares must be {n} finite non-negative numbers, got shape {shares.shape}")
+        raw = np.asarray(shares)
+        if raw.dtype.kind not in "fiu":  # never coerce: complex parts would be dropped, strings parsed
+            raise ValueError(f"shares must be real numbers, got dtype {raw.dtype}")
+        if raw.shape != (n,):
+            raise ValueError(f"shares must have shape ({n},) (one per plan), got {raw.shape}")
+        shares = raw.astype(np.float64)
+        bad = ~np.isfinite(shares) | (shares < 0)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"shares must be finite and non-negative, got {float(shares[first])!r} at plan {first} "
+                f"({int(bad.sum())} bad entries: plans {np.flatnonzero(bad)[:10].tolist()})"
+            )
+        with np.errstate(over="ignore"):
+            total = shares.sum()
+        if not np.isfinite(total):
+            raise ValueError(f"shares must have a finite sum (they are renormalised), got {float(total)!r}")
         return self._step(shares)
 
     def _step(self, shares: np.ndarray):

@@ -48,7 +48,8 @@ class DeepValueScore:
         if deep_conversions <= 0.0:
             return float("inf"), 0.0
         cpa = spend / deep_conversions
-        return cpa, min(1.0, (cpa_target / cpa) ** self.beta)
+        # Below the target there is no discount; testing first keeps (target / cpa) ** beta from overflowing.
+        return cpa, 1.0 if cpa <= cpa_target else (cpa_target / cpa) ** self.beta
 
     def step_reward(self, matured_value: np.ndarray) -> np.ndarray:
         """A step's reward: the value of the deep events that matured in it, summed over plans.

@@ -485,8 +485,13 @@ def load_yaml(path: Path) -> Any:
                 f"{path} expands to {size:,} YAML nodes with its aliases, more than {MAX_YAML_NODES:,}: refused"
             )
         return yaml.safe_load(text)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"cannot parse {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"cannot parse {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(f"cannot parse {path}{where}: {problem}") from exc
 
 
 def _check_keys(cfg: Mapping[str, Any], allowed: set[str], path: str, source: str | None) -> None:

@@ -29,7 +29,10 @@ def check_actions(actions: np.ndarray, max_plans: int) -> np.ndarray:
 
     ``actions`` has one leading axis per batch dimension; errors name the plan (and the env of a batch).
     """
-    a = np.asarray(actions, dtype=np.float64)
+    raw = np.asarray(actions)
+    if raw.dtype.kind not in "fiu":  # never coerce: complex parts would be dropped, strings parsed
+        raise ValueError(f"action must be an array of real numbers, got dtype {raw.dtype}")
+    a = raw.astype(np.float64, copy=False)
     if a.ndim == 0 or a.shape[-1] != max_plans:
         raise ValueError(f"action must have shape (..., {max_plans}) with max_plans={max_plans} last, got {a.shape}")
     if np.logical_and.reduce(np.abs(a) <= 1.0 + 1e-6, axis=None):  # also false for NaN
@@ -210,8 +213,11 @@ def pacing(diurnal: np.ndarray, steps_per_day: int) -> tuple[np.ndarray, np.ndar
     each step of the day, and the share of the rest of the day's traffic that arrives in that step.
 
     A plan's step budget is ``share x budget left today x pace[its channel, step of the day]``, so a
-    share held all day spends the budget with the traffic and the last step gets what is left.
+    share held all day spends the budget with the traffic and the last step gets what is left. Where
+    a channel has no traffic left today (zero-traffic hours at the end of its curve) the pace is 1:
+    the plan is given what is left, and nothing can be spent without traffic.
     """
     hours = np.arange(steps_per_day) * (24 // steps_per_day)
     traffic = diurnal[:, hours]
-    return traffic, traffic / np.cumsum(traffic[:, ::-1], axis=1)[:, ::-1]
+    rest = np.cumsum(traffic[:, ::-1], axis=1)[:, ::-1]  # traffic from each step to the end of the day
+    return traffic, np.divide(traffic, rest, out=np.ones_like(traffic), where=rest > 0)

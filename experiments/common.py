@@ -21,9 +21,11 @@ Seeds: an entry point's ``seed`` derives one env seed per episode with
 from __future__ import annotations
 
 import dataclasses
+import re
+import sys
 import typing
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, Optional
 
@@ -32,7 +34,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig
 
 from agents.config import env_mapping, register_agent_schemas
-from envs.scenario import PlanMix, Scenario, ScenarioError, scenario_from_mapping
+from conf import CONF_DIR
+from envs.scenario import PlanMix, Scenario, ScenarioError, load_yaml, scenario_from_mapping
 
 # Scenario fields whose config form differs from the dataclass (mappings by name in the YAML).
 _MAPPING_FIELDS = ("channels", "verticals")
@@ -173,3 +176,31 @@ __all__ = [
     "episode_seeds",
     "agent_seed",
 ]
+
+
+_GROUP_OVERRIDE = re.compile(r"^[+~]*([A-Za-z_][\w/]*)=(.+)$")
+
+
+def check_chosen_config_files(argv: Sequence[str]) -> None:
+    """Parse every config file that the command line's ``group=name`` overrides pick (``env=mine``
+    reads ``conf/env/mine.yaml``) before Hydra composes: a file YAML cannot parse then fails with one
+    line naming it, where Hydra would print its own traceback. Raises :class:`ScenarioError`."""
+    for arg in argv:
+        match = _GROUP_OVERRIDE.match(arg)
+        if not match:
+            continue
+        group, values = match.groups()
+        for name in values.split(","):
+            path = CONF_DIR / group / f"{name.strip()}.yaml"
+            if path.is_file():
+                load_yaml(path)
+
+
+def run_entry(main: Callable[[], object]) -> None:
+    """Start a Hydra entry point after :func:`check_chosen_config_files`; a broken file exits with 2."""
+    try:
+        check_chosen_config_files(sys.argv[1:])
+    except ScenarioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    main()

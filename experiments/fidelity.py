@@ -62,7 +62,7 @@ from agents.registry import make_allocator
 from envs.features import CHANNELS, VERTICALS, Clock
 from envs.scenario import Portfolio, Scenario
 from experiments import provenance
-from experiments.common import EnvConf, agent_seed, episode_seeds, register_configs, scenario_from_config
+from experiments.common import EnvConf, agent_seed, episode_seeds, register_configs, run_entry, scenario_from_config
 
 log = logging.getLogger(__name__)
 
@@ -893,4 +893,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main)

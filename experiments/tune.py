@@ -75,7 +75,7 @@ from agents.config import plain
 from agents.sb3 import check_agent
 from envs.jit import warm_up
 from experiments import provenance
-from experiments.common import register_configs, scenario_from_config
+from experiments.common import register_configs, run_entry, scenario_from_config
 from experiments.train import train
 from experiments.tune_space import Param, sample_agent, search_space
 from experiments.tune_study import FINISHED, join_study, redact, work_left
@@ -297,4 +297,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -246,3 +247,19 @@ def test_launcher_configs_compose_and_name_an_existing_launcher(launcher):
     # Every field of the plugin's own schema is set: this file replaces the plugin's registered default.
     plugin_fields = set(ConfigStore.instance().load(f"hydra/launcher/{launcher}.yaml").node) - {"_target_"}
     assert plugin_fields <= set(cfg.hydra.launcher)
+
+
+def test_an_unparsable_env_file_fails_in_one_line_before_hydra_composes(tmp_path, monkeypatch, capsys) -> None:
+    from experiments import common
+
+    (tmp_path / "env").mkdir()
+    (tmp_path / "env" / "mine.yaml").write_text("name: mine\nchannels: {feed: [\n")
+    monkeypatch.setattr(common, "CONF_DIR", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["evaluate", "agent=uniform", "env=small,mine"])
+    ran = []
+    with pytest.raises(SystemExit) as exit_info:
+        common.run_entry(lambda: ran.append(True))
+    assert exit_info.value.code == 2 and not ran
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert re.search(r"cannot parse .*mine\.yaml at line 3, column 1", err), err

@@ -129,6 +129,8 @@ def test_step_after_the_episode_ended_raises() -> None:
         pytest.param(lambda n: np.zeros((1, n), dtype=np.float32), r"shape \(8,\)", id="batched"),
         pytest.param(lambda n: np.r_[np.zeros(n - 1), 1.5].astype(np.float32), r"\[-1, 1\]", id="above-1"),
         pytest.param(lambda n: np.r_[-1.01, np.zeros(n - 1)].astype(np.float32), r"\[-1, 1\]", id="below-minus-1"),
+        pytest.param(lambda n: np.zeros(n) + 0.5j, r"real numbers, got dtype complex", id="complex"),
+        pytest.param(lambda n: np.array(["0.5"] * n), r"real numbers, got dtype <U3", id="strings"),
     ],
 )
 def test_bad_actions_raise_a_clear_value_error(make_action, match: str) -> None:
@@ -143,4 +145,23 @@ def test_a_rejected_action_leaves_the_episode_untouched() -> None:
     env.reset(seed=0)
     with pytest.raises(ValueError):
         env.step(np.full(env.max_plans, np.nan, dtype=np.float32))
+    assert env.t == 0 and env.total.sum() == 0.0
+
+
+@pytest.mark.parametrize(
+    ("make_shares", "match"),
+    [
+        pytest.param(lambda n: np.r_[np.ones(n - 1), np.nan], r"got nan at plan 5", id="nan-names-plan"),
+        pytest.param(lambda n: np.r_[np.ones(2), -0.1, np.ones(n - 3)], r"got -0\.1 at plan 2", id="negative"),
+        pytest.param(lambda n: np.full(n, 1e308), r"finite sum", id="overflowing-sum"),
+        pytest.param(lambda n: np.ones(n) * 1j, r"real numbers, got dtype complex", id="complex"),
+        pytest.param(lambda n: np.array(["1"] * n), r"real numbers", id="strings"),
+        pytest.param(lambda n: np.ones(n + 1), r"shape \(6,\)", id="too-long"),
+    ],
+)
+def test_bad_shares_name_the_plan_and_leave_the_episode_untouched(make_shares, match: str) -> None:
+    env = BudgetShiftEnv("small")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=match):
+        env.step_shares(make_shares(env.n_plans))
     assert env.t == 0 and env.total.sum() == 0.0
