@@ -10,6 +10,17 @@ A sweep is plain Hydra (``-m agent=static,uniform,oracle seed=0,1,2 env=default,
   results), for the report's plots;
 - ``provenance.json``: command, versions, git commit; ``error.txt`` with the traceback if it failed.
 
+The per-step table and then ``metrics.json`` are written last, each to a temporary file renamed
+into place, so a killed job never leaves a half-written one: a folder with an intact
+``metrics.json`` (checked by :func:`experiments.sweep.load_run`) holds a finished run.
+
+Re-running a sweep (the same command with the same explicit ``hydra.sweep.dir``) resumes it: a job
+whose folder already holds a finished run of the same resolved config keeps it and logs so; a
+folder with a failed, killed or damaged run is run again. A finished run of a different config is
+never overwritten: the job refuses, naming the first key that differs (delete the folder, or use
+another ``hydra.sweep.dir``, to run the new config). Hydra's own settings (launcher, directories)
+are not part of the compared config.
+
 :func:`evaluate_allocator` is the reusable core (training's periodic evaluation calls it too).
 """
 
@@ -18,14 +29,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import numpy as np
 import pandas as pd
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -37,30 +50,13 @@ from envs.kernels import CONVERSIONS, DEEP0, SPEND
 from envs.scenario import KIND_NAMES, KIND_POTENTIAL, KIND_TRAP, Scenario
 from experiments import provenance
 from experiments.common import agent_seed, check_run_config, episode_seeds, register_configs
+from experiments.sweep import EPISODE_METRICS, load_run, read_yaml
 
 log = logging.getLogger(__name__)
 register_configs()
 
-#: Per-episode metrics averaged into ``metrics.json``'s ``mean``.
-EPISODE_METRICS = (
-    "score",
-    "value",
-    "matured_value",
-    "settled_value",
-    "spend",
-    "deep_conversions",
-    "cpa",
-    "cpa_ratio",
-    "penalty",
-    "conversions",
-    "billing_ratio",
-    "budget_utilisation",
-    "cap_withheld",
-    "cap_violation_steps",
-    "spend_share_potential",
-    "spend_share_trap",
-    "return",
-)
+#: What a run writes; a re-run that does the work again first removes what an earlier attempt left.
+RUN_OUTPUTS = ("metrics.json", "error.txt", "steps.parquet", "steps.csv")
 
 
 def _finite(x: float) -> float | None:
@@ -188,6 +184,13 @@ def summarise(episodes: list[dict[str, Any]]) -> dict[str, dict[str, float | Non
     return {"mean": mean, "std": std}
 
 
+def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """``write`` a temporary file beside ``path``, then rename it onto ``path``: a kill leaves the old file or none."""
+    partial = path.with_name(f".{path.name}.partial")
+    write(partial)
+    os.replace(partial, path)
+
+
 def write_steps(tables: list[pd.DataFrame], run_dir: Path, fmt: str) -> Path | None:
     if fmt == "none" or not tables:
         return None
@@ -196,14 +199,16 @@ def write_steps(tables: list[pd.DataFrame], run_dir: Path, fmt: str) -> Path | N
         frame[col] = frame[col].astype("category")
     path = run_dir / f"steps.{fmt}"
     if fmt == "parquet":
-        frame.to_parquet(path, index=False)
+        replace_atomically(path, lambda p: frame.to_parquet(p, engine="pyarrow", index=False))
     else:
-        frame.to_csv(path, index=False)
+        replace_atomically(path, lambda p: frame.to_csv(p, index=False))
     return path
 
 
 def run(cfg: DictConfig, run_dir: Path, env_source: str | None = None) -> dict[str, Any]:
     """The whole evaluation of one config into ``run_dir``; returns what ``metrics.json`` holds."""
+    for name in RUN_OUTPUTS:
+        (run_dir / name).unlink(missing_ok=True)
     scenario = check_run_config(cfg, env_source)  # bad values fail here, naming the field
     allocator = make_allocator(cfg.agent)
     seeds = episode_seeds(cfg.seed, cfg.episodes)
@@ -224,9 +229,47 @@ def run(cfg: DictConfig, run_dir: Path, env_source: str | None = None) -> dict[s
         **summarise(episodes),
         "per_episode": episodes,
     }
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_steps(tables or [], run_dir, cfg.steps_table)
+    # Last: an intact metrics.json is what marks the folder as a finished run.
+    replace_atomically(run_dir / "metrics.json", lambda p: p.write_text(json.dumps(metrics, indent=2)))
     return metrics
+
+
+def first_difference(recorded: Any, current: Any, key: str = "") -> str | None:
+    """The first dotted key whose value differs between two configs, with both values; None if equal."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        for k in [*recorded, *(k for k in current if k not in recorded)]:
+            sub = f"{key}.{k}" if key else str(k)
+            if k not in recorded or k not in current:
+                return f"{sub} is only in the {'current' if k in current else 'recorded'} config"
+            diff = first_difference(recorded[k], current[k], sub)
+            if diff:
+                return diff
+        return None
+    return None if recorded == current else f"{key or 'config'}: recorded {recorded!r}, now {current!r}"
+
+
+class RunConflictError(RuntimeError):
+    """The run folder holds a finished run of another config; overwriting it would lose it."""
+
+
+def finished_metrics(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """The metrics of the finished run of ``cfg`` already in ``run_dir`` (a re-run sweep), None if there is none.
+
+    :raises RunConflictError: ``run_dir`` holds a finished run of another config.
+    """
+    run = load_run(run_dir)
+    recorded = read_yaml(run_dir / "config.yaml")  # this run's record; .hydra/ was just rewritten by Hydra
+    if not run.ok or not isinstance(recorded, dict):
+        return None
+    # The same round trip as config.yaml's, so that types compare like for like.
+    diff = first_difference(recorded, yaml.safe_load(OmegaConf.to_yaml(cfg, resolve=True)))
+    if diff:
+        raise RunConflictError(
+            f"{run_dir} holds a finished run of another config ({diff}); delete that folder or choose "
+            "another hydra.sweep.dir / hydra.run.dir to run this config"
+        )
+    return run.metrics
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -234,11 +277,15 @@ def main(cfg: DictConfig) -> float:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     env_choice = hc.runtime.choices.get("env")
-    try:
-        metrics = run(cfg, run_dir, env_source=f"env={env_choice}: conf/env/{env_choice}.yaml + overrides")
-    except Exception:
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-        raise
+    metrics = finished_metrics(cfg, run_dir)  # a conflict raises before error.txt could mark the kept run
+    if metrics is not None:
+        log.info("kept the finished run in %s: same config (delete its metrics.json to run it again)", run_dir)
+    else:
+        try:
+            metrics = run(cfg, run_dir, env_source=f"env={env_choice}: conf/env/{env_choice}.yaml + overrides")
+        except Exception:
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+            raise
     mean = metrics["mean"]
     log.info(
         "%s on %s, seed %d, %d episodes: score %.0f (value %.0f, spend %.0f, CPA/target %s, utilisation %.3f)",

@@ -79,7 +79,7 @@ def plot_scores(env: str, summary: pd.DataFrame, table: pd.DataFrame, out: Path)
 
 def plot_shares(env: str, runs: list[Run], out: Path) -> Path | None:
     """Heatmaps of budget share by plan and hour of day, one panel per allocator, same portfolio."""
-    env_runs = [r for r in runs if r.ok and r.env == env and r.steps_path]
+    env_runs = [r for r in runs if r.counted and r.env == env and r.steps_path]
     if not env_runs:
         return None
     ref_seed = min(r.seed for r in env_runs)

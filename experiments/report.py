@@ -1,9 +1,13 @@
 """Gather an evaluation sweep into one comparison: ``python -m experiments.report <multirun folder>``.
 
 Reads every run folder under the sweep (``experiments.evaluate``'s ``metrics.json``,
-``config.yaml`` and per-step table), tolerating failed runs (a folder without ``metrics.json``; its
-``error.txt`` gives the reason) and missing ones (an env x agent x seed combination of the sweep
-with no folder), and writes into the sweep folder (or ``--out``):
+``config.yaml`` and per-step table) and carries on past bad ones, listing each: failed runs (no
+``metrics.json``, with ``error.txt``'s reason; or outputs that are not what the evaluator writes:
+a ``metrics.json`` that is not JSON, has a wrong structure, a string or NaN where a number belongs,
+a null mean; a missing or truncated steps table), duplicates (a folder holding the same env, agent,
+seed and resolved config as an earlier one, e.g. a copy: counted once) and missing runs (an
+env x agent x seed combination of the sweep with no folder). It writes into the sweep folder (or
+``--out``):
 
 - ``summary.csv``: one row per env and allocator: interquartile mean (IQM) of the per-seed scores
   with a 95% stratified-bootstrap interval, the normalised score
@@ -11,7 +15,7 @@ with no folder), and writes into the sweep folder (or ``--out``):
   env's mean uniform and oracle scores over seeds), deep CPA / target, billing ratio, budget
   utilisation, compliance-cap violations and where the money went (potential plans, traps);
   rows with ``env = all`` aggregate normalised scores over envs (bootstrap stratified by env);
-- ``report.md``: the same table, the failed and missing runs, the figures and how to read them;
+- ``report.md``: the same table, the failed, duplicate and missing runs, the figures and how to read them;
 - PNG figures per env: ``score_<env>.png`` (IQM and normalised score with intervals, seeds as
   dots), ``shares_<env>.png`` (budget share by plan and hour of day for each allocator, on the first
   seed's first episode, which every allocator played on the same portfolio), ``value_<env>.png``
@@ -34,6 +38,10 @@ import pandas as pd
 from experiments.plots import plot_scores, plot_shares, plot_value
 from experiments.stats import REFERENCE_HIGH, REFERENCE_LOW, summarise
 from experiments.sweep import Run, env_info, find_runs, missing_runs, run_table, step_curves
+
+
+def _rel(path: Path, sweep_dir: Path) -> str:
+    return path.relative_to(sweep_dir).as_posix()
 
 
 def _fmt(x: Any, spec: str) -> str:
@@ -72,16 +80,17 @@ def build_report(sweep_dir: Path, out: Path | None = None, reps: int = 5000) -> 
     out = Path(out) if out is not None else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     runs = find_runs(sweep_dir)
-    failed = [r for r in runs if not r.ok]
     missing = missing_runs(runs, sweep_dir)
-    table = run_table(runs)
+    counted = [r for r in runs if r.counted]
+    table = run_table(counted)
     summary = summarise(table, reps)
     summary.to_csv(out / "summary.csv", index=False)
-    figures = draw_figures(runs, table, summary, out)
+    figures = draw_figures(counted, table, summary, out)
     (out / "report.md").write_text(report_markdown(sweep_dir, runs, missing, summary, figures))
     return {
         "runs": runs,
-        "failed": failed,
+        "failed": [r for r in runs if not r.ok],
+        "duplicates": [r for r in runs if r.duplicate_of is not None],
         "missing": missing,
         "summary": summary,
         "figures": figures,
@@ -90,7 +99,7 @@ def build_report(sweep_dir: Path, out: Path | None = None, reps: int = 5000) -> 
 
 
 def draw_figures(runs: list[Run], table: pd.DataFrame, summary: pd.DataFrame, out: Path) -> list[Path]:
-    """Every env's figures (:mod:`experiments.plots`) in ``out``."""
+    """Every env's figures (:mod:`experiments.plots`) from the counted ``runs``, in ``out``."""
     figures: list[Path] = []
     curves = step_curves(runs)
     for env in sorted(table["env"].unique()) if not table.empty else []:
@@ -112,13 +121,15 @@ def report_markdown(
     summary: pd.DataFrame,
     figures: list[Path],
 ) -> str:
-    """``report.md``: the table and how to read it, the failed and missing runs, the figures."""
+    """``report.md``: the table and how to read it, the failed, duplicate and missing runs, the figures."""
     failed = [r for r in runs if not r.ok]
-    n_ok = len(runs) - len(failed)
+    duplicates = [r for r in runs if r.duplicate_of is not None]
+    n_counted = sum(r.counted for r in runs)
     md = [
         f"# Allocator comparison: `{sweep_dir}`",
         "",
-        f"{len(runs)} run folders: {n_ok} finished, {len(failed)} failed; {len(missing)} missing from the sweep grid.",
+        f"{len(runs)} run folders: {n_counted} counted, {len(failed)} failed, {len(duplicates)} duplicates; "
+        f"{len(missing)} missing from the sweep grid.",
         "",
         markdown_table(summary) if not summary.empty else "_No finished run._",
         "",
@@ -128,13 +139,21 @@ def report_markdown(
         f"{REFERENCE_HIGH} scores. Deep CPA / target > 1 is penalised as (target / CPA)^beta. Billing ratio: spend "
         "over conversions x each plan's target CPA. Budget used: spend / (days x daily budget). Cap violations: "
         "steps where a compliance cap withheld budget. Potential / trap spend: share of spend on plans that are "
-        "truly good but new, and on cheap-lead plans with poor deep rates (hidden truth, for analysis).",
+        "truly good but new, and on cheap-lead plans with poor deep rates (hidden truth, for analysis). "
+        "A dash in deep CPA or billing ratio: undefined in every run (no deep conversion, or no conversion); "
+        "in the normalised score: the env lacks the uniform or oracle runs.",
         "",
     ]
     if failed:
         md += (
-            ["## Failed runs", ""]
-            + [f"- `{r.path.name}` ({r.env}, {r.agent}, seed {r.seed}): {r.error}" for r in failed]
+            ["## Failed runs", "", "Not counted; the sweep's command with the same hydra.sweep.dir reruns them.", ""]
+            + [f"- `{_rel(r.path, sweep_dir)}` ({r.env}, {r.agent}, seed {r.seed}): {r.error}" for r in failed]
+            + [""]
+        )
+    if duplicates:
+        md += (
+            ["## Duplicate runs", "", "Same env, agent, seed and config as an earlier folder: counted once.", ""]
+            + [f"- `{_rel(r.path, sweep_dir)}` repeats `{_rel(r.duplicate_of, sweep_dir)}`" for r in duplicates]
             + [""]
         )
     if missing:
@@ -157,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(result["summary"]) if not result["summary"].empty else "no finished run")
     for r in result["failed"]:
         print(f"FAILED {r.path}: {r.error}")
+    for r in result["duplicates"]:
+        print(f"DUPLICATE {r.path} repeats {r.duplicate_of}")
     for e, a, s in result["missing"]:
         print(f"MISSING {e} {a} seed {s}")
     print(f"report: {result['report']}")

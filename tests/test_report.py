@@ -1,9 +1,13 @@
-"""The sweep report: built from a real multirun with a failed run, statistics it rests on."""
+"""The sweep report: built from a real multirun with a failed run, damaged and copied run folders,
+statistics it rests on."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +17,7 @@ from scipy import stats
 
 from experiments.report import build_report, main
 from experiments.stats import iqm, iqm_interval
+from experiments.sweep import metrics_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +73,107 @@ def test_report_builds_from_a_multirun_with_a_failed_run(sweep_with_a_failure, c
         png = sweep / name
         assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"]({name})" in report
+
+
+def _edit_metrics(edit: Callable[[dict], object]) -> Callable[[Path], None]:
+    def damage(run_dir: Path) -> None:
+        path = run_dir / "metrics.json"
+        metrics = json.loads(path.read_text())
+        edit(metrics)
+        path.write_text(json.dumps(metrics))  # json.dumps writes NaN as the bare literal NaN, as a buggy writer would
+
+    return damage
+
+
+def _write(name: str, content: bytes) -> Callable[[Path], None]:
+    return lambda run_dir: (run_dir / name).write_bytes(content)
+
+
+def _truncated(name: str) -> Callable[[Path], None]:
+    def damage(run_dir: Path) -> None:
+        data = (run_dir / name).read_bytes()
+        (run_dir / name).write_bytes(data[: len(data) // 2])  # what a full disk or a kill mid-write leaves
+
+    return damage
+
+
+# What a damaged run folder holds, and the reason the report must give for it.
+DAMAGES = {
+    "an empty list": (_write("metrics.json", b"[]"), "metrics.json: expected a JSON object, got an array"),
+    "a string score": (
+        _edit_metrics(lambda m: m["mean"].update(score="53400")),
+        "metrics.json: mean.score is a string ('53400'), expected a number",
+    ),
+    "binary garbage": (_write("metrics.json", b"\x00\xff\xfe\x9c" * 64), "metrics.json is not JSON"),
+    "a half-written metrics.json": (_truncated("metrics.json"), "metrics.json is not JSON"),
+    "a NaN mean": (_edit_metrics(lambda m: m["mean"].update(score=float("nan"))), "metrics.json: mean.score is nan"),
+    "a null mean": (
+        _edit_metrics(lambda m: m["mean"].update(score=None)),
+        "metrics.json: mean.score is null but 2 of 2 episodes have a value",
+    ),
+    "a truncated steps table": (_truncated("steps.parquet"), "steps.parquet is unreadable"),
+    "a deleted steps table": (lambda run_dir: (run_dir / "steps.parquet").unlink(), "steps.parquet is missing"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_run_is_listed_as_failed_with_its_reason_and_the_rest_reported(
+    damage, sweep_with_a_failure, tmp_path
+):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(sweep_with_a_failure, sweep)
+    spoil, reason = DAMAGES[damage]
+    spoil(next(sweep.glob("*_small_oracle_s0")))
+
+    result = build_report(sweep, reps=200)
+    failed = {r.path.name: r.error for r in result["failed"]}
+    assert set(failed) == {"thompson_s0", "2_small_oracle_s0"}
+    assert failed["2_small_oracle_s0"].startswith(reason), failed["2_small_oracle_s0"]
+    rows = result["summary"].set_index("agent")
+    assert rows.loc["uniform", "seeds"] == 2 and rows.loc["oracle", "seeds"] == 1
+    assert np.isfinite(rows[["score_iqm", "normalised_iqm"]].to_numpy()).all()  # no row blanked
+    report = (sweep / "report.md").read_text()
+    assert f"- `2_small_oracle_s0` (small, oracle, seed 0): {reason}" in report
+    assert "](shares_small.png)" in report and "](value_small.png)" in report
+
+
+def test_a_copied_run_folder_counts_once_and_is_listed_as_a_duplicate(sweep_with_a_failure, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(sweep_with_a_failure, sweep)
+    original = next(sweep.glob("*_small_oracle_s0"))
+    shutil.copytree(original, sweep / "copies" / original.name)
+
+    assert main([str(sweep), "--reps", "200"]) == 0
+    assert f"DUPLICATE {sweep / 'copies' / original.name} repeats {original}" in capsys.readouterr().out
+    summary = pd.read_csv(sweep / "summary.csv").set_index("agent")
+    assert summary.loc["oracle", "seeds"] == 2 and summary.loc["uniform", "seeds"] == 2
+    report = (sweep / "report.md").read_text()
+    assert "6 run folders: 4 counted, 1 failed, 1 duplicates" in report  # thompson_s0 failed
+    assert "## Duplicate runs" in report and f"- `copies/{original.name}` repeats `{original.name}`" in report
+
+
+def test_metrics_are_checked_against_what_the_evaluator_writes(sweep_with_a_failure):
+    metrics = json.loads(next(sweep_with_a_failure.glob("*_small_uniform_s1")).joinpath("metrics.json").read_text())
+    assert metrics_problem(metrics) is None
+
+    def spoilt(edit: Callable[[dict], object]) -> str | None:
+        copy = json.loads(json.dumps(metrics))
+        edit(copy)
+        return metrics_problem(copy)
+
+    assert spoilt(lambda m: m.pop("per_episode")) == "no 'per_episode'"
+    assert spoilt(lambda m: m.update(seed="1")) == "'seed' is a string ('1'), expected a number"
+    assert spoilt(lambda m: m["per_episode"].pop()) == "'episodes' is 2 but 'per_episode' has 1 entries"
+    assert spoilt(lambda m: m["per_episode"][1].pop("spend")) == "per_episode[1] has no 'spend'"
+    assert spoilt(lambda m: m["per_episode"][0].update(value=None)) == "per_episode[0].value is null, expected a number"
+    # Undefined ratios (no deep conversion) are null in every episode and in the mean: that is a finished run.
+    for episode in metrics["per_episode"]:
+        episode["cpa_ratio"] = None
+    metrics["mean"]["cpa_ratio"] = None
+    assert metrics_problem(metrics) is None
+    assert spoilt(lambda m: m["per_episode"][0].update(cpa_ratio=0.9)) == (
+        "mean.cpa_ratio is null but 1 of 2 episodes have a value"
+    )
 
 
 def test_report_aggregates_normalised_scores_over_envs(tmp_path):

@@ -1,5 +1,6 @@
-"""Sweeps on Hydra's launchers: every job of a multirun runs (a crashed one does not stop the others),
-the report gathers the sweep and names the crashed job, and a sweep folder moved elsewhere still
+"""Sweeps on Hydra's launchers: every job of a multirun runs (a crashed one does not stop the others
+and leaves its error.txt), the report gathers the sweep and names the crashed job, re-running the
+sweep's command runs only its killed and failed jobs, and a sweep folder moved elsewhere still
 reports, repeats and serves its trained agents (nothing in it depends on where it was written)."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pandas as pd
 import pytest
 
 from envs.jit import warm_up
+from experiments.evaluate import replace_atomically
 from experiments.report import build_report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,6 +90,7 @@ def test_a_crashed_job_leaves_the_others_running_and_the_report_names_it(launche
     assert "seed must be >= 0" in done.stderr
     finished = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
     assert finished == ["0_small_uniform_s0", "1_small_uniform_s1", "2_small_uniform_s2"]
+    assert "seed must be >= 0, got -1" in (sweep / "3_small_uniform_s-1" / "error.txt").read_text()
 
     done = cli("experiments.report", str(sweep), "--reps", "200")
     assert "FAILED" in done.stdout and "seed must be >= 0, got -1" in done.stdout and "MISSING" not in done.stdout
@@ -95,6 +98,47 @@ def test_a_crashed_job_leaves_the_others_running_and_the_report_names_it(launche
     assert summary["seeds"].tolist() == [3]
     report = (sweep / "report.md").read_text()
     assert "## Failed runs" in report and "`3_small_uniform_s-1`" in report
+
+
+def test_rerunning_a_sweep_runs_only_its_killed_and_failed_jobs_and_refuses_a_changed_config(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = ["-m", "agent=uniform,oracle", "seed=0,1", *QUICK, "hydra/launcher=joblib", f"hydra.sweep.dir={sweep}"]
+    cli("experiments.evaluate", *command)
+    jobs = {p.name: p for p in sweep.glob("*_small_*")}
+    killed, cut_short = jobs.pop("1_small_uniform_s1"), jobs.pop("2_small_oracle_s0")
+    numbers = per_episode(killed)
+    (killed / "metrics.json").unlink()  # a SIGKILLed worker's job (and the one joblib dropped with it)
+    (cut_short / "metrics.json").write_text((cut_short / "metrics.json").read_text()[:200])  # a full disk
+    finished = {name: (job / "metrics.json").stat().st_mtime_ns for name, job in jobs.items()}
+
+    cli("experiments.evaluate", *command)
+    assert {name: (job / "metrics.json").stat().st_mtime_ns for name, job in jobs.items()} == finished
+    for job in jobs.values():
+        assert "kept the finished run" in (job / "evaluate.log").read_text()
+    for job in (killed, cut_short):
+        assert "kept the finished run" not in (job / "evaluate.log").read_text()
+    assert per_episode(killed) == numbers
+    result = build_report(sweep, reps=200)
+    assert len(result["runs"]) == 4 and not (result["failed"] or result["duplicates"] or result["missing"])
+    assert (result["summary"]["seeds"] == 2).all()
+
+    changed = [arg.replace("episodes=1", "episodes=2") for arg in command]
+    done = cli("experiments.evaluate", *changed, ok=False)
+    assert "holds a finished run of another config (episodes: recorded 1, now 2)" in done.stderr
+    assert {name: (job / "metrics.json").stat().st_mtime_ns for name, job in jobs.items()} == finished
+
+
+def test_a_write_cut_short_leaves_the_previous_file(tmp_path):
+    path = tmp_path / "metrics.json"
+    path.write_text('{"finished": true}')
+
+    def dies_midway(partial: Path) -> None:
+        partial.write_text('{"fini')
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        replace_atomically(path, dies_midway)
+    assert path.read_text() == '{"finished": true}'
 
 
 def test_evaluate_serves_a_trained_agent_from_a_moved_training_run(tmp_path):
