@@ -68,9 +68,9 @@ class OracleAllocator(HeuristicAllocator):
         n = sc.n_plans
         self.portfolio = pf
         self.plan_channel = np.asarray(pf.channel, dtype=np.int64)
-        # Traffic index of each channel by step of the day (what a plan's capacity scales with) and
-        # the env's pacing (the share of the day's rest spent now), both (C, steps_per_day).
-        self.traffic, self.pace = pacing(diurnal_traffic(sc.channels), sc.steps_per_day)
+        # Each channel's share of the day's traffic by step (what a plan's capacity scales with) and
+        # of the rest of the day (the env's pacing), both (C, steps_per_day).
+        self.traffic, self.rest = pacing(diurnal_traffic(sc.channels), sc.steps_per_day)
 
         # Cumulative delays (in steps) to each stage, Monte Carlo with a fixed stream per portfolio.
         rng = np.random.default_rng([int(pf.key) % (2**63), 7])
@@ -113,8 +113,11 @@ class OracleAllocator(HeuristicAllocator):
         worth = self.plan_worth(self.t)
         self.t += 1
 
-        # Share of the rest of the day's budget that lets plan p spend its capacity this step.
-        budget_now = max(clock.budget_left_today, 1e-9) * self.pace[self.plan_channel, step_of_day]
+        # Share of the rest of the day's budget that lets plan p spend its capacity this step: the env
+        # gives a share s about s x traffic share x min(daily budget, left / rest of its channel's day).
+        rest = self.rest[self.plan_channel, step_of_day]
+        day_budget = np.minimum(clock.daily_budget, max(clock.budget_left_today, 1e-9) / np.maximum(rest, 1e-9))
+        budget_now = np.maximum(day_budget * self.traffic[self.plan_channel, step_of_day], 1e-9)
         need = p.headroom * self.capacity * self.traffic[self.plan_channel, step_of_day] / budget_now
         shares = np.zeros(active.shape)
         left = 1.0

@@ -16,7 +16,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs.features import GLOBAL_FEATURES, OBS_HIGH, OBS_LOW, PLAN_FEATURES, Clock, observation_size
-from envs.kernels import CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, SPEND
+from envs.kernels import CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, OWN_PRICED, SPEND
 from envs.objective import DeepValueScore, ScoreParts
 from envs.scenario import Portfolio, PortfolioGenerator, Scenario, load_scenario
 from envs.shares import check_actions, masked_softmax
@@ -222,6 +222,7 @@ class BudgetShiftEnv(gym.Env):
             "conversions": out[:, CONVERSIONS],
             "deep_events": out[:, DEEP0:],
             "deep_value": out[:, DEEP_VALUE],
+            "own_priced": out[:, OWN_PRICED],
             "budget": result["budget"][0],
             "shares": result["shares"][0],
             "cap_withheld": float(result["cap_withheld"][0]),

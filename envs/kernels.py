@@ -57,8 +57,9 @@ from envs.scenario import MAX_STAGES, N_SEGMENTS, Portfolio, Scenario
 from envs.shares import diurnal_traffic
 
 # Columns of a step's per-plan output (n_plans, N_STEP_FIELDS); deep stage counts follow.
-SPEND, IMPRESSIONS, CLICKS, CONVERSIONS, DEEP_VALUE, BUDGET = 0, 1, 2, 3, 4, 5
-DEEP0 = 6  # DEEP0 + s: deep events of stage s that matured this step
+# OWN_PRICED counts won lots whose price another plan of the same advertiser set (0 under dedup).
+SPEND, IMPRESSIONS, CLICKS, CONVERSIONS, DEEP_VALUE, BUDGET, OWN_PRICED = 0, 1, 2, 3, 4, 5, 6
+DEEP0 = 7  # DEEP0 + s: deep events of stage s that matured this step
 
 
 def n_step_fields(n_stages: int) -> int:
@@ -66,11 +67,19 @@ def n_step_fields(n_stages: int) -> int:
 
 
 # Columns of the channel matrix (n_channels, N_CHANNEL_FIELDS).
-CH_VOLUME, CH_MARKET, CH_MARKET_SIGMA, CH_CTR_MULT, CH_CVR_MULT, CH_FIRST_PRICE = 0, 1, 2, 3, 4, 5
-N_CHANNEL_FIELDS = 6
-# Columns of the plan matrix (n_plans, N_PLAN_FIELDS).
-(PL_CTR, PL_CVR, PL_CPA, PL_BIAS0, PL_NOISE0, PL_FATIGUE_SCALE, PL_FATIGUE_FLOOR, PL_CHANNEL, PL_LAUNCH) = range(9)
+# CH_PRED_CVR_MULT: the CVR multiplier the platform's prediction (and so the bid) applies.
+CH_VOLUME, CH_MARKET, CH_MARKET_SIGMA, CH_CTR_MULT, CH_CVR_MULT, CH_FIRST_PRICE, CH_PRED_CVR_MULT = range(7)
+N_CHANNEL_FIELDS = 7
+# Columns of the plan matrix (n_plans, N_PLAN_FIELDS): hidden truth, fixed for the episode.
+# PL_HORIZON: the step from which the plan's deep events are no longer attributed (horizon + window).
+(PL_CTR, PL_CVR, PL_HORIZON, PL_BIAS0, PL_NOISE0, PL_FATIGUE_SCALE, PL_FATIGUE_FLOOR, PL_CHANNEL, PL_LAUNCH) = range(9)
 N_PLAN_FIELDS = 9
+# Columns of the platform's per-plan bidding state (n_plans, N_DYN_FIELDS), written before each step by
+# envs/platform.py: the value the platform bids per predicted conversion (the goal's target), the
+# learning level lambda (1 at launch, 0 once learned) and the bid multiplier (cost controller,
+# exploration premium, throttling of failed plans).
+DYN_BID_VALUE, DYN_LEARNING, DYN_BID_MULT = 0, 1, 2
+N_DYN_FIELDS = 3
 # Last axis of the stage tensor (n_plans, n_stages, N_STAGE_FIELDS).
 ST_RATE, ST_VALUE, ST_DELAY_MEDIAN, ST_DELAY_SIGMA = 0, 1, 2, 3
 N_STAGE_FIELDS = 4
@@ -99,14 +108,16 @@ class KernelInputs(NamedTuple):
     steps_per_day: int
     lot: int  # impressions per opportunity
     quality_sigma: float  # log-sd of an opportunity's user quality
-    learning_conversions: float  # conversions that end a plan's learning phase
     noise_floor: float  # bid noise amplitude of a mature plan
+    dedup: bool  # one ad per advertiser per request: its own plans never set each other's prices
     chan: np.ndarray  # (C, N_CHANNEL_FIELDS) float64
     chan_diurnal: np.ndarray  # (C, 24) float64 traffic multiplier by hour, mean 1
     chan_market_hour: np.ndarray  # (C, 24) float64 competitor-pressure multiplier by hour
     key: np.ndarray  # (E,) uint64 root of the episode's counter-based draws
     market_day: np.ndarray  # (E, days, C) float64 competitor-pressure multiplier by day
+    demand_day: np.ndarray  # (E, days, C) float64 traffic multiplier by day (demand events)
     plan: np.ndarray  # (E, P, N_PLAN_FIELDS) float64
+    dyn: np.ndarray  # (E, P, N_DYN_FIELDS) float64 the platform's bidding state, written before each step
     audience: np.ndarray  # (E, P) uint64 segment bit masks
     stage: np.ndarray  # (E, P, S, N_STAGE_FIELDS) float64
     chan_plans: np.ndarray  # (E, P) int64 plan indices sorted by channel
@@ -130,19 +141,22 @@ def pack_inputs(scenario: Scenario, n_envs: int) -> KernelInputs:
         row[CH_CTR_MULT] = spec.ctr_mult
         row[CH_CVR_MULT] = spec.cvr_mult
         row[CH_FIRST_PRICE] = 1.0 if spec.auction == "first" else 0.0
+        row[CH_PRED_CVR_MULT] = spec.cvr_mult if spec.predicted_cvr_mult is None else spec.predicted_cvr_mult
     return KernelInputs(
         hours_per_step=sc.hours_per_step,
         steps_per_day=sc.steps_per_day,
         lot=sc.impressions_per_opportunity,
         quality_sigma=sc.user_quality_sigma,
-        learning_conversions=sc.learning_conversions,
         noise_floor=sc.noise_floor,
+        dedup=sc.platform.dedup,
         chan=chan,
         chan_diurnal=diurnal_traffic(sc.channels),
         chan_market_hour=np.array([spec.market_diurnal for spec in sc.channels], dtype=np.float64),
         key=np.zeros(e, dtype=np.uint64),
         market_day=np.ones((e, sc.days, c)),
+        demand_day=np.ones((e, sc.days, c)),
         plan=np.zeros((e, n, N_PLAN_FIELDS)),
+        dyn=np.zeros((e, n, N_DYN_FIELDS)),
         audience=np.zeros((e, n), dtype=np.uint64),
         stage=np.zeros((e, n, MAX_STAGES, N_STAGE_FIELDS)),
         chan_plans=np.zeros((e, n), dtype=np.int64),
@@ -157,10 +171,11 @@ def load_portfolio(inputs: KernelInputs, env_index: int, pf: Portfolio) -> None:
     i = env_index
     inputs.key[i] = np.uint64(pf.key)
     inputs.market_day[i] = pf.market_day
+    inputs.demand_day[i] = pf.demand_day
     plan = inputs.plan[i]
     plan[:, PL_CTR] = pf.ctr
     plan[:, PL_CVR] = pf.cvr
-    plan[:, PL_CPA] = pf.target_cpa
+    plan[:, PL_HORIZON] = inputs.market_day.shape[1] * _steps_per_day(inputs) + pf.attribution_steps
     plan[:, PL_BIAS0] = pf.bias0
     plan[:, PL_NOISE0] = pf.noise0
     plan[:, PL_FATIGUE_SCALE] = pf.fatigue_scale
@@ -179,6 +194,10 @@ def load_portfolio(inputs: KernelInputs, env_index: int, pf: Portfolio) -> None:
     inputs.state[i, :, STATE_CONVERSIONS] = pf.prior_conversions
     inputs.state[i, :, STATE_IMPRESSIONS] = pf.prior_impressions
     inputs.pending[i] = 0
+
+
+def _steps_per_day(inputs: KernelInputs) -> int:
+    return int(inputs.steps_per_day)
 
 
 def step_episodes(
@@ -347,14 +366,16 @@ def step_kernel(
     steps_per_day,
     lot,
     quality_sigma,
-    learning_conversions,
     noise_floor,
+    dedup,
     chan,
     chan_diurnal,
     chan_market_hour,
     key,
     market_day,
+    demand_day,
     plan,
+    dyn,
     audience,
     stage,
     chan_plans,
@@ -377,17 +398,18 @@ def step_kernel(
     click_p = np.empty(n_plans)
     remaining = np.empty(n_plans)
     for p in range(n_plans):
-        lam = max(0.0, 1.0 - state[p, STATE_CONVERSIONS] / learning_conversions)
+        lam = dyn[p, DYN_LEARNING]
         fatigue = plan[p, PL_FATIGUE_FLOOR] + (1.0 - plan[p, PL_FATIGUE_FLOOR]) * np.exp(
             -state[p, STATE_IMPRESSIONS] / plan[p, PL_FATIGUE_SCALE]
         )
         c = int(plan[p, PL_CHANNEL])
         click_p[p] = min(1.0, plan[p, PL_CTR] * fatigue * chan[c, CH_CTR_MULT])
         base_bid[p] = (
-            plan[p, PL_CPA]
+            dyn[p, DYN_BID_VALUE]
+            * dyn[p, DYN_BID_MULT]
             * click_p[p]
             * plan[p, PL_CVR]
-            * chan[c, CH_CVR_MULT]
+            * chan[c, CH_PRED_CVR_MULT]
             * np.exp(plan[p, PL_BIAS0] * lam)
             * lot
         )
@@ -403,7 +425,7 @@ def step_kernel(
     h_step = hash_at(key, t)
     for c in range(chan.shape[0]):
         h_chan = hash_at(h_step, c)
-        lam_opp = chan[c, CH_VOLUME] * chan_diurnal[c, hour] * hours_per_step
+        lam_opp = chan[c, CH_VOLUME] * chan_diurnal[c, hour] * hours_per_step * demand_day[day, c]
         n_opp = poisson_at(hash_at(h_chan, STREAM_COUNT), lam_opp)
         if chan_start[c + 1] == chan_start[c]:
             continue
@@ -442,7 +464,10 @@ def step_kernel(
             if best <= market:
                 continue
             winner = bidder_plan[k]
-            price = best if first_price else max(second, market)
+            # Under dedup only the advertiser's best plan enters: a second-price lot pays the market.
+            price = best if first_price else (market if dedup else max(second, market))
+            if not first_price and not dedup and second > market:
+                out[winner, OWN_PRICED] += 1.0
             remaining[winner] -= price
             out[winner, SPEND] += price
             out[winner, IMPRESSIONS] += lot
@@ -451,6 +476,7 @@ def step_kernel(
             conversions = binomial_at(h, SLOT_CONVERSIONS, clicks, cvr)
             out[winner, CLICKS] += clicks
             out[winner, CONVERSIONS] += conversions
+            attributed = min(horizon, int(plan[winner, PL_HORIZON]))
             for j in range(conversions):
                 t_event = t
                 for s in range(n_stages):
@@ -462,7 +488,7 @@ def step_kernel(
                         stage[winner, s, ST_DELAY_MEDIAN] * np.exp(stage[winner, s, ST_DELAY_SIGMA] * z_delay) + 0.5
                     )
                     t_event += max(1, int(delay))
-                    if t_event >= horizon:
+                    if t_event >= attributed:
                         break
                     pending[winner, s, t_event] += 1
 
@@ -483,14 +509,16 @@ def step_batch_kernel(
     steps_per_day,
     lot,
     quality_sigma,
-    learning_conversions,
     noise_floor,
+    dedup,
     chan,
     chan_diurnal,
     chan_market_hour,
     key,
     market_day,
+    demand_day,
     plan,
+    dyn,
     audience,
     stage,
     chan_plans,
@@ -509,14 +537,16 @@ def step_batch_kernel(
             steps_per_day,
             lot,
             quality_sigma,
-            learning_conversions,
             noise_floor,
+            dedup,
             chan,
             chan_diurnal,
             chan_market_hour,
             key[e],
             market_day[e],
+            demand_day[e],
             plan[e],
+            dyn[e],
             audience[e],
             stage[e],
             chan_plans[e],

@@ -25,7 +25,8 @@ class ScoreParts:
     value: float  # V: matured + settled deep value, currency
     matured_value: float  # deep value that matured during the episode
     settled_value: float  # pending deep value settled within the attribution window
-    spend: float  # total spend, currency
+    spend: float  # total spend net of compensation (the advertiser's cost), currency
+    compensation: float  # what the platform credited back to overshooting learned plans, currency
     deep_conversions: float  # first-stage deep events attributed (matured + settled)
     cpa: float  # spend / deep_conversions (inf when there are none and spend > 0)
     cpa_target: float
@@ -66,6 +67,7 @@ class DeepValueScore:
         pending: np.ndarray,
         stage_value: np.ndarray,
         cpa_target: float,
+        compensation: np.ndarray | None = None,
     ) -> ScoreParts:
         """Score parts of an episode so far, settling the deep events still pending.
 
@@ -76,12 +78,15 @@ class DeepValueScore:
             attribution window (the simulator drops the later ones).
         :param stage_value: (n_plans, n_stages) currency per event.
         :param cpa_target: the portfolio's target cost per deep conversion.
+        :param compensation: (n_plans,) what the platform credited back (overshooting learned plans),
+            currency: the advertiser's cost is its spend net of it.
         """
         settled = pending.sum(axis=2).astype(np.float64)  # (P, S)
         settled_value = float((settled * stage_value).sum())
         matured = float(matured_value.sum())
         deep_conversions = float(matured_deep.sum() + settled[:, 0].sum())
-        total_spend = float(spend.sum())
+        credited = 0.0 if compensation is None else float(compensation.sum())
+        total_spend = float(spend.sum()) - credited
         value = matured + settled_value
         cpa, penalty = self.penalty(total_spend, deep_conversions, cpa_target)
         return ScoreParts(
@@ -90,6 +95,7 @@ class DeepValueScore:
             matured_value=matured,
             settled_value=settled_value,
             spend=total_spend,
+            compensation=credited,
             deep_conversions=deep_conversions,
             cpa=cpa,
             cpa_target=cpa_target,

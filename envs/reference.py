@@ -21,19 +21,24 @@ from envs.kernels import (
     CH_FIRST_PRICE,
     CH_MARKET,
     CH_MARKET_SIGMA,
+    CH_PRED_CVR_MULT,
     CH_VOLUME,
     CLICKS,
     CONVERSIONS,
     DEEP0,
     DEEP_VALUE,
+    DYN_BID_MULT,
+    DYN_BID_VALUE,
+    DYN_LEARNING,
     IMPRESSIONS,
+    OWN_PRICED,
     PL_BIAS0,
     PL_CHANNEL,
-    PL_CPA,
     PL_CTR,
     PL_CVR,
     PL_FATIGUE_FLOOR,
     PL_FATIGUE_SCALE,
+    PL_HORIZON,
     PL_LAUNCH,
     PL_NOISE0,
     SLOT_BIDDER,
@@ -127,14 +132,16 @@ def step_reference(
     steps_per_day,
     lot,
     quality_sigma,
-    learning_conversions,
     noise_floor,
+    dedup,
     chan,
     chan_diurnal,
     chan_market_hour,
     key,
     market_day,
+    demand_day,
     plan,
+    dyn,
     audience,
     stage,
     chan_plans,
@@ -151,16 +158,17 @@ def step_reference(
     day = t // steps_per_day
     out[:] = 0.0
 
-    learning = np.maximum(0.0, 1.0 - state[:, STATE_CONVERSIONS] / learning_conversions)
+    learning = dyn[:, DYN_LEARNING]
     floor = plan[:, PL_FATIGUE_FLOOR]
     fatigue = floor + (1.0 - floor) * np.exp(-state[:, STATE_IMPRESSIONS] / plan[:, PL_FATIGUE_SCALE])
     channel = plan[:, PL_CHANNEL].astype(np.int64)
     click_p = np.minimum(1.0, plan[:, PL_CTR] * fatigue * chan[channel, CH_CTR_MULT])
     base_bid = (
-        plan[:, PL_CPA]
+        dyn[:, DYN_BID_VALUE]
+        * dyn[:, DYN_BID_MULT]
         * click_p
         * plan[:, PL_CVR]
-        * chan[channel, CH_CVR_MULT]
+        * chan[channel, CH_PRED_CVR_MULT]
         * np.exp(plan[:, PL_BIAS0] * learning)
         * lot
     )
@@ -172,7 +180,7 @@ def step_reference(
     h_step = child(key, t)
     for c in range(chan.shape[0]):
         h_chan = child(h_step, c)
-        lam = chan[c, CH_VOLUME] * chan_diurnal[c, hour] * hours_per_step
+        lam = chan[c, CH_VOLUME] * chan_diurnal[c, hour] * hours_per_step * demand_day[day, c]
         n_opp = poisson(child(h_chan, STREAM_COUNT), lam)
         bidders = chan_plans[chan_start[c] : chan_start[c + 1]]
         if len(bidders) == 0:
@@ -199,7 +207,13 @@ def step_reference(
             if best <= 0.0 or best <= market:
                 continue
             winner = int(bidders[order[0]])
-            price = best if first_price else max(second, market)
+            if first_price:
+                price = best
+            elif dedup:  # one ad per advertiser: its runner-up never enters, the market sets the price
+                price = market
+            else:
+                price = max(second, market)
+                out[winner, OWN_PRICED] += 1.0 if second > market else 0.0
             remaining[winner] -= price
             out[winner, SPEND] += price
             out[winner, IMPRESSIONS] += lot
@@ -208,6 +222,7 @@ def step_reference(
             conversions = binomial(h, SLOT_CONVERSIONS, clicks, cvr)
             out[winner, CLICKS] += clicks
             out[winner, CONVERSIONS] += conversions
+            attributed = min(horizon, int(plan[winner, PL_HORIZON]))
             for j in range(conversions):
                 t_event = t
                 for s in range(n_stages):
@@ -217,7 +232,7 @@ def step_reference(
                     z_delay, _ = normal_pair(h, slot + 1)
                     median, sigma = stage[winner, s, ST_DELAY_MEDIAN], stage[winner, s, ST_DELAY_SIGMA]
                     t_event += max(1, math.floor(median * math.exp(sigma * z_delay) + 0.5))
-                    if t_event >= horizon:
+                    if t_event >= attributed:
                         break
                     pending[winner, s, t_event] += 1
 

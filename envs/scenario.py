@@ -199,6 +199,10 @@ class ChannelSpec:
     ctr_mult: float  # multiplies every plan's true CTR on this channel
     cvr_mult: float  # multiplies every plan's true CVR on this channel
     auction: str = "second"  # "second" (pays max(runner-up, market)) or "first" (pays own bid)
+    # The CVR multiplier the platform's prediction model applies (None: it knows cvr_mult). Search
+    # intent that the model does not see makes conversions there cheaper than their bids assume.
+    predicted_cvr_mult: float | None = None
+    cost_control: bool = True  # the platform's oCPM cost controller runs on this channel's plans
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,9 @@ class VerticalSpec:
     cvr: float  # median true click-to-conversion rate of its plans
     stages: tuple[StageSpec, ...]
     max_spend_share: float = 1.0  # compliance cap: at most this share of each step's budget
+    # Days after the episode in which its pending deep events still count; None: the scenario's
+    # attribution_window_days. Set where the vertical's valued event comes late (insurance renewals).
+    attribution_window_days: float | None = None
 
 
 @dataclass(frozen=True)
@@ -239,19 +246,67 @@ class PlanMix:
     cvr_sigma: float = 0.25
     cpa_sigma: float = 0.15  # log-sd of a plan's target CPA around its vertical's median
     deep_sigma: float = 0.3  # log-sd of an ordinary plan's deep-rate multiplier
-    potential_deep_mult: float = 2.0  # deep-rate multiplier of potential plans
+    # log-sd of a plan's own multiplier on each later funnel stage (a funding rate, a renewal rate):
+    # late events carry information the first stage does not.
+    stage_sigma: float = 0.25
+    # Potential plans are worth 1.6x an ordinary plan's deep rate and traps 0.3x: with these the best
+    # heuristic gains +15-60% over uniform on `default`, the range platform tools report (DESIGN 7).
+    potential_deep_mult: float = 1.6  # deep-rate multiplier of potential plans
     potential_cvr_mult: float = 1.2
     potential_bias: float = -0.9  # log-bias of the platform's pCTR*pCVR for a new potential plan
     new_bias: float = -0.3  # the same for other new plans
     learning_noise: float = 0.9  # bid noise amplitude at launch (uniform, +-)
     trap_cvr_mult: float = 2.5
     trap_cpa_mult: float = 0.6  # traps are set up as cheap-lead plans
-    trap_deep_mult: float = 0.15
+    trap_deep_mult: float = 0.3
     audience_coverage: tuple[float, float] = (0.5, 0.95)  # share of segments a plan targets
     fatigue_impressions: tuple[float, float] = (2e5, 1e6)  # impressions for CTR to fall by ~63%
     fatigue_floor: float = 0.6  # CTR never falls below this share of its fresh value
     static_weight_new: float = 0.3  # the morning's budget weight of a new plan (ordinary: 1)
     static_weight_trap: float = 1.5  # traps look cheap, so people fund them
+
+
+GOALS: tuple[str, ...] = ("shallow", "deep", "value")  # a plan's optimisation goal (reporting vocabulary)
+STATUSES: tuple[str, ...] = ("learning", "learned", "failed")  # a plan's learning status (reporting vocabulary)
+GOAL_SHALLOW, GOAL_DEEP, GOAL_VALUE = 0, 1, 2
+STATUS_LEARNING, STATUS_LEARNED, STATUS_FAILED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class PlatformSpec:
+    """The ad platform's own controllers between the advertiser and the auction (DESIGN 2b).
+
+    Each behaviour can be switched off to reproduce the plain auction. Defaults follow the large
+    oCPM platforms' public documentation (sources in ``conf/env/default.yaml``).
+    """
+
+    dedup: bool = True  # one ad per advertiser per request: only its best eligible plan bids
+    cost_control: bool = True  # a per-plan bid multiplier steers cost per optimisation event to target
+    controller_gain: float = 0.5  # elasticity of the multiplier's update to log(cost / target)
+    controller_half_life_hours: float = 12.0  # memory of the controller's smoothed cost and target spend
+    bid_mult_min: float = 0.3  # bounds of the cost controller's multiplier (must contain 1)
+    bid_mult_max: float = 4.0
+    explore_premium: float = 0.3  # learning plans bid x (1 + premium x learning level): exploration
+    learning_days: float = 3.0  # a plan that has not learned this long after (re)entering learning fails
+    failed_throttle: float = 0.3  # a failed plan's delivery: its bids times this
+    edit_threshold: float = 0.5  # a daily budget moved by more than this share vs the previous day resets learning
+    relearn_level: float = 0.5  # learning level a learned plan restarts from after a significant edit
+    compensation: bool = True  # learned plans overshooting target by more than the threshold are credited
+    compensation_threshold: float = 0.2
+    goal_mix: tuple[float, float, float] = (1.0, 0.0, 0.0)  # share of plans optimising shallow, deep, value
+    deep_switch_events: float = 10.0  # two-stage bidding: deep bids once the platform saw this many deep events
+    prior_strength: float = 20.0  # conversions' worth of the vertical prior in the platform's deep predictions
+
+
+@dataclass(frozen=True)
+class MarketEvent:
+    """A shock on some days: competitors bidding harder (``competition``) or more traffic (``demand``)."""
+
+    kind: str  # "competition" (multiplies the competing bid) or "demand" (multiplies the opportunities)
+    first_day: int  # 0-based, inclusive
+    last_day: int  # inclusive
+    multiplier: float
+    channels: tuple[str, ...] = ()  # the channels it hits; empty: all of the scenario's
 
 
 @dataclass(frozen=True)
@@ -281,6 +336,9 @@ class Scenario:
     min_share: float = 0.0  # per-plan share limits (applied after the softmax)
     max_share: float = 1.0
     max_change: float | None = None  # max change of a plan's share from one step to the next
+    platform: PlatformSpec = field(default_factory=PlatformSpec)
+    market_events: tuple[MarketEvent, ...] = ()
+    market_drift: float = 0.0  # competitors' bids drift by exp(market_drift) per day (log drift)
     source: str | None = None  # the file the scenario came from (for error messages)
 
     @property
@@ -292,9 +350,17 @@ class Scenario:
         """Episode length in steps."""
         return self.days * self.steps_per_day
 
+    def vertical_attribution_steps(self) -> tuple[int, ...]:
+        """Steps after the episode in which each vertical's pending deep events still count."""
+        return tuple(
+            int(round((v.attribution_window_days or self.attribution_window_days) * self.steps_per_day))
+            for v in self.verticals
+        )
+
     @property
     def attribution_steps(self) -> int:
-        return int(round(self.attribution_window_days * self.steps_per_day))
+        """The longest attribution window in steps: how far the pending deep events reach."""
+        return max((int(round(self.attribution_window_days * self.steps_per_day)), *self.vertical_attribution_steps()))
 
     @property
     def hours_per_step(self) -> int:
@@ -308,31 +374,39 @@ class Scenario:
 CHANNEL_CATALOGUE: dict[str, dict[str, Any]] = {
     # The platform's own short-video feed: most of the volume, strongest evening peak.
     "feed": dict(
-        volume=700.0,
+        # Lots per hour and the competing bid are calibrated together (experiments.fidelity): other
+        # advertisers bid about what our plans bid at target (median competing bid ~ 1.3x a typical
+        # plan's target x pCTR x pCVR per impression), so the cost controller, not a cheap market,
+        # sets the price, and a uniform allocation can spend ~3/4 of the budget at target.
+        volume=2500.0,
         diurnal=_FEED_CURVE,
-        market_bid=0.16,
+        market_bid=0.30,
         market_sigma=0.45,
         market_diurnal=_EVENING_PRESSURE,
         market_day_sigma=0.1,
         ctr_mult=1.0,
         cvr_mult=1.0,
         auction="second",
+        predicted_cvr_mult=None,
+        cost_control=True,
     ),
     # Third-party apps: cheap and abundant, slightly lower click quality.
     "network": dict(
-        volume=300.0,
+        volume=1000.0,
         diurnal=_NETWORK_CURVE,
-        market_bid=0.09,
+        market_bid=0.18,
         market_sigma=0.5,
         market_diurnal=_EVENING_PRESSURE,
         market_day_sigma=0.1,
         ctr_mult=0.8,
         cvr_mult=0.95,
         auction="second",
+        predicted_cvr_mult=None,
+        cost_control=True,
     ),
     # Search: intent-rich, working-hours traffic, cheaper acquisition (first price).
     "search": dict(
-        volume=150.0,
+        volume=350.0,
         diurnal=_SEARCH_CURVE,
         market_bid=0.14,
         market_sigma=0.4,
@@ -341,6 +415,11 @@ CHANNEL_CATALOGUE: dict[str, dict[str, Any]] = {
         ctr_mult=1.6,
         cvr_mult=1.1,
         auction="first",
+        # Keyword auctions: the advertiser's bid ceilings (target x pCTR x pCVR) are not steered by
+        # an oCPM controller, and the prediction misses the ~10% intent lift: acquisition ~10%
+        # cheaper than the feed at the same back-end quality (a credit advertiser's report, DESIGN 1).
+        predicted_cvr_mult=1.0,
+        cost_control=False,
     ),
 }
 
@@ -351,6 +430,7 @@ VERTICAL_CATALOGUE: dict[str, dict[str, Any]] = {
         ctr=0.025,
         cvr=0.06,
         max_spend_share=1.0,
+        attribution_window_days=None,
         stages=(
             dict(name="approval", rate=0.29, delay_median_hours=18.0, delay_sigma=0.6, value=450.0),
             dict(name="drawdown", rate=0.6, delay_median_hours=48.0, delay_sigma=0.7, value=1200.0),
@@ -366,6 +446,9 @@ VERTICAL_CATALOGUE: dict[str, dict[str, Any]] = {
             dict(name="first_premium", rate=0.35, delay_median_hours=24.0, delay_sigma=0.5, value=300.0),
             dict(name="renewal", rate=0.7, delay_median_hours=720.0, delay_sigma=0.15, value=900.0),
         ),
+        # The renewal matures ~31 days after the click (first premium ~1 day, renewal ~30 days
+        # later, log-sd 0.15): a 45-day window counts >= 95% of it, whatever the episode length.
+        attribution_window_days=45.0,
     ),
     # Phone number left -> account opened -> account funded. Wealth ads are frequency-capped.
     "securities": dict(
@@ -373,6 +456,7 @@ VERTICAL_CATALOGUE: dict[str, dict[str, Any]] = {
         ctr=0.018,
         cvr=0.1,
         max_spend_share=0.6,
+        attribution_window_days=None,
         stages=(
             dict(name="account_opened", rate=0.25, delay_median_hours=36.0, delay_sigma=0.6, value=350.0),
             dict(name="funded", rate=0.45, delay_median_hours=96.0, delay_sigma=0.6, value=1500.0),
@@ -394,6 +478,8 @@ _SCALAR_FIELDS = {f.name for f in fields(Scenario)} - {
     "verticals",
     "vertical_mix",
     "plans",
+    "platform",
+    "market_events",
     "source",
 }
 
@@ -556,6 +642,12 @@ def _channel(name: str, overrides: Mapping[str, Any], source: str | None) -> Cha
         ctr_mult=_number(cfg, "ctr_mult", f"{path}.ctr_mult", source, lo=0.0, lo_open=True, hi=MAX_MULT),
         cvr_mult=_number(cfg, "cvr_mult", f"{path}.cvr_mult", source, lo=0.0, lo_open=True, hi=MAX_MULT),
         auction=auction,
+        predicted_cvr_mult=None
+        if cfg.get("predicted_cvr_mult") is None
+        else _number(
+            cfg, "predicted_cvr_mult", f"{path}.predicted_cvr_mult", source, lo=0.0, lo_open=True, hi=MAX_MULT
+        ),
+        cost_control=_flag(cfg, "cost_control", f"{path}.cost_control", source),
     )
 
 
@@ -598,7 +690,108 @@ def _vertical(name: str, overrides: Mapping[str, Any], source: str | None) -> Ve
         max_spend_share=_number(
             cfg, "max_spend_share", f"{path}.max_spend_share", source, lo=0.0, hi=1.0, lo_open=True
         ),
+        attribution_window_days=None
+        if cfg.get("attribution_window_days") is None
+        else _number(
+            cfg, "attribution_window_days", f"{path}.attribution_window_days", source, lo=0.0, hi=MAX_ATTRIBUTION_DAYS
+        ),
     )
+
+
+def _flag(cfg: Mapping[str, Any], key: str, path: str, source: str | None) -> bool:
+    value = cfg[key]
+    if not isinstance(value, bool):
+        raise _fail(path, value, "true or false", source)
+    return value
+
+
+def _platform(cfg: Any, source: str | None) -> PlatformSpec:
+    """The ``platform`` mapping: every field of :class:`PlatformSpec` optional, each range-checked."""
+    if cfg is None:
+        return PlatformSpec()
+    if not isinstance(cfg, Mapping):
+        raise _fail("platform", cfg, "a mapping of platform fields", source)
+    defaults = {f.name: f.default for f in fields(PlatformSpec)}
+    _check_keys(cfg, set(defaults), "platform", source)
+    merged = {**defaults, **cfg}
+    out: dict[str, Any] = {}
+    for key in ("dedup", "cost_control", "compensation"):
+        out[key] = _flag(merged, key, f"platform.{key}", source)
+
+    def num(key: str, **bounds: Any) -> float:
+        return _number(merged, key, f"platform.{key}", source, **bounds)
+
+    out["controller_gain"] = num("controller_gain", lo=0.0, lo_open=True, hi=2.0)
+    out["controller_half_life_hours"] = num("controller_half_life_hours", lo=0.0, lo_open=True, hi=24.0 * 30)
+    out["bid_mult_min"] = num("bid_mult_min", lo=0.0, lo_open=True, hi=MAX_MULT)
+    out["bid_mult_max"] = num("bid_mult_max", lo=0.0, lo_open=True, hi=MAX_MULT)
+    if not out["bid_mult_min"] <= 1.0 <= out["bid_mult_max"]:
+        raise _fail(
+            "platform.bid_mult_min / platform.bid_mult_max",
+            [out["bid_mult_min"], out["bid_mult_max"]],
+            "bounds around 1 (bid_mult_min <= 1 <= bid_mult_max): a controller that cannot return to the "
+            "plain bid cannot reach the target",
+            source,
+        )
+    out["explore_premium"] = num("explore_premium", lo=0.0, hi=10.0)
+    out["learning_days"] = num("learning_days", lo=0.0, lo_open=True, hi=float(MAX_DAYS))
+    for key in ("failed_throttle", "edit_threshold", "relearn_level", "compensation_threshold"):
+        out[key] = num(key, lo=0.0, lo_open=True, hi=1.0)
+    out["deep_switch_events"] = num("deep_switch_events", lo=0.0, hi=1e6)
+    out["prior_strength"] = num("prior_strength", lo=0.0, lo_open=True, hi=1e6)
+    goals = merged["goal_mix"]
+    if isinstance(goals, Mapping):
+        unknown = sorted(set(goals) - set(GOALS))
+        if unknown:
+            raise ScenarioError(
+                f"unknown goal {unknown[0]!r} in platform.goal_mix{_where(source)}; known: {list(GOALS)}"
+            )
+        weights = [_number(goals, g, f"platform.goal_mix.{g}", source, lo=0.0) if g in goals else 0.0 for g in GOALS]
+    elif isinstance(goals, list | tuple) and len(goals) == len(GOALS):
+        weights = [_number({"w": w}, "w", f"platform.goal_mix[{i}]", source, lo=0.0) for i, w in enumerate(goals)]
+    else:
+        raise _fail("platform.goal_mix", goals, f"a mapping from {list(GOALS)} to weights", source)
+    if sum(weights) <= 0:
+        raise _fail("platform.goal_mix", goals, "weights with a positive sum", source)
+    out["goal_mix"] = tuple(w / sum(weights) for w in weights)
+    return PlatformSpec(**out)
+
+
+def _market_events(cfg: Any, days: int, channels: list[ChannelSpec], source: str | None) -> tuple[MarketEvent, ...]:
+    if cfg is None:
+        return ()
+    if not isinstance(cfg, list | tuple):
+        raise _fail("market_events", cfg, "a list of events {kind, first_day, last_day, multiplier, channels}", source)
+    names = [c.name for c in channels]
+    keys = {"kind", "first_day", "last_day", "multiplier", "channels"}
+    events = []
+    for i, ev in enumerate(cfg):
+        path = f"market_events[{i}]"
+        if not isinstance(ev, Mapping):
+            raise _fail(path, ev, "a mapping {kind, first_day, last_day, multiplier, channels}", source)
+        _check_keys(ev, keys, path, source)
+        missing = sorted({"kind", "first_day", "last_day", "multiplier"} - set(ev))
+        if missing:
+            raise ScenarioError(f"{path}.{missing[0]} is missing{_where(source)}")
+        if ev["kind"] not in ("competition", "demand"):
+            raise _fail(f"{path}.kind", ev["kind"], "'competition' or 'demand'", source)
+        first = _number(ev, "first_day", f"{path}.first_day", source, lo=0, integer=True)
+        last = _number(ev, "last_day", f"{path}.last_day", source, lo=first, integer=True)
+        if last >= days:
+            raise _fail(f"{path}.last_day", last, f"a day of the episode (< days = {days})", source)
+        hit = ev.get("channels") or []
+        if not isinstance(hit, list | tuple) or any(c not in names for c in hit):
+            raise _fail(f"{path}.channels", hit, f"a list of the scenario's channels {names}", source)
+        events.append(
+            MarketEvent(
+                kind=ev["kind"],
+                first_day=first,
+                last_day=last,
+                multiplier=_number(ev, "multiplier", f"{path}.multiplier", source, lo=0.0, lo_open=True, hi=MAX_MULT),
+                channels=tuple(hit),
+            )
+        )
+    return tuple(events)
 
 
 def _plan_mix(cfg: Any, source: str | None) -> PlanMix:
@@ -655,7 +848,7 @@ def scenario_from_mapping(cfg: Mapping[str, Any], source: str | None = None) -> 
         raise ScenarioError(f"a scenario must be a mapping of fields, got {type(cfg).__name__}{_where(source)}")
     cfg = dict(cfg)
     source = cfg.pop("source", None) or source
-    allowed = _SCALAR_FIELDS | {"channels", "verticals", "plans"}
+    allowed = _SCALAR_FIELDS | {"channels", "verticals", "plans", "platform", "market_events"}
     _check_keys(cfg, allowed, "", source)
     required = [
         "name",
@@ -707,7 +900,8 @@ def scenario_from_mapping(cfg: Mapping[str, Any], source: str | None = None) -> 
         max_change = _number(cfg, "max_change", "max_change", source, lo=0.0, hi=1.0, lo_open=True)
     days = num("days", integer=True, lo=1, hi=MAX_DAYS)
     attribution_window_days = num("attribution_window_days", 7.0, lo=0.0, hi=MAX_ATTRIBUTION_DAYS)
-    _check_size(channels, n_plans, days, steps_per_day, attribution_window_days, source)
+    longest_window = max([attribution_window_days, *(v.attribution_window_days or 0.0 for v in verticals)])
+    _check_size(channels, n_plans, days, steps_per_day, longest_window, source)
     return Scenario(
         name=name,
         accounts=accounts,
@@ -732,6 +926,9 @@ def scenario_from_mapping(cfg: Mapping[str, Any], source: str | None = None) -> 
         min_share=min_share,
         max_share=max_share,
         max_change=max_change,
+        platform=_platform(cfg.get("platform"), source),
+        market_events=_market_events(cfg.get("market_events"), days, channels, source),
+        market_drift=num("market_drift", 0.0, lo=-0.5, hi=0.5),
         source=source,
     )
 
@@ -806,8 +1003,11 @@ class Portfolio:
     delay_median: np.ndarray  # (P, MAX_STAGES) float64 median delay in steps
     delay_sigma: np.ndarray  # (P, MAX_STAGES) float64
     static_share: np.ndarray  # (P,) float64 the morning's plan budgets as shares (sum 1)
-    market_day: np.ndarray  # (days, C) float64 day-level competitor pressure multiplier
+    market_day: np.ndarray  # (days, C) float64 day-level competitor pressure multiplier (events, drift)
     key: int  # uint64 root of the counter-based random draws of the dynamics
+    goal: np.ndarray  # (P,) int64 GOAL_* the plan optimises
+    attribution_steps: np.ndarray  # (P,) int64 steps after the episode its deep events still count
+    demand_day: np.ndarray  # (days, C) float64 day-level traffic multiplier (demand events)
 
 
 class PortfolioGenerator:
@@ -881,12 +1081,14 @@ class PortfolioGenerator:
         stage_value = np.zeros((n, MAX_STAGES))
         delay_median = np.ones((n, MAX_STAGES))
         delay_sigma = np.zeros((n, MAX_STAGES))
+        # Plan quality acts on the first (gating) stage; every later stage has the plan's own rate
+        # around the vertical's (a funding rate, a renewal rate), so late events carry information.
+        stage_mult = np.exp(mix.stage_sigma * rng.standard_normal((n, MAX_STAGES)) - 0.5 * mix.stage_sigma**2)
+        stage_mult[:, 0] = deep_mult
         for v_idx, v in enumerate(sc.verticals):
             rows = vertical == v_idx
             for s_idx, st in enumerate(v.stages):
-                # Plan quality acts on the first (gating) stage; later stages keep the vertical's
-                # rate, so a plan's deep value scales with its multiplier.
-                rate = st.rate * (deep_mult[rows] if s_idx == 0 else 1.0)
+                rate = st.rate * stage_mult[rows, s_idx]
                 stage_rate[rows, s_idx] = np.minimum(rate, 1.0)
                 stage_value[rows, s_idx] = st.value
                 delay_median[rows, s_idx] = st.delay_median_hours / sc.hours_per_step
@@ -901,6 +1103,9 @@ class PortfolioGenerator:
             * rng.standard_normal((sc.days, len(sc.channels)))
         )
         key = int(rng.integers(0, 2**63 - 1, dtype=np.int64))
+        goal = rng.choice(len(GOALS), size=n, p=np.asarray(sc.platform.goal_mix))
+        market_day, demand_day = market_conditions(sc, market_day)
+        window = np.asarray(sc.vertical_attribution_steps(), dtype=np.int64)[vertical]
         return Portfolio(
             channel=channel.astype(np.int64),
             vertical=vertical.astype(np.int64),
@@ -925,7 +1130,24 @@ class PortfolioGenerator:
             static_share=static_share,
             market_day=market_day,
             key=key,
+            goal=goal.astype(np.int64),
+            attribution_steps=window,
+            demand_day=demand_day,
         )
+
+
+def market_conditions(scenario: Scenario, market_day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(market_day, demand_day)``, both (days, C): the drawn day-level competitor pressure times the
+    scenario's drift and competition events, and the traffic multiplier of its demand events."""
+    names = [c.name for c in scenario.channels]
+    days = np.arange(scenario.days)
+    competition = market_day * np.exp(scenario.market_drift * days)[:, None]
+    demand = np.ones_like(market_day)
+    for ev in scenario.market_events:
+        hit = [names.index(c) for c in ev.channels] if ev.channels else list(range(len(names)))
+        target = competition if ev.kind == "competition" else demand
+        target[ev.first_day : ev.last_day + 1, hit] *= ev.multiplier
+    return competition, demand
 
 
 def _apportion(n: int, weights: tuple[float, ...]) -> np.ndarray:

@@ -209,15 +209,36 @@ def diurnal_traffic(channels: Sequence[Any]) -> np.ndarray:
 
 
 def pacing(diurnal: np.ndarray, steps_per_day: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(traffic, pace)``, both (C, steps_per_day): each channel's traffic multiplier at the start of
-    each step of the day, and the share of the rest of the day's traffic that arrives in that step.
+    """``(day_share, rest_share)``, both (C, steps_per_day): each channel's share of the day's traffic
+    that arrives in each step of the day, and the share still to come from that step on (inclusive).
 
-    A plan's step budget is ``share x budget left today x pace[its channel, step of the day]``, so a
-    share held all day spends the budget with the traffic and the last step gets what is left. Where
-    a channel has no traffic left today (zero-traffic hours at the end of its curve) the pace is 1:
-    the plan is given what is left, and nothing can be spent without traffic.
+    A step covers ``24 / steps_per_day`` hours at the traffic of its first hour (as the kernel draws
+    it). A channel without traffic at any step start gets equal shares (nothing can be spent there).
     """
     hours = np.arange(steps_per_day) * (24 // steps_per_day)
     traffic = diurnal[:, hours]
-    rest = np.cumsum(traffic[:, ::-1], axis=1)[:, ::-1]  # traffic from each step to the end of the day
-    return traffic, np.divide(traffic, rest, out=np.ones_like(traffic), where=rest > 0)
+    total = traffic.sum(axis=1, keepdims=True)
+    day_share = np.divide(traffic, total, out=np.full_like(traffic, 1.0 / steps_per_day), where=total > 0)
+    rest_share = np.cumsum(day_share[:, ::-1], axis=1)[:, ::-1]
+    return day_share, rest_share
+
+
+def step_budgets(
+    shares: np.ndarray, day_share: np.ndarray, rest_share: np.ndarray, left_today: np.ndarray, daily_budget: float
+) -> np.ndarray:
+    """Each plan's budget for this step from its share of the rest of the day, paced by its channel.
+
+    ``budget_p = share_p x day_share_p x D`` with ``D = min(daily_budget, left_today / sum_q share_q x
+    rest_share_q)``: the day's budget that what is left supports at the current shares. Held all day,
+    a share spends ``share x daily_budget``, following its own channel's traffic whatever the other
+    plans' channels (a plan on search is not paced by the feed's evening); money a plan could not
+    spend earlier is not pushed into later steps (``D`` never exceeds the daily budget), so there is
+    no end-of-day dump; at the day's last step of a channel its plans get all that is left.
+
+    :param shares: (..., P) non-negative, summing to at most 1.
+    :param day_share, rest_share: (..., P) :func:`pacing` of each plan's channel at this step.
+    :param left_today: (...) budget not yet spent today.
+    """
+    weight = np.add.reduce(shares * rest_share, axis=-1)
+    supported = np.divide(left_today, weight, out=np.full_like(weight, float(daily_budget)), where=weight > 0)
+    return shares * day_share * np.minimum(daily_budget, supported)[..., None]

@@ -21,12 +21,14 @@ from envs import kernels
 from envs.features import CHANNELS, VERTICALS, Clock, build_observation
 from envs.kernels import BUDGET, CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, SPEND
 from envs.objective import DeepValueScore, ScoreParts
-from envs.scenario import MAX_STAGES, Portfolio, Scenario
+from envs.platform import Platform
+from envs.scenario import MAX_STAGES, STATUS_LEARNING, Portfolio, Scenario
 from envs.shares import (
     has_share_limits,
     masked_softmax,
     pacing,
     project_shares,
+    step_budgets,
     vertical_caps,
     withhold_over_caps,
 )
@@ -73,7 +75,9 @@ class PortfolioBatch:
         k = kernels.n_step_fields(self.n_stages)
         # The kernel's inputs: the scenario's channels and, per episode, hidden truth and plan state.
         self.inputs = kernels.pack_inputs(sc, n_envs)
-        _, self.pace = pacing(self.inputs.chan_diurnal, sc.steps_per_day)  # (C, steps_per_day)
+        self.platform = Platform(sc, n_envs)  # the platform's controllers between allocation and auction
+        # (C, steps_per_day) each channel's share of the day's traffic per step, and of the rest of the day.
+        self.day_share, self.rest_share = pacing(self.inputs.chan_diurnal, sc.steps_per_day)
         self.channel_vocab = np.array([CHANNELS.index(c.name) for c in sc.channels], dtype=np.int64)
         self.vertical_vocab = np.array([VERTICALS.index(v.name) for v in sc.verticals], dtype=np.int64)
         self.vertical_cap = vertical_caps(sc.verticals)  # (len(VERTICALS),) by vocabulary index
@@ -99,7 +103,8 @@ class PortfolioBatch:
         self._learning = np.zeros((e, n))  # (E, P) 1.0 while in the learning phase
         self._stats_views: dict[int | None, dict[str, np.ndarray]] = {}
         self.active = np.zeros((e, n), dtype=bool)  # (E, P) plans launched by the step about to be decided
-        self.plan_pace = np.zeros((e, sc.steps_per_day, n))  # (E, steps_per_day, P) pace of each plan's channel
+        self.plan_day_share = np.zeros((e, sc.steps_per_day, n))  # (E, steps_per_day, P) by each plan's channel
+        self.plan_rest_share = np.zeros((e, sc.steps_per_day, n))  # (E, steps_per_day, P)
         self._rows = np.arange(e)
         # The kernel for a single episode (or the reference, env by env); None: one batched call.
         self._step_fn = None
@@ -116,7 +121,9 @@ class PortfolioBatch:
         i = env_index
         self.portfolios[i] = pf
         kernels.load_portfolio(self.inputs, i, pf)
-        self.plan_pace[i] = self.pace[pf.channel].T
+        self.plan_day_share[i] = self.day_share[pf.channel].T
+        self.plan_rest_share[i] = self.rest_share[pf.channel].T
+        self.platform.load(i, pf)
         self.launch_step[i] = pf.launch_step
         self.prior_age_steps[i] = pf.prior_age_steps
         self.target_cpa[i] = pf.target_cpa
@@ -159,10 +166,18 @@ class PortfolioBatch:
         step_in_day = t % sc.steps_per_day
         self.spent_today[step_in_day == 0] = 0.0
         left_today = np.maximum(0.0, sc.daily_budget - self.spent_today)
-        step_budget = shares * left_today[:, None] * self.plan_pace[self._rows, step_in_day]
+        step_budget = step_budgets(
+            shares,
+            self.plan_day_share[self._rows, step_in_day],
+            self.plan_rest_share[self._rows, step_in_day],
+            left_today,
+            sc.daily_budget,
+        )
 
         out = np.empty((self.n_envs, self.n_plans, self.last.shape[-1]))
+        self.platform.write_bids(self.inputs.dyn)
         kernels.step_episodes(self.inputs, t, step_budget, out, self._step_fn)
+        self.platform.after_step(t, out, step_budget)
 
         self.spent_today += np.add.reduce(out[..., SPEND], axis=-1)
         self.last[...] = out
@@ -202,6 +217,7 @@ class PortfolioBatch:
             matured_value=total[:, DEEP_VALUE],
             matured_deep=total[:, DEEP0],
             spend=total[:, SPEND],
+            compensation=self.platform.compensation[i],
             pending=self.inputs.pending[i, :, :, t:],
             stage_value=self.inputs.stage[i, :, :, kernels.ST_VALUE],
             cpa_target=self.scenario.cpa_target,
@@ -247,12 +263,7 @@ class PortfolioBatch:
         np.maximum(age, 0, out=age)
         age += self.prior_age_steps
         np.multiply(age, sc.hours_per_step, out=self._age_hours)
-        np.less(
-            self.inputs.state[..., kernels.STATE_CONVERSIONS],
-            sc.learning_conversions,
-            out=self._learning,
-            casting="unsafe",
-        )
+        np.equal(self.platform.status, STATUS_LEARNING, out=self._learning, casting="unsafe")
         views = self._stats_views.get(env_index)
         if views is None:
             rows = slice(None) if env_index is None else env_index
@@ -262,6 +273,9 @@ class PortfolioBatch:
                 "vertical": self.plan_vertical_vocab[rows],
                 "age_hours": self._age_hours[rows],
                 "learning": self._learning[rows],
+                "status": self.platform.status[rows],  # index into envs.scenario.STATUSES
+                "goal": self.platform.goal[rows],  # index into envs.scenario.GOALS
+                "compensation_total": self.platform.compensation[rows],
                 "target_cpa": self.target_cpa[rows],
                 "budget_last": last[..., BUDGET],
             }

@@ -28,7 +28,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from envs.features import OBS_HIGH, OBS_LOW, observation_size
-from envs.kernels import CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, SPEND
+from envs.kernels import CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, OWN_PRICED, SPEND
 from envs.objective import DeepValueScore
 from envs.scenario import PortfolioGenerator, Scenario, load_scenario
 from envs.shares import check_actions, masked_softmax
@@ -41,6 +41,7 @@ _STEP_COLUMNS = (
     ("clicks", CLICKS),
     ("conversions", CONVERSIONS),
     ("deep_value", DEEP_VALUE),
+    ("own_priced", OWN_PRICED),
 )
 
 

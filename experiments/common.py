@@ -89,6 +89,10 @@ def _env_schema() -> type:
             continue
         if f.name in _MAPPING_FIELDS:
             specs.append((f.name, dict[str, Any], field(default=MISSING)))
+        elif f.name == "platform":  # checked field by field by envs.scenario (its dataclass holds a tuple)
+            specs.append((f.name, dict[str, Any], field(default_factory=dict)))
+        elif f.name == "market_events":
+            specs.append((f.name, list[Any], field(default_factory=list)))
         elif f.name == "plans":
             specs.append((f.name, PlanMixConf, field(default_factory=PlanMixConf)))
         elif f.name in _OPTIONAL_FIELDS:

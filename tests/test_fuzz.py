@@ -94,8 +94,9 @@ def scenarios(draw: st.DrawFn) -> dict[str, Any]:
         }
     }
     cfg["plans"] = {
-        "potential_fraction": draw(st.floats(0.0, 0.5, **finite)),
-        "trap_fraction": draw(st.floats(0.0, 0.5, **finite)),
+        "potential_fraction": draw(st.floats(0.0, 0.4, **finite)),
+        "trap_fraction": draw(st.floats(0.0, 0.4, **finite)),
+        "new_fraction": draw(st.floats(0.0, 0.2, **finite)),
         "cpa_sigma": draw(st.floats(0.0, 3.0, **finite)),
         "ctr_sigma": draw(st.floats(0.0, 3.0, **finite)),
         "deep_sigma": draw(st.floats(0.0, 3.0, **finite)),
@@ -113,7 +114,6 @@ def _actions(max_plans: int) -> st.SearchStrategy[np.ndarray]:
     return st.lists(entry, min_size=max_plans, max_size=max_plans).map(lambda a: np.array(a, dtype=np.float32))
 
 
-@pytest.mark.slow
 @FUZZ
 @given(cfg=scenarios(), data=st.data(), seed=st.integers(0, 2**31 - 1))
 def test_any_valid_scenario_and_actions_give_a_finite_consistent_episode(cfg, data, seed) -> None:

@@ -111,7 +111,10 @@ def test_episode_return_equals_the_score(preset: str, seed: int, action_seed: in
     matured = sum(tr.info["deep_value"].sum() for tr in transitions)
     assert score["matured_value"] == pytest.approx(matured, rel=MONEY_RTOL, abs=1e-9)
     assert score["value"] == pytest.approx(score["matured_value"] + score["settled_value"], rel=MONEY_RTOL)
-    assert score["spend"] == pytest.approx(sum(tr.info["spend"].sum() for tr in transitions), rel=MONEY_RTOL)
+    # The score's spend is the advertiser's cost: spend net of the platform's compensation.
+    gross = sum(tr.info["spend"].sum() for tr in transitions)
+    assert score["spend"] == pytest.approx(gross - score["compensation"], rel=MONEY_RTOL)
+    assert 0.0 <= score["compensation"] <= gross
     assert 0.0 <= score["penalty"] <= 1.0
     assert 0.0 <= score["score"] <= score["value"] * (1 + MONEY_RTOL)
 
