@@ -1,7 +1,8 @@
 """Trained Stable-Baselines3 policy + its VecNormalize statistics -> a bundle for production.
 
-:func:`export_bundle` reads a training run folder (``model.zip``, ``vecnormalize.pkl``, the resolved
-config) and writes a folder that :class:`agents.allocator.Bundle` loads with ONNX Runtime alone:
+:func:`export_bundle` reads a training run folder (``model.zip``, ``vecnormalize.npz``, the resolved
+config, checked against the run's SHA-256 manifest: :func:`read_run`) and writes a folder that
+:class:`agents.allocator.Bundle` loads with ONNX Runtime alone:
 
 - ``policy.onnx``: inputs ``obs`` (batch x width float32, the raw observation of
   :func:`envs.features.build_observation`) and ``mask`` (batch x max_plans float32, 1 for plans that
@@ -39,7 +40,6 @@ actions saturate.
 from __future__ import annotations
 
 import json
-import pickle
 import warnings
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -50,11 +50,11 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.allocator import (
+    DIGEST_FILE,
     EXAMPLE_FILE,
     MANIFEST_FILE,
     MASK_INPUT,
@@ -63,12 +63,12 @@ from agents.allocator import (
     SCHEMA_VERSION,
     SHARES_OUTPUT,
     Bundle,
+    bundle_digest,
     read_stats_csv,
     sha256_file,
     write_stats_csv,
 )
-from agents.config import env_mapping
-from agents.sb3 import ALGOS, RUN_CONFIG, RUN_MODELS
+from agents.sb3 import ALGOS, RUN_CONFIG, RUN_MODELS, AgentSpecError, RunFolderError, load_run
 from envs.budget_env import BudgetShiftEnv
 from envs.features import (
     CHANNELS,
@@ -81,7 +81,7 @@ from envs.features import (
     feature_names,
     observation_size,
 )
-from envs.scenario import Scenario, load_scenario
+from envs.scenario import Scenario
 from envs.shares import has_share_limits, masked_softmax
 
 #: Max abs difference in shares between the trained model and the exported graph that export accepts.
@@ -90,8 +90,6 @@ OPSET = 17
 #: Algorithms (keys of :data:`agents.sb3.ALGOS`) whose deterministic action the graph reproduces:
 #: RecurrentPPO carries an LSTM state from step to step, which an hourly stateless bundle cannot.
 EXPORTABLE = tuple(name for name in ALGOS if name != "RecurrentPPO")
-#: Where a run folder's resolved config may be, in the order looked for.
-CONFIG_FILES = (RUN_CONFIG, ".hydra/config.yaml", "resolved_config.yaml")
 VERSION_LIBRARIES = (
     "budgetshift",
     "numpy",
@@ -138,13 +136,6 @@ class TrainedRun:
 # Reading a run folder
 
 
-def _find_config(run_dir: Path) -> Path:
-    for name in CONFIG_FILES:
-        if (run_dir / name).is_file():
-            return run_dir / name
-    raise ExportError(f"{run_dir} has no resolved config (looked for {list(CONFIG_FILES)})")
-
-
 def _algorithm_name(config: dict[str, Any], run_dir: Path) -> str:
     """The :data:`EXPORTABLE` algorithm of the run's ``agent.algo`` (``PPO``, ...), else ``agent.name``, any case."""
     agent = config.get("agent")
@@ -159,41 +150,22 @@ def _algorithm_name(config: dict[str, Any], run_dir: Path) -> str:
 
 
 def read_run(run_dir: Path, which: str = "final") -> TrainedRun:
-    """Load the model (``which``: a key of :data:`RUN_MODELS`), its normalisation statistics and the scenario."""
+    """Load the model (``which``: a key of :data:`RUN_MODELS`), its normalisation statistics and the scenario.
+
+    Through :func:`agents.sb3.load_run`: every file is checked against the run's SHA-256 manifest
+    (corruption and accidental edits, not tampering) and nothing is unpickled.
+    """
     run_dir = Path(run_dir)
     if which not in RUN_MODELS:
         raise ExportError(f"which must be one of {list(RUN_MODELS)}, got {which!r}")
-    model_path, vecnormalize_path = (run_dir / name for name in RUN_MODELS[which])
+    model_path = run_dir / RUN_MODELS[which][0]
     if not model_path.is_file():
         raise ExportError(f"{model_path} is missing; is {run_dir} a training run folder?")
-    config_path = _find_config(run_dir)
-    config = yaml.safe_load(config_path.read_text()) or {}
-    if "env" not in config:
-        raise ExportError(f"{config_path} has no 'env' field: the training scenario is needed for the export")
-    env = config["env"]
-    # A resolved Hydra env node lists unset optional fields as null; env_mapping drops them as training did.
-    scenario = load_scenario(env_mapping(env) if isinstance(env, dict) else env)
-    algorithm = _algorithm_name(config, run_dir)
-    model = ALGOS[algorithm].load(model_path, device="cpu")
-    vecnormalize = None
-    if vecnormalize_path.is_file():
-        # VecNormalize.save pickles the wrapper without its venv; reading it is trusted-input only, which is
-        # why the bundle carries the statistics as graph constants instead of this file.
-        with open(vecnormalize_path, "rb") as f:
-            vecnormalize = pickle.load(f)  # noqa: S301
-        if not isinstance(vecnormalize, VecNormalize):
-            raise ExportError(f"{vecnormalize_path} holds a {type(vecnormalize).__name__}, not VecNormalize")
-    width = observation_size(scenario.max_plans)
-    if model.observation_space.shape != (width,) or model.action_space.shape != (scenario.max_plans,):
-        raise ExportError(
-            f"{run_dir}: model spaces obs {model.observation_space.shape} / action "
-            f"{model.action_space.shape} do not match scenario {scenario.name!r} "
-            f"(obs ({width},), action ({scenario.max_plans},))"
-        )
-    low, high = model.action_space.low, model.action_space.high
-    if not (np.all(low == -1.0) and np.all(high == 1.0)):
-        raise ExportError(f"{run_dir}: action space must be [-1, 1] (the env's), got [{low.min()}, {high.max()}]")
-    return TrainedRun(run_dir, config, algorithm, scenario, model, vecnormalize, which)
+    try:
+        config, scenario, model, vecnormalize = load_run(run_dir, which)
+    except (RunFolderError, AgentSpecError) as exc:
+        raise ExportError(str(exc)) from exc
+    return TrainedRun(run_dir, config, _algorithm_name(config, run_dir), scenario, model, vecnormalize, which)
 
 
 def policy_kind(model: BaseAlgorithm) -> str:
@@ -403,6 +375,11 @@ def build_manifest(run: TrainedRun, policy_path: Path, parity: dict[str, Any]) -
 def export_bundle(run_dir: Path, out_dir: Path, *, which: str = "final") -> Path:
     """Export the trained policy of ``run_dir`` as a bundle in ``out_dir`` (created); returns ``out_dir``.
 
+    Besides the bundle's files, writes :data:`agents.allocator.DIGEST_FILE`: the bundle digest
+    (:func:`agents.allocator.bundle_digest`, SHA-256 over manifest and graph). Copy it into the
+    deployment's configuration and load with ``expected_digest=`` (``--expect-digest``): kept beside the
+    bundle it proves nothing, since whoever can rewrite the bundle can rewrite it too.
+
     :param which: ``final`` (``model.zip`` + ``vecnormalize.pkl``) or ``best`` (``best_model.zip`` +
         ``best_vecnormalize.pkl``, the best periodic evaluation).
 
@@ -449,6 +426,8 @@ def export_bundle(run_dir: Path, out_dir: Path, *, which: str = "final") -> Path
         "note": "the trained model's shares for the example before action limits and compliance caps",
     }
     (out_dir / MANIFEST_FILE).write_text(json.dumps(_jsonable(manifest), indent=1))
+    digest = bundle_digest(out_dir)
+    (out_dir / DIGEST_FILE).write_text(digest + "\n")
     # The CSV must parse as the loader's input: fail here, not in production.
-    Bundle.load(out_dir).allocate(read_stats_csv(out_dir / EXAMPLE_FILE), Clock(**clock))
+    Bundle.load(out_dir, expected_digest=digest).allocate(read_stats_csv(out_dir / EXAMPLE_FILE), Clock(**clock))
     return out_dir

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.base import Allocator
-from envs.features import Clock
+from envs.features import STATUSES, Clock
 from envs.shares import redistribute_over_caps, vertical_caps
 
 
@@ -295,7 +295,7 @@ class BoostAllocator(ProportionalAllocator):
     def weights(self, stats, clock, active):
         p = self.params
         vpc = value_per_cost(stats, active, p.prior_spend * clock.daily_budget, p.immature_weight)
-        boosted = (stats["learning"] > 0.5) & (stats["age_hours"] < p.max_boost_hours)
+        boosted = (stats["status"] == STATUSES.index("learning")) & (stats["age_hours"] < p.max_boost_hours)
         weights = relative_power(vpc, active, p.power) * np.where(boosted, p.boost_factor, 1.0)
         return self._mix(weights, active)
 

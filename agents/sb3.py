@@ -1,7 +1,19 @@
 """Stable-Baselines3 learners from ``conf/agent/<name>.yaml``: vectorised envs, normalisation, algorithm.
 
-The names of a training run folder's files (:data:`RUN_CONFIG`, :data:`RUN_MODELS`) live here too:
-``experiments.train`` writes them, :mod:`agents.trained` and :mod:`agents.export` read them.
+A training run folder is written by ``experiments.train`` and read by :mod:`agents.trained` and
+:mod:`agents.export` through this module alone: its file names (:data:`RUN_CONFIG`,
+:data:`RUN_MODELS`, :data:`RUN_MANIFEST`), the VecNormalize statistics as ``.npz`` without pickle
+(:func:`save_vec_normalize`, :func:`load_vec_normalize`), the SHA-256 manifest
+(:func:`write_run_manifest`, :func:`verify_run_files`) and the learner loaded without unpickling
+(:func:`load_model`, :func:`load_run`).
+
+What a run folder's checks give: the manifest sits in the folder it protects, so it detects
+corruption, truncation and accidental edits, not a tampering attacker who rewrites the manifest too.
+What still trusts its input after the checks: ``model.zip`` is a zip of JSON fields (plain data set as
+attributes of the learner) and torch tensors read with ``torch.load(weights_only=True)`` (PyTorch's
+restricted unpickler: tensors and plain containers only); nothing in it is cloudpickled back, since
+every such field is rebuilt from the run's config. Resuming SAC/TD3 reads the replay buffer with
+SB3's pickle-based ``load_replay_buffer``: resume only runs you trust.
 
 An agent config of ``kind: sb3`` is data in SB3's own words (rl-baselines3-zoo style)::
 
@@ -22,18 +34,24 @@ observation entry). ``policy: set`` swaps its running statistics for
 plan of every slot, tiled over the slots. The normalised observation then treats all plans alike
 (the set policy's permutation invariance survives normalisation), the statistics extend to any
 number of plans (:meth:`PlanPooledRunningMeanStd.stats_for`), and the ``active`` flag stays 0/1 for
-the policy's mask. VecNormalize's file format, ``normalize_obs`` and its ``mean``/``var`` arrays are
-unchanged, so loaders and the ONNX export read it like any VecNormalize.
+the policy's mask. VecNormalize's ``normalize_obs`` and its ``mean``/``var`` arrays are unchanged, so
+loaders and the ONNX export use it like any VecNormalize.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 import re
-from collections.abc import Callable, Mapping
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
+from gymnasium import spaces
 from sb3_contrib import RecurrentPPO
 from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -43,11 +61,13 @@ from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecMonitor, VecNormalize
 from torch import nn
 
+from agents.allocator import sha256_file
+from agents.config import env_mapping
 from agents.policies import ACTIVE, SET_POLICIES
 from agents.vec_env import make_sb3_vec_env
 from envs.budget_env import BudgetShiftEnv
-from envs.features import N_GLOBAL_FEATURES, N_PLAN_FEATURES, observation_size
-from envs.scenario import Scenario
+from envs.features import N_GLOBAL_FEATURES, N_PLAN_FEATURES, OBS_HIGH, OBS_LOW, observation_size
+from envs.scenario import Scenario, load_scenario
 
 #: Every algorithm an agent config's ``algo`` may name.
 ALGOS: dict[str, type[BaseAlgorithm]] = {"PPO": PPO, "A2C": A2C, "SAC": SAC, "TD3": TD3, "RecurrentPPO": RecurrentPPO}
@@ -62,11 +82,19 @@ AGENT_KEYS = ("name", "kind", "algo", "policy", "n_envs", "hyperparams", "policy
 RUN_CONFIG = "config.yaml"
 #: ``which`` model -> (learner file, its VecNormalize statistics): ``final`` at the end of training,
 #: ``best`` at the best periodic evaluation (EvalCallback's ``best_model.zip``).
-RUN_MODELS = {"final": ("model.zip", "vecnormalize.pkl"), "best": ("best_model.zip", "best_vecnormalize.pkl")}
+RUN_MODELS = {"final": ("model.zip", "vecnormalize.npz"), "best": ("best_model.zip", "best_vecnormalize.npz")}
+#: SHA-256 of every file a loader reads (config and models), written when training ends.
+RUN_MANIFEST = "run_manifest.json"
+#: Version of the ``.npz`` layout written by :func:`save_vec_normalize`.
+VEC_NORMALIZE_FORMAT = 1
 
 
 class AgentSpecError(ValueError):
     """A ``kind: sb3`` agent config that no learner can be built from."""
+
+
+class RunFolderError(ValueError):
+    """A training run folder that cannot be loaded: missing, modified, pickled or mismatched files."""
 
 
 # -------------------------------------------------------------------------------------------------
@@ -269,7 +297,208 @@ def build_model(
 
 
 def load_model(
-    agent: Mapping[str, Any], path: str, env: VecEnv | None = None, device: str = "cpu", **kwargs: Any
+    agent: Mapping[str, Any],
+    path: str | Path,
+    scenario: Scenario,
+    env: VecEnv | None = None,
+    device: str = "cpu",
+    **kwargs: Any,
 ) -> BaseAlgorithm:
-    """Load a saved learner of ``agent``'s algorithm (set-policy classes are found by import path)."""
-    return ALGOS[agent["algo"]].load(path, env=env, device=device, **kwargs)
+    """Load a learner of ``agent``'s algorithm on ``scenario`` from ``path`` without unpickling anything.
+
+    SB3 cloudpickles some fields of ``model.zip``'s ``data`` (policy class, spaces, schedules, buffer
+    classes, the last observations); every one of them is passed as ``custom_objects`` instead, rebuilt
+    from the agent config (a learner built from it but not set up) and the scenario's spaces, so
+    ``cloudpickle.loads`` never runs. The rest of the file is JSON and torch tensors, which SB3 reads
+    with ``torch.load(weights_only=True)``.
+
+    :raises RunFolderError: ``path`` pickles a field nothing here rebuilds, or its weights do not fit
+        the agent on ``scenario``.
+    """
+    check_agent(agent)
+    algo = ALGOS[agent["algo"]]
+    with zipfile.ZipFile(path) as archive:
+        data = json.loads(archive.read("data"))
+    template = algo(
+        policy_class(agent),
+        env=None,
+        device=device,
+        _init_setup_model=False,
+        policy_kwargs=policy_kwargs(agent),
+        **hyperparams(agent, scenario.max_plans),
+    )
+    trusted: dict[str, Any] = {
+        "policy_class": template.policy_class,
+        "policy_kwargs": template.policy_kwargs,
+        "observation_space": spaces.Box(
+            OBS_LOW, OBS_HIGH, shape=(observation_size(scenario.max_plans),), dtype=np.float32
+        ),
+        "action_space": spaces.Box(-1.0, 1.0, shape=(scenario.max_plans,), dtype=np.float32),
+        "lr_schedule": None,  # rebuilt from learning_rate when the learner is set up
+    }
+    for key, value in data.items():
+        if key in trusted or not (isinstance(value, dict) and ":serialized:" in value):
+            continue
+        if not hasattr(template, key):
+            raise RunFolderError(f"{path}: field {key!r} is pickled and nothing rebuilds it for {agent['algo']}")
+        trusted[key] = getattr(template, key)
+    try:
+        return algo.load(path, env=env, device=device, custom_objects=trusted, **kwargs)
+    except (RuntimeError, ValueError) as exc:
+        raise RunFolderError(
+            f"{path} does not fit agent {agent['algo']}/{agent['policy']} on scenario {scenario.name!r} "
+            f"(max_plans {scenario.max_plans}): {exc}"
+        ) from exc
+
+
+# -------------------------------------------------------------------------------------------------
+# Run folder
+# -------------------------------------------------------------------------------------------------
+
+
+def save_vec_normalize(vec_normalize: VecNormalize, path: Path) -> None:
+    """Write ``vec_normalize``'s statistics and settings to ``path`` as ``.npz`` (no pickle), atomically.
+
+    The file appears complete or not at all, so a checkpoint whose statistics exist is whole.
+    """
+    rms = vec_normalize.obs_rms
+    arrays: dict[str, Any] = {
+        "format": VEC_NORMALIZE_FORMAT,
+        "norm_obs": vec_normalize.norm_obs,
+        "norm_reward": vec_normalize.norm_reward,
+        "clip_obs": vec_normalize.clip_obs,
+        "clip_reward": vec_normalize.clip_reward,
+        "gamma": vec_normalize.gamma,
+        "epsilon": vec_normalize.epsilon,
+    }
+    parts = {"ret": vec_normalize.ret_rms}
+    if isinstance(rms, PlanPooledRunningMeanStd):
+        arrays["pooled_max_plans"] = rms.max_plans
+        parts.update({"plan": rms.plan_rms, "global": rms.global_rms})
+    else:
+        parts["obs"] = rms
+    for name, part in parts.items():
+        arrays.update({f"{name}_mean": part.mean, f"{name}_var": part.var, f"{name}_count": part.count})
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(partial, path)
+
+
+def _restore(rms: RunningMeanStd, stats: Mapping[str, np.ndarray], name: str) -> None:
+    rms.mean, rms.var, rms.count = stats[f"{name}_mean"], stats[f"{name}_var"], float(stats[f"{name}_count"])
+
+
+def load_vec_normalize(path: Path, venv: VecEnv, training: bool = False) -> VecNormalize:
+    """``venv`` normalised with the statistics :func:`save_vec_normalize` wrote to ``path``.
+
+    :raises RunFolderError: ``path`` is missing (naming a legacy ``.pkl`` beside it, which is never
+        unpickled), of another format, or sized for another observation.
+    """
+    path = Path(path)
+    _refuse_pickled_stats(path)
+    with np.load(path, allow_pickle=False) as stats:
+        stats = dict(stats)
+    if int(stats.get("format", -1)) != VEC_NORMALIZE_FORMAT:
+        raise RunFolderError(f"{path}: format {stats.get('format')}, expected {VEC_NORMALIZE_FORMAT}")
+    vec_normalize = VecNormalize(
+        venv,
+        training=training,
+        norm_obs=bool(stats["norm_obs"]),
+        norm_reward=bool(stats["norm_reward"]),
+        clip_obs=float(stats["clip_obs"]),
+        clip_reward=float(stats["clip_reward"]),
+        gamma=float(stats["gamma"]),
+        epsilon=float(stats["epsilon"]),
+    )
+    if "pooled_max_plans" in stats:
+        rms = PlanPooledRunningMeanStd(int(stats["pooled_max_plans"]))
+        _restore(rms.plan_rms, stats, "plan")
+        _restore(rms.global_rms, stats, "global")
+        rms._tile()
+    else:
+        rms = RunningMeanStd(shape=venv.observation_space.shape)
+        _restore(rms, stats, "obs")
+    if rms.mean.shape != venv.observation_space.shape:
+        raise RunFolderError(
+            f"{path}: statistics for observations of shape {rms.mean.shape}, "
+            f"the env's are {venv.observation_space.shape}"
+        )
+    vec_normalize.obs_rms = rms
+    _restore(vec_normalize.ret_rms, stats, "ret")
+    return vec_normalize
+
+
+def _refuse_pickled_stats(path: Path) -> None:
+    legacy = path.with_suffix(".pkl")
+    if not path.is_file() and legacy.is_file():
+        raise RunFolderError(
+            f"{legacy} is a pickled VecNormalize, which is not loaded (unpickling runs whatever code the file "
+            f"holds) and {path.name} is missing: re-train the run with python -m experiments.train, or convert "
+            "it where you trust the file: VecNormalize.load it and write it with agents.sb3.save_vec_normalize "
+            f"to {path}, then agents.sb3.write_run_manifest({path.parent})"
+        )
+
+
+def write_run_manifest(run_dir: Path) -> Path:
+    """Record the SHA-256 of the run's config and of every model and statistics file it holds."""
+    run_dir = Path(run_dir)
+    names = [RUN_CONFIG, *(name for pair in RUN_MODELS.values() for name in pair)]
+    manifest = {
+        "note": "SHA-256 of the files loaders read; detects corruption and accidental edits, not tampering",
+        "sha256": {name: sha256_file(run_dir / name) for name in names if (run_dir / name).is_file()},
+    }
+    path = run_dir / RUN_MANIFEST
+    path.write_text(json.dumps(manifest, indent=1))
+    return path
+
+
+def verify_run_files(run_dir: Path, names: Sequence[str]) -> None:
+    """Raise :class:`RunFolderError` naming the first of ``names`` that is missing or not as training left it.
+
+    The manifest lives in the same folder: this detects corruption and accidental edits, not an
+    attacker who rewrites the manifest too.
+    """
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / RUN_MANIFEST
+    if not manifest_path.is_file():
+        raise RunFolderError(
+            f"{manifest_path} is missing: the run did not finish (resume it with resume=true) or predates run "
+            "manifests (re-train it)"
+        )
+    recorded = json.loads(manifest_path.read_text()).get("sha256", {})
+    for name in names:
+        path = run_dir / name
+        if name not in recorded:
+            raise RunFolderError(f"{path} is not in {manifest_path.name}: training did not leave it")
+        if not path.is_file():
+            raise RunFolderError(f"{path} is missing (listed in {manifest_path.name})")
+        if sha256_file(path) != recorded[name]:
+            raise RunFolderError(
+                f"{path} was modified since training ended (its SHA-256 differs from {manifest_path.name})"
+            )
+
+
+def load_run(
+    run_dir: Path, which: str = "final", device: str = "cpu"
+) -> tuple[dict[str, Any], Scenario, BaseAlgorithm, VecNormalize]:
+    """The config, scenario, learner and frozen normalisation of a finished run.
+
+    Every file read is checked against :data:`RUN_MANIFEST` first; nothing is unpickled.
+
+    :param which: a key of :data:`RUN_MODELS`.
+    """
+    run_dir = Path(run_dir)
+    if which not in RUN_MODELS:
+        raise RunFolderError(f"which must be one of {list(RUN_MODELS)}, got {which!r}")
+    model_file, stats_file = RUN_MODELS[which]
+    _refuse_pickled_stats(run_dir / stats_file)
+    verify_run_files(run_dir, (RUN_CONFIG, model_file, stats_file))
+    config = yaml.safe_load((run_dir / RUN_CONFIG).read_text()) or {}
+    if not isinstance(config.get("env"), Mapping) or not isinstance(config.get("agent"), Mapping):
+        raise RunFolderError(f"{run_dir / RUN_CONFIG} needs the resolved 'env' and 'agent' nodes of the run")
+    scenario = load_scenario(env_mapping(config["env"]))
+    model = load_model(config["agent"], run_dir / model_file, scenario, device=device)
+    vec_normalize = load_vec_normalize(run_dir / stats_file, DummyVecEnv([lambda: BudgetShiftEnv(scenario)]))
+    return config, scenario, model, vec_normalize

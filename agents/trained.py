@@ -1,7 +1,9 @@
 """A trained Stable-Baselines3 learner as an allocator: the policy of a training run folder.
 
 ``TrainedAllocator(run_dir)`` loads what :mod:`experiments.train` left there (``model.zip``, its
-``vecnormalize.pkl`` and the resolved ``config.yaml``) and turns reporting stats into shares exactly
+``vecnormalize.npz`` and the resolved ``config.yaml``) with :func:`agents.sb3.load_run`: each file is
+checked against the run's SHA-256 manifest first (corruption and accidental edits, not tampering:
+the manifest sits beside them) and nothing is unpickled. It turns reporting stats into shares exactly
 as the training env did: :func:`envs.features.build_observation` (the env's own observation
 function), the saved VecNormalize observation normalisation (frozen), the policy's deterministic
 action, clipped to [-1, 1], times the scenario's temperature, and
@@ -17,20 +19,16 @@ own width, normalised with the plan-pooled statistics tiled to that width
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch as th
-import yaml
-from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.base import Allocator
-from agents.sb3 import RUN_CONFIG, RUN_MODELS, PlanPooledRunningMeanStd, load_model
+from agents.sb3 import PlanPooledRunningMeanStd, load_run
 from envs.features import N_GLOBAL_FEATURES, N_PLAN_FEATURES, Clock, build_observation
-from envs.scenario import load_scenario
 from envs.shares import masked_softmax
 
 
@@ -47,30 +45,15 @@ class TrainedAllocator(Allocator):
 
     def __init__(self, run_dir: str | Path, deterministic: bool = True, which: str = "final") -> None:
         self.run_dir = Path(run_dir)
-        if which not in RUN_MODELS:
-            raise ValueError(f"which must be one of {list(RUN_MODELS)}, got {which!r}")
-        config_path = self.run_dir / RUN_CONFIG
-        if not config_path.exists():
-            raise FileNotFoundError(
-                f"{self.run_dir} is not a training run folder: no {RUN_CONFIG} "
-                "(train one with python -m experiments.train)"
-            )
-        self.config: dict[str, Any] = yaml.safe_load(config_path.read_text())
+        self.config, scenario, self.model, self.vec_normalize = load_run(self.run_dir, which)
         self.agent: dict[str, Any] = self.config["agent"]
-        model_file, stats_file = RUN_MODELS[which]
-        self.model = load_model(self.agent, str(self.run_dir / model_file))
         self.model.policy.set_training_mode(False)
-        self.vec_normalize: VecNormalize | None = None
-        if (self.run_dir / stats_file).exists():
-            with open(self.run_dir / stats_file, "rb") as f:
-                self.vec_normalize = pickle.load(f)  # noqa: S301 (our own training artifact)
-            self.vec_normalize.training = False
         width = self.model.observation_space.shape[0]
         self.max_plans = (width - N_GLOBAL_FEATURES) // N_PLAN_FEATURES
         self.set_policy = self.agent["policy"] == "set"
         self.recurrent = self.agent["algo"] == "RecurrentPPO"
         self.deterministic = deterministic
-        self.temperature = load_scenario(self.config["env"]).temperature
+        self.temperature = scenario.temperature
         self._state: Any = None
         self._episode_start = np.ones(1, dtype=bool)
 
@@ -94,7 +77,7 @@ class TrainedAllocator(Allocator):
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
         """The observation as the policy saw it in training (frozen VecNormalize statistics)."""
-        return obs if self.vec_normalize is None else self.vec_normalize.normalize_obs(obs)
+        return self.vec_normalize.normalize_obs(obs)
 
     def _predict(self, obs: np.ndarray) -> np.ndarray:
         obs = self.normalize(obs[None])
@@ -117,7 +100,7 @@ class TrainedAllocator(Allocator):
         if not self.deterministic:
             raise ValueError("a set policy runs on portfolios wider than its training one with deterministic=True only")
         vn = self.vec_normalize
-        if vn is not None and vn.norm_obs:
+        if vn.norm_obs:
             if not isinstance(vn.obs_rms, PlanPooledRunningMeanStd):
                 raise ValueError(f"{self.run_dir}'s normalisation is per plan slot; it cannot widen to {n_plans} plans")
             mean, var = vn.obs_rms.stats_for(n_plans)

@@ -15,7 +15,16 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from envs.features import GLOBAL_FEATURES, OBS_HIGH, OBS_LOW, PLAN_FEATURES, Clock, observation_size
+from envs.features import (
+    GLOBAL_FEATURES,
+    N_GLOBAL_FEATURES,
+    N_PLAN_FEATURES,
+    OBS_HIGH,
+    OBS_LOW,
+    PLAN_FEATURES,
+    Clock,
+    observation_size,
+)
 from envs.kernels import CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, OWN_PRICED, SPEND
 from envs.objective import DeepValueScore, ScoreParts
 from envs.scenario import Portfolio, PortfolioGenerator, Scenario, load_scenario
@@ -56,7 +65,7 @@ class BudgetShiftEnv(gym.Env):
 
         ## Observation Space
 
-        ``Box(-1, 1e6, (max_plans * 28 + 5,), float32)`` built by :func:`envs.features.build_observation`
+        ``Box(-1, 1e6, (max_plans * {n_plan} + {n_global},), float32)`` built by :func:`envs.features.build_observation`
         from reporting stats only, the same function a production allocator calls. Per plan (padded
         plans are zeros):
 
@@ -270,6 +279,9 @@ class BudgetShiftEnv(gym.Env):
 
 
 _plan_table, _global_table = _feature_table()
-BudgetShiftEnv.__doc__ = BudgetShiftEnv.__doc__.replace("{plan_table}", _plan_table).replace(
-    "{global_table}", _global_table
+BudgetShiftEnv.__doc__ = (
+    BudgetShiftEnv.__doc__.replace("{plan_table}", _plan_table)
+    .replace("{global_table}", _global_table)
+    .replace("{n_plan}", str(N_PLAN_FEATURES))
+    .replace("{n_global}", str(N_GLOBAL_FEATURES))
 )

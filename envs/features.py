@@ -22,6 +22,16 @@ import numpy as np
 
 CHANNELS: tuple[str, ...] = ("feed", "network", "search")
 VERTICALS: tuple[str, ...] = ("credit", "insurance", "securities")
+# The platform's reporting vocabularies: a plan's learning status and its optimisation goal.
+STATUSES: tuple[str, ...] = ("learning", "learned", "failed")
+GOALS: tuple[str, ...] = ("shallow", "deep", "value")
+# Name columns of the reporting stats and their vocabularies (stats hold indices into them).
+VOCABULARIES: dict[str, tuple[str, ...]] = {
+    "channel": CHANNELS,
+    "vertical": VERTICALS,
+    "status": STATUSES,
+    "goal": GOALS,
+}
 
 
 @dataclass(frozen=True)
@@ -37,8 +47,10 @@ STAT_COLUMNS: tuple[Feature, ...] = (
     Feature("channel", f"traffic source, one of {list(CHANNELS)}", "name"),
     Feature("vertical", f"business line, one of {list(VERTICALS)}", "name"),
     Feature("age_hours", "hours since the plan was launched", "hours"),
-    Feature("learning", "1 while the platform reports the plan in its learning phase, else 0", "flag"),
+    Feature("status", f"the platform's learning status, one of {list(STATUSES)}", "name"),
+    Feature("goal", f"the event the platform optimises for the plan, one of {list(GOALS)}", "name"),
     Feature("target_cpa", "the plan's oCPM target cost per conversion", "currency"),
+    Feature("compensation_total", "what the platform credited the plan for overshooting its target", "currency"),
     Feature("budget_last", "budget the plan was given for the last step", "currency"),
     *(
         Feature(f"{stat}_{window}", f"{meaning} over the {wname}", unit)
@@ -54,7 +66,7 @@ STAT_COLUMNS: tuple[Feature, ...] = (
     ),
 )
 STAT_NAMES: tuple[str, ...] = tuple(f.name for f in STAT_COLUMNS)
-NUMERIC_STATS: tuple[str, ...] = tuple(n for n in STAT_NAMES if n not in ("channel", "vertical"))
+NUMERIC_STATS: tuple[str, ...] = tuple(n for n in STAT_NAMES if n not in VOCABULARIES)
 
 PLAN_FEATURES: tuple[Feature, ...] = (
     Feature("active", "1 if the plan exists and runs, 0 for padding", "flag"),
@@ -78,9 +90,12 @@ PLAN_FEATURES: tuple[Feature, ...] = (
     Feature("roi_total", "deep value / max(spend, 1% of daily budget) so far, clipped to [0, 20]", "ratio"),
     Feature("target_cpa", "log(target CPA)", "log currency"),
     Feature("age_days", "min(age, 30 days) / 30 days", "fraction"),
-    Feature("learning", "1 while in the learning phase", "flag"),
-    *(Feature(f"channel_{c}", f"1 if the plan runs on {c}", "one-hot") for c in CHANNELS),
-    *(Feature(f"vertical_{v}", f"1 if the plan is in {v}", "one-hot") for v in VERTICALS),
+    Feature("compensation_total", "compensation credited so far / daily budget x 100", "% of daily budget"),
+    *(
+        Feature(f"{column}_{name}", f"1 if the plan's {column} is {name}", "one-hot")
+        for column, vocabulary in VOCABULARIES.items()
+        for name in vocabulary
+    ),
 )
 GLOBAL_FEATURES: tuple[Feature, ...] = (
     Feature("hour_sin", "sin(2 pi hour / 24) of the step about to be decided", "[-1, 1]"),
@@ -125,7 +140,8 @@ def build_observation(
     """The observation vector (float32, :func:`observation_size`) from per-plan reporting stats.
 
     :param stats: arrays of length ``n_plans <= max_plans`` for every name in :data:`STAT_NAMES`;
-        ``channel`` and ``vertical`` hold indices into :data:`CHANNELS` and :data:`VERTICALS`.
+        the name columns (:data:`VOCABULARIES`: ``channel``, ``vertical``, ``status``, ``goal``) hold
+        indices into their vocabularies.
     :param clock: the time and budget position of the decision.
     :param max_plans: padding width.
     :param active: (n_plans,) bool, plans that exist now (default: all).
@@ -191,11 +207,10 @@ def build_observation(
         np.minimum(np.maximum(roi, 0.0, out=roi), 20.0, out=roi)
     np.log(target_cpa, out=feature("target_cpa"))
     np.divide(np.minimum(stats["age_hours"] / 24.0, 30.0), 30.0, out=feature("age_days"))
-    feature("learning")[...] = stats["learning"]
-    channel = PLAN_INDEX[f"channel_{CHANNELS[0]}"] + np.asarray(stats["channel"], dtype=np.int64)
-    vertical = PLAN_INDEX[f"vertical_{VERTICALS[0]}"] + np.asarray(stats["vertical"], dtype=np.int64)
-    np.put_along_axis(block, channel[..., None], 1.0, axis=-1)
-    np.put_along_axis(block, vertical[..., None], 1.0, axis=-1)
+    np.multiply(stats["compensation_total"], pct, out=feature("compensation_total"))
+    for column, vocabulary in VOCABULARIES.items():  # one-hots: index into the vocabulary -> feature
+        index = PLAN_INDEX[f"{column}_{vocabulary[0]}"] + np.asarray(stats[column], dtype=np.int64)
+        np.put_along_axis(block, index[..., None], 1.0, axis=-1)
     if active is not None:
         active = np.asarray(active, dtype=bool)
         if not np.logical_and.reduce(active, axis=None):

@@ -29,7 +29,7 @@ from conf import CONF_DIR
 
 # The channel and vertical vocabularies are the observation's one-hot order; a scenario may use any
 # subset, in any order.
-from envs.features import CHANNELS, VERTICALS
+from envs.features import CHANNELS, GOALS, VERTICALS
 
 #: Deep-funnel stages per plan are padded to this many.
 MAX_STAGES = 3
@@ -266,8 +266,7 @@ class PlanMix:
     static_weight_trap: float = 1.5  # traps look cheap, so people fund them
 
 
-GOALS: tuple[str, ...] = ("shallow", "deep", "value")  # a plan's optimisation goal (reporting vocabulary)
-STATUSES: tuple[str, ...] = ("learning", "learned", "failed")  # a plan's learning status (reporting vocabulary)
+# Indices into the reporting vocabularies envs.features.GOALS and STATUSES.
 GOAL_SHALLOW, GOAL_DEEP, GOAL_VALUE = 0, 1, 2
 STATUS_LEARNING, STATUS_LEARNED, STATUS_FAILED = 0, 1, 2
 

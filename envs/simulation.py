@@ -22,7 +22,7 @@ from envs.features import CHANNELS, VERTICALS, Clock, build_observation
 from envs.kernels import BUDGET, CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, SPEND
 from envs.objective import DeepValueScore, ScoreParts
 from envs.platform import Platform
-from envs.scenario import MAX_STAGES, STATUS_LEARNING, Portfolio, Scenario
+from envs.scenario import MAX_STAGES, Portfolio, Scenario
 from envs.shares import (
     has_share_limits,
     masked_softmax,
@@ -100,7 +100,6 @@ class PortfolioBatch:
         self._day = np.zeros((e, n, _RING_FIELDS))  # (E, P, 7) sums over the last 24 hours
         self._age_steps = np.zeros((e, n), dtype=np.int64)  # (E, P)
         self._age_hours = np.zeros((e, n))  # (E, P)
-        self._learning = np.zeros((e, n))  # (E, P) 1.0 while in the learning phase
         self._stats_views: dict[int | None, dict[str, np.ndarray]] = {}
         self.active = np.zeros((e, n), dtype=bool)  # (E, P) plans launched by the step about to be decided
         self.plan_day_share = np.zeros((e, sc.steps_per_day, n))  # (E, steps_per_day, P) by each plan's channel
@@ -263,7 +262,6 @@ class PortfolioBatch:
         np.maximum(age, 0, out=age)
         age += self.prior_age_steps
         np.multiply(age, sc.hours_per_step, out=self._age_hours)
-        np.equal(self.platform.status, STATUS_LEARNING, out=self._learning, casting="unsafe")
         views = self._stats_views.get(env_index)
         if views is None:
             rows = slice(None) if env_index is None else env_index
@@ -272,9 +270,8 @@ class PortfolioBatch:
                 "channel": self.plan_channel_vocab[rows],
                 "vertical": self.plan_vertical_vocab[rows],
                 "age_hours": self._age_hours[rows],
-                "learning": self._learning[rows],
-                "status": self.platform.status[rows],  # index into envs.scenario.STATUSES
-                "goal": self.platform.goal[rows],  # index into envs.scenario.GOALS
+                "status": self.platform.status[rows],  # index into envs.features.STATUSES
+                "goal": self.platform.goal[rows],  # index into envs.features.GOALS
                 "compensation_total": self.platform.compensation[rows],
                 "target_cpa": self.target_cpa[rows],
                 "budget_last": last[..., BUDGET],

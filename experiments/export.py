@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 KEYS = {
-    "run": "training run folder (model.zip, vecnormalize.pkl, config.yaml)",
+    "run": "training run folder (model.zip, vecnormalize.npz, config.yaml, run_manifest.json)",
     "out": "bundle folder (default: <run>/bundle)",
     "model": "final (model.zip, default) or best (best_model.zip of the periodic evaluations)",
 }

@@ -1,6 +1,7 @@
 """What a run needs to be repeated: command line, seed, library versions, git commit and dirty flag.
 
-Every entry point writes :func:`collect` into its run folder (``provenance.json``).
+Every entry point writes :func:`collect` into its run folder (``provenance.json``): one record
+(:func:`write`), or for training, whose runs resume, one record per session in a list (:func:`append`).
 """
 
 from __future__ import annotations
@@ -74,4 +75,14 @@ def collect(seed: int | None = None, extra: dict[str, Any] | None = None) -> dic
 def write(run_dir: Path, seed: int | None = None, extra: dict[str, Any] | None = None) -> Path:
     path = Path(run_dir) / "provenance.json"
     path.write_text(json.dumps(collect(seed, extra), indent=2))
+    return path
+
+
+def append(run_dir: Path, seed: int | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Add this session's record to the run's list of records (a single record from before becomes the first)."""
+    path = Path(run_dir) / "provenance.json"
+    records = json.loads(path.read_text()) if path.is_file() else []
+    if isinstance(records, dict):
+        records = [records]
+    path.write_text(json.dumps([*records, collect(seed, extra)], indent=2))
     return path

@@ -8,23 +8,32 @@
 The run folder (``hydra.run.dir``, by default ``outputs/train/<env>_<agent>_s<seed>``: the same
 command finds the same folder) gets rl-baselines3-zoo's artifact set:
 
-- ``model.zip`` and ``vecnormalize.pkl``: the final learner and its normalisation statistics;
-- ``best_model.zip`` and ``best_vecnormalize.pkl``: the learner with the best mean evaluation return;
+- ``model.zip`` and ``vecnormalize.npz``: the final learner and its normalisation statistics (NumPy
+  arrays, no pickle: :func:`agents.sb3.save_vec_normalize`);
+- ``best_model.zip`` and ``best_vecnormalize.npz``: the learner with the best mean evaluation return;
 - ``evaluations.npz`` (EvalCallback's format) and ``evaluations.csv``: evaluation returns over time,
   on ``eval.n_episodes`` fixed episodes (seeds ``eval.seed + i``, never used in training), with
   deterministic actions and raw (unnormalised) rewards, i.e. episode scores;
-- ``checkpoints/``: ``rl_model_<steps>_steps.zip`` with ``rl_model_vecnormalize_<steps>_steps.pkl``
+- ``checkpoints/``: ``rl_model_<steps>_steps.zip`` with ``rl_model_vecnormalize_<steps>_steps.npz``
   (and for SAC/TD3 the latest replay buffer) every ``checkpoint.freq`` steps;
 - ``tensorboard/``: TensorBoard logs (``tensorboard --logdir <run>/tensorboard``);
 - ``config.yaml`` (resolved), ``cmd.txt`` (the command lines, one per session),
-  ``provenance.json`` (versions, git commit) and ``train_summary.json`` (steps, wall time, steps/s,
-  evaluation figures).
+  ``provenance.json`` (a list with one record per session: start or resume, versions, git commit)
+  and ``train_summary.json`` (steps, wall time, steps/s, evaluation figures);
+- ``run_manifest.json``: the SHA-256 of the config and of every model and statistics file, written
+  when training ends; :mod:`agents.trained` and :mod:`agents.export` refuse a file that is missing or
+  differs. It sits in the folder it protects, so it detects corruption and accidental edits, not
+  tampering. A session in progress removes it: an unfinished run does not load.
 
 Resume: after a kill, the same command with ``resume=true`` (and the same ``hydra.run.dir`` if one was
 given) loads the last checkpoint with its VecNormalize statistics (and replay buffer) and continues
 to the same ``total_timesteps`` (rounded up to a whole rollout, as SB3 does), appending to the same
-evaluation history and TensorBoard run. A fresh run refuses a folder that already holds a run;
-pass ``resume=true`` to continue it or ``overwrite=true`` to start it over.
+evaluation history and TensorBoard run. Resume refuses a config that differs from the run's recorded
+``config.yaml`` in anything but :data:`RESUME_MAY_CHANGE`, naming the first differing key with both
+values (another env, agent, learning rate or seed would mix two runs in one folder); raising
+``total_timesteps`` extends a run from its newest checkpoint. A fresh run refuses a folder that
+already holds a run; pass ``resume=true`` to continue it or ``overwrite=true`` to start it over
+(which removes the old run's artifacts).
 
 Determinism: the same config and seed give the same numbers (SB3 seeds Python, NumPy, torch and the
 env copies ``seed + i``; ``torch_threads`` is fixed). The env copies are the batched
@@ -56,12 +65,17 @@ from agents.config import plain
 from agents.sb3 import (
     OFF_POLICY,
     RUN_CONFIG,
+    RUN_MANIFEST,
     RUN_MODELS,
+    RunFolderError,
     build_model,
     build_vec_normalize,
     check_agent,
     load_model,
+    load_vec_normalize,
     make_envs,
+    save_vec_normalize,
+    write_run_manifest,
 )
 from envs.scenario import Scenario
 from experiments import provenance
@@ -72,8 +86,16 @@ register_configs()
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PREFIX = "rl_model"
+#: Top-level config keys that may differ between a run's recorded ``config.yaml`` and the command that
+#: resumes it: the session switches, how chatty it is, whether it exports at the end, and the step total
+#: (raising it extends the run). Any other difference refuses the resume.
+RESUME_MAY_CHANGE = ("resume", "overwrite", "total_timesteps", "progress_bar", "verbose", "export")
 #: What a run leaves in its folder (``overwrite=true`` removes these before starting over).
 RUN_ARTIFACTS = (
+    RUN_CONFIG,
+    RUN_MANIFEST,
+    "cmd.txt",
+    "provenance.json",
     *RUN_MODELS["final"],
     *RUN_MODELS["best"],
     "evaluations.npz",
@@ -94,7 +116,7 @@ class SaveVecNormalize(BaseCallback):
     def _on_step(self) -> bool:
         vec_normalize = self.model.get_vec_normalize_env()
         if vec_normalize is not None:
-            vec_normalize.save(str(self.path))
+            save_vec_normalize(vec_normalize, self.path)
         return True
 
 
@@ -133,12 +155,19 @@ class SeededEvalCallback(EvalCallback):
         self.csv_path.write_text("\n".join(lines) + "\n")
 
 
-class LatestReplayBufferCheckpoint(CheckpointCallback):
-    """CheckpointCallback that keeps only the newest replay buffer (each one can weigh hundreds of MB)."""
+class RunCheckpoint(CheckpointCallback):
+    """CheckpointCallback that writes the VecNormalize statistics as ``.npz`` (no pickle), after the model,
+    and keeps only the newest replay buffer (each one can weigh hundreds of MB).
+    """
 
     def _on_step(self) -> bool:
         keep_going = super()._on_step()
-        if self.save_replay_buffer and self.n_calls % self.save_freq == 0:
+        if self.n_calls % self.save_freq != 0:
+            return keep_going
+        vec_normalize = self.model.get_vec_normalize_env()
+        if vec_normalize is not None:
+            save_vec_normalize(vec_normalize, Path(self._checkpoint_path("vecnormalize_", extension="npz")))
+        if self.save_replay_buffer:
             buffers = sorted(Path(self.save_path).glob(f"{self.name_prefix}_replay_buffer_*_steps.pkl"), key=_steps)
             for old in buffers[:-1]:
                 old.unlink()
@@ -152,7 +181,7 @@ def _steps(path: Path) -> int:
 def checkpoints(run_dir: Path) -> list[int]:
     """Steps of the checkpoints in ``run_dir`` that have their VecNormalize statistics, newest first."""
     steps = [_steps(p) for p in (run_dir / CHECKPOINT_DIR).glob(f"{CHECKPOINT_PREFIX}_*_steps.zip")]
-    return sorted((s for s in steps if checkpoint_file(run_dir, "vecnormalize", s, "pkl").exists()), reverse=True)
+    return sorted((s for s in steps if checkpoint_file(run_dir, "vecnormalize", s, "npz").exists()), reverse=True)
 
 
 def checkpoint_file(run_dir: Path, kind: str | None, steps: int, ext: str) -> Path:
@@ -161,17 +190,36 @@ def checkpoint_file(run_dir: Path, kind: str | None, steps: int, ext: str) -> Pa
 
 
 def load_checkpoint(
-    run_dir: Path, agent: dict[str, Any], venv: VecEnv, device: str, tensorboard_log: str | None
+    run_dir: Path,
+    agent: dict[str, Any],
+    scenario: Scenario,
+    venv: VecEnv,
+    device: str,
+    tensorboard_log: str | None,
 ) -> tuple[int, BaseAlgorithm, VecNormalize] | None:
-    """The newest checkpoint that loads (a kill while writing one leaves it truncated), or None."""
-    for steps in checkpoints(run_dir):
+    """The newest checkpoint that loads, or None if there is none.
+
+    :raises RuntimeError: there are checkpoints but none loads (starting over would overwrite the run).
+    :raises RunFolderError: the checkpoints predate ``.npz`` statistics (their pickles are never read).
+    """
+    found = checkpoints(run_dir)
+    pickled = sorted((run_dir / CHECKPOINT_DIR).glob(f"{CHECKPOINT_PREFIX}_vecnormalize_*_steps.pkl"))
+    if pickled and not found:
+        raise RunFolderError(
+            f"{run_dir / CHECKPOINT_DIR} holds only pickled VecNormalize statistics ({pickled[-1].name}), which "
+            "are not read (unpickling runs whatever code the file holds): train the run again with overwrite=true"
+        )
+    for steps in found:
         try:
-            vec_normalize = VecNormalize.load(str(checkpoint_file(run_dir, "vecnormalize", steps, "pkl")), venv)
+            vec_normalize = load_vec_normalize(
+                checkpoint_file(run_dir, "vecnormalize", steps, "npz"), venv, training=True
+            )
             model = load_model(
                 agent,
-                str(checkpoint_file(run_dir, None, steps, "zip")),
-                vec_normalize,
-                device,
+                checkpoint_file(run_dir, None, steps, "zip"),
+                scenario,
+                env=vec_normalize,
+                device=device,
                 tensorboard_log=tensorboard_log,
             )
         except Exception as exc:  # noqa: BLE001 -- any unreadable file: fall back to the previous checkpoint
@@ -184,15 +232,49 @@ def load_checkpoint(
             else:
                 log.warning("no replay buffer saved at step %d: %s resumes with an empty buffer", steps, agent["algo"])
         return steps, model, vec_normalize
+    if found:
+        raise RuntimeError(f"none of the checkpoints in {run_dir / CHECKPOINT_DIR} loads (steps {found})")
     return None
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to silently mix a fresh run into a folder that holds another one."""
-    existing = [name for name in RUN_ARTIFACTS if (run_dir / name).exists()]
-    if not existing or resume:
+def first_difference(recorded: Any, current: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted key at which ``current`` differs from ``recorded`` (nested mappings), or None."""
+    if not (isinstance(recorded, dict) and isinstance(current, dict)):
+        return None if recorded == current else (path, recorded, current)
+    for key in [*recorded, *(k for k in current if k not in recorded)]:
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in recorded or key not in current:
+            return dotted, recorded.get(key, "<absent>"), current.get(key, "<absent>")
+        difference = first_difference(recorded[key], current[key], dotted)
+        if difference is not None:
+            return difference
+    return None
+
+
+def check_resume_config(run_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse to resume the run in ``run_dir`` with a config that differs from its recorded one."""
+    recorded = OmegaConf.to_container(OmegaConf.load(run_dir / RUN_CONFIG), resolve=True)
+    keep = {k: v for k, v in recorded.items() if k not in RESUME_MAY_CHANGE}
+    difference = first_difference(keep, {k: v for k, v in config.items() if k not in RESUME_MAY_CHANGE})
+    if difference is not None:
+        key, old, new = difference
+        raise ValueError(
+            f"resume=true: {key} is {new!r} but the run in {run_dir} was trained with {old!r} "
+            f"({run_dir / RUN_CONFIG}); only {list(RESUME_MAY_CHANGE)} may change on resume. Resume with the "
+            "run's config, or start another run (another hydra.run.dir, or overwrite=true without resume)"
+        )
+
+
+def prepare_run_dir(run_dir: Path, config: dict[str, Any]) -> None:
+    """Refuse to silently mix a fresh run into a folder that holds another one, or to resume it differently."""
+    if config["resume"]:
+        if (run_dir / RUN_CONFIG).is_file():
+            check_resume_config(run_dir, config)
         return
-    if not overwrite:
+    existing = [name for name in RUN_ARTIFACTS if (run_dir / name).exists()]
+    if not existing:
+        return
+    if not config["overwrite"]:
         raise FileExistsError(
             f"{run_dir} already holds a training run ({', '.join(existing)}); pass resume=true to continue it, "
             "overwrite=true to start it over, or another hydra.run.dir"
@@ -220,9 +302,7 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
     scenario: Scenario = scenario_from_config(cfg.env)
     torch.set_num_threads(cfg.torch_threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    prepare_run_dir(run_dir, cfg.resume, cfg.overwrite)
-    OmegaConf.save(cfg, run_dir / RUN_CONFIG, resolve=True)
-    provenance.write(run_dir, seed=cfg.seed)
+    prepare_run_dir(run_dir, plain(cfg))
 
     # Environments: training copies seeded seed + i; evaluation copies (one per evaluation episode)
     # reseeded eval.seed + i before every evaluation, with frozen statistics and raw rewards.
@@ -232,7 +312,12 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
     )
     tensorboard_log = str(run_dir / "tensorboard") if cfg.tensorboard else None
     model, train_env, resumed_from = start_or_resume(cfg, agent, run_dir, train_env, scenario, tensorboard_log)
+    # Nothing in the folder changes before here, so a refused resume leaves a finished run loadable.
+    (run_dir / RUN_MANIFEST).unlink(missing_ok=True)  # written again when this session ends
+    OmegaConf.save(cfg, run_dir / RUN_CONFIG, resolve=True)
     record_command(run_dir, resumed_from)
+    session = {"session": "start"} if resumed_from is None else {"session": "resume", "resumed_from": resumed_from}
+    provenance.append(run_dir, seed=cfg.seed, extra=session)
     history = evaluation_history(run_dir, resumed_from)
     callbacks = make_callbacks(cfg, agent, run_dir, eval_env, history, callback_after_eval)
 
@@ -253,7 +338,8 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
 
     model_file, vecnormalize_file = RUN_MODELS["final"]
     model.save(run_dir / model_file)
-    train_env.save(str(run_dir / vecnormalize_file))
+    save_vec_normalize(train_env, run_dir / vecnormalize_file)
+    write_run_manifest(run_dir)  # before the export, which checks the files against it
     train_env.close()
     eval_env.close()
     summary = summarise(model, run_dir, done_before, wall_s)
@@ -276,7 +362,9 @@ def start_or_resume(
 
     Returns the learner, its normalised training env and the step it resumed from (None: fresh).
     """
-    checkpoint = load_checkpoint(run_dir, agent, train_env, cfg.device, tensorboard_log) if cfg.resume else None
+    checkpoint = None
+    if cfg.resume:
+        checkpoint = load_checkpoint(run_dir, agent, scenario, train_env, cfg.device, tensorboard_log)
     if checkpoint is None:
         if cfg.resume:
             log.warning("resume=true but %s has no checkpoint: starting from scratch", run_dir / CHECKPOINT_DIR)
@@ -308,11 +396,10 @@ def make_callbacks(
     """Checkpoints every ``checkpoint.freq`` env steps and, if ``eval.freq`` > 0, the periodic evaluation."""
     n_envs = agent["n_envs"]
     callbacks: list[BaseCallback] = [
-        LatestReplayBufferCheckpoint(
+        RunCheckpoint(
             save_freq=max(cfg.checkpoint.freq // n_envs, 1),
             save_path=str(run_dir / CHECKPOINT_DIR),
             name_prefix=CHECKPOINT_PREFIX,
-            save_vecnormalize=True,
             save_replay_buffer=agent["algo"] in OFF_POLICY and cfg.checkpoint.save_replay_buffer,
         ),
     ]

@@ -1,11 +1,11 @@
 """Helpers of the export and loader tests: observations from rollouts, run folders, the SB3 reference.
 
 A *run folder* here is laid out as ``experiments.train`` leaves one (``model.zip``,
-``vecnormalize.pkl``, ``config.yaml``), but holds an untrained model whose last actor layer is scaled
-up and whose VecNormalize statistics come from rollouts of the preset, then are perturbed: the
-shares are far from uniform, some actions fall outside [-1, 1] before clipping and some normalised
-features hit ``clip_obs``, which is what the graph has to get right. Training would only slow the
-tests down without exercising anything more of the export.
+``vecnormalize.npz``, ``config.yaml``, ``run_manifest.json``), but holds an untrained model whose
+last actor layer is scaled up and whose VecNormalize statistics come from rollouts of the preset,
+then are perturbed: the shares are far from uniform, some actions fall outside [-1, 1] before
+clipping and some normalised features hit ``clip_obs``, which is what the graph has to get right.
+Training would only slow the tests down without exercising anything more of the export.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
+from agents.sb3 import load_vec_normalize, save_vec_normalize, write_run_manifest
 from envs.budget_env import BudgetShiftEnv
 from envs.scenario import PRESET_DIR
 from envs.shares import masked_softmax
@@ -111,11 +112,12 @@ def make_run(root: Path, algo: str, policy: str, preset: str, n_fit: int = 2000,
         layer.weight.mul_(1.5 / max(float(np.std(pre)), 1e-6))
         layer.bias.normal_(0.0, 0.3)
     model.save(run_dir / "model.zip")
-    venv.save(run_dir / "vecnormalize.pkl")
+    save_vec_normalize(venv, run_dir / "vecnormalize.npz")
     # As experiments.train writes it: the resolved env node (a mapping) and the agent's SB3 fields.
     env = yaml.safe_load((PRESET_DIR / f"{preset}.yaml").read_text())
     config = {"env": env, "agent": {"name": algo, "kind": "sb3", "algo": algo.upper(), "policy": policy}, "seed": seed}
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    write_run_manifest(run_dir)
     return run_dir
 
 
@@ -124,9 +126,7 @@ def load_model(run_dir: Path) -> tuple[BaseAlgorithm, VecNormalize]:
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     model = ALGORITHMS[config["agent"]["algo"].lower()].load(run_dir / "model.zip", device="cpu")
     env = DummyVecEnv([lambda: BudgetShiftEnv(config["env"]["name"])])
-    vecnormalize = VecNormalize.load(str(run_dir / "vecnormalize.pkl"), env)
-    vecnormalize.training = False
-    return model, vecnormalize
+    return model, load_vec_normalize(run_dir / "vecnormalize.npz", env)
 
 
 def sb3_shares(

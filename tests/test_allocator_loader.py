@@ -16,7 +16,11 @@ import pytest
 from bundle_runs import make_run
 
 from agents.allocator import (
+    FUNNEL,
     INPUT_COLUMNS,
+    MAX_AMOUNT,
+    MAX_DAYS,
+    MAX_PLANS,
     SCHEMA_VERSION,
     AllocationInputError,
     Bundle,
@@ -28,7 +32,8 @@ from agents.allocator import (
 )
 from agents.export import export_bundle
 from agents.heuristics import ProportionalAllocator
-from envs.features import Clock
+from envs import scenario
+from envs.features import VOCABULARIES, Clock, observation_size
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY_MODULES = ("torch", "stable_baselines3", "sb3_contrib", "numba", "hydra", "omegaconf", "pandas", "scipy", "onnx")
@@ -68,7 +73,7 @@ def test_import_pulls_no_research_stack():
 def test_table_forms_give_the_same_allocation(bundle, table, clock):
     pandas = pytest.importorskip("pandas")
     records = [dict(zip(table, values, strict=True)) for values in zip(*table.values(), strict=True)]
-    numeric = {k: (v if k in ("plan_id", "channel", "vertical") else [float(x) for x in v]) for k, v in table.items()}
+    numeric = {k: (v if k == "plan_id" or k in VOCABULARIES else [float(x) for x in v]) for k, v in table.items()}
     results = [bundle.allocate(t, clock) for t in (table, records, numeric, pandas.DataFrame(numeric))]
     for other in results[1:]:
         assert other.plan_ids == results[0].plan_ids
@@ -97,13 +102,39 @@ BAD_INPUTS = {
     "extra column": (lambda t: t.update(cost=t["spend_total"]) or t, r"unexpected column\(s\) \['cost'\]"),
     "NaN spend": (lambda t: _set(t, "spend_total", "nan"), r"'spend_total' of plan 'plan000' is 'nan'"),
     "inf spend": (lambda t: _set(t, "spend_last", float("inf")), r"'spend_last' of plan 'plan000'.*finite"),
-    "negative spend": (lambda t: _set(t, "spend_24h", "-1"), r"'spend_24h' of plan 'plan000' is -1.0; expected >= 0"),
+    "negative spend": (
+        lambda t: _set(t, "spend_24h", "-1"),
+        r"'spend_24h' of plan 'plan000' is -1.0; expected in \[0, 1e\+12\]",
+    ),
+    "absurd spend": (
+        lambda t: _set(t, "spend_total", "3e13"),
+        r"'spend_total' of plan 'plan000' is 30000000000000.0; expected in",
+    ),
+    "absurd count": (
+        lambda t: _set(t, "impressions_total", "1e15", row=2),
+        r"'impressions_total' of plan 'plan002' is 1000000000000000.0; expected in \[0, 1e\+12\]",
+    ),
     "negative count": (lambda t: _set(t, "clicks_last", -3), r"'clicks_last' of plan 'plan000' is -3.0"),
     "not a number": (lambda t: _set(t, "impressions_total", "12k"), r"'impressions_total' of plan 'plan000' must be"),
     "unknown channel": (lambda t: _set(t, "channel", "tv"), r"'channel' of plan 'plan000' is 'tv'; expected one of"),
     "unknown vertical": (lambda t: _set(t, "vertical", "crypto"), r"'vertical' of plan 'plan000' is 'crypto'"),
-    "zero target CPA": (lambda t: _set(t, "target_cpa", "0"), r"'target_cpa' of plan 'plan000' is 0.0; expected > 0"),
-    "bad flag": (lambda t: _set(t, "learning", "2"), r"'learning' of plan 'plan000' is 2.0; expected 0 or 1"),
+    "zero target CPA": (
+        lambda t: _set(t, "target_cpa", "0"),
+        r"'target_cpa' of plan 'plan000' is 0.0; expected in \(0, 1e\+12\]",
+    ),
+    "clicks above impressions": (
+        lambda t: _set(t, "clicks_24h", str(float(t["impressions_24h"][1]) + 1), row=1),
+        r"'clicks_24h' of plan 'plan001' is \d+\.0, above 'impressions_24h' = \d+\.0; expected at most impressions_24h",
+    ),
+    "conversions above clicks": (
+        lambda t: _set(t, "conversions_last", str(float(t["clicks_last"][0]) + 1)),
+        r"'conversions_last' of plan 'plan000' is \d+\.0, above 'clicks_last'",
+    ),
+    "deep events above conversions": (
+        lambda t: _set(t, "deep_events_total", str(float(t["conversions_total"][3]) + 2), row=3),
+        r"'deep_events_total' of plan 'plan003' is \d+\.0, above 'conversions_total'",
+    ),
+    "bad flag": (lambda t: _set(t, "active", "2"), r"'active' of plan 'plan000' is 2.0; expected 0 or 1"),
     "duplicate plan id": (lambda t: _set(t, "plan_id", t["plan_id"][1]), r"'plan_id' has duplicates: \['plan001'\]"),
     "no plans": (lambda t: {k: [] for k in t}, r"no plans"),
     "too many plans": (
@@ -126,6 +157,8 @@ def test_bad_input_is_refused_with_a_clear_error(bundle, table, clock, case):
         ({"hour": 24}, "hour must be an integer in 0..23"),
         ({"day": 2}, r"day must be an integer in 0..days-1 = 1"),
         ({"daily_budget": -5.0}, "daily_budget must be a positive number"),
+        ({"daily_budget": 1e13, "budget_left_today": 1e13}, r"daily_budget must be a positive number <= 1e\+12"),
+        ({"days": 10**400}, r"days must be an integer in 1..366"),
         ({"budget_left_today": float("nan")}, "budget_left_today must be a number >= 0"),
         ({"budget_left_today": 1e9}, "exceeds daily_budget"),
     ],
@@ -137,10 +170,11 @@ def test_bad_clock_is_refused(bundle, table, clock, fields, message):
 
 
 def test_wrong_observation_width_is_refused(bundle):
-    with pytest.raises(AllocationInputError, match=r"shape \(batch, 229\)"):
-        bundle.policy_shares(np.zeros((1, 230), np.float32), np.ones((1, 8), np.float32))
+    width = observation_size(8)
+    with pytest.raises(AllocationInputError, match=rf"shape \(batch, {width}\)"):
+        bundle.policy_shares(np.zeros((1, width + 1), np.float32), np.ones((1, 8), np.float32))
     with pytest.raises(AllocationInputError, match="NaN"):
-        bundle.policy_shares(np.full((1, 229), np.nan, np.float32), np.ones((1, 8), np.float32))
+        bundle.policy_shares(np.full((1, width), np.nan, np.float32), np.ones((1, 8), np.float32))
 
 
 @pytest.fixture
@@ -152,6 +186,14 @@ def _edit_manifest(path: Path, edit) -> None:
     manifest = json.loads((path / "manifest.json").read_text())
     edit(manifest)
     (path / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_a_bundle_of_the_retired_schema_1_is_refused_and_says_why(bundle_copy):
+    _edit_manifest(bundle_copy, lambda m: m.update(schema_version=1))
+    with pytest.raises(
+        BundleError, match=r"schema_version 1 is no longer served: .*before the platform layer.*re-train"
+    ):
+        Bundle.load(bundle_copy)
 
 
 def test_newer_schema_is_refused(bundle_copy):
@@ -193,6 +235,43 @@ def test_fallback_is_the_research_heuristic(table, clock):
     assert load_allocator("proportional").allocate(table, clock).shares.argmax() == 2
     uniform = load_allocator("uniform").allocate(table, clock)
     np.testing.assert_allclose(uniform.shares, 1.0 / len(table["plan_id"]))
+
+
+def test_funnel_rules_name_real_columns_and_bounds_are_the_simulators():
+    assert {name for pair in FUNNEL for name in pair} <= set(INPUT_COLUMNS)
+    assert (MAX_PLANS, MAX_DAYS, MAX_AMOUNT) == (scenario.MAX_PLANS, scenario.MAX_DAYS, scenario.MAX_MONEY)
+
+
+def test_fallback_takes_at_most_max_plans(table, clock):
+    huge = {k: v * (MAX_PLANS // len(v) + 1) for k, v in table.items()}
+    huge["plan_id"] = [f"p{i}" for i in range(len(huge["plan_id"]))]
+    with pytest.raises(AllocationInputError, match=f"plans given, but this allocator takes at most {MAX_PLANS}"):
+        load_allocator("uniform").allocate(huge, clock)
+
+
+@pytest.mark.parametrize(
+    ("caps", "message"),
+    [
+        ({"credit": -1}, r"'vertical_caps.credit' is -1; expected a number in \(0, 1\]"),
+        ({"tv": 0.5}, "names vertical 'tv'"),
+    ],
+)
+def test_fallback_refuses_bad_caps(caps, message):
+    with pytest.raises(ValueError, match=message):
+        Heuristic("proportional", vertical_caps=caps)
+
+
+@pytest.mark.parametrize(
+    ("previous", "message"),
+    [
+        ({"plan000": float("nan")}, r"previous share nan of plan 'plan000'; expected a number in \[0, 1\]"),
+        ({"plan001": -0.2}, r"previous share -0.2 of plan 'plan001'"),
+        ({"plan000": 0.7, "plan001": 0.6}, r"previous shares sum to 1.3; expected at most 1"),
+    ],
+)
+def test_bad_previous_shares_are_refused(bundle, table, clock, previous, message):
+    with pytest.raises(AllocationInputError, match=message):
+        bundle.allocate(table, clock, previous)
 
 
 def test_share_limits_hold_for_the_loader_as_in_the_env():

@@ -22,13 +22,14 @@ from agents.heuristics import (
 )
 from agents.oracle import OracleAllocator
 from agents.registry import make_allocator
-from envs.features import NUMERIC_STATS, VERTICALS, Clock
+from envs.features import GOALS, NUMERIC_STATS, STATUSES, VERTICALS, Clock
 from envs.scenario import KIND_POTENTIAL, KIND_REGULAR, KIND_TRAP, PortfolioGenerator, load_scenario
 from envs.shares import redistribute_over_caps
 from experiments.common import episode_seeds
 from experiments.evaluate import evaluate_allocator
 
 CREDIT, SECURITIES = VERTICALS.index("credit"), VERTICALS.index("securities")
+LEARNING, LEARNED = STATUSES.index("learning"), STATUSES.index("learned")
 
 
 def scenario_with(n_plans: int, securities_cap: float = 0.6):
@@ -62,6 +63,8 @@ def blank_stats(n: int, vertical=None, target_cpa: float = 100.0) -> dict[str, n
     stats = {k: np.zeros(n) for k in NUMERIC_STATS}
     stats["channel"] = np.zeros(n, dtype=np.int64)
     stats["vertical"] = np.full(n, CREDIT, dtype=np.int64) if vertical is None else np.asarray(vertical)
+    stats["status"] = np.full(n, STATUSES.index("learned"), dtype=np.int64)
+    stats["goal"] = np.zeros(n, dtype=np.int64)
     stats["target_cpa"] = np.full(n, target_cpa)
     stats["age_hours"] = np.full(n, 24.0 * 30)
     return stats
@@ -89,7 +92,8 @@ def situations(draw):
     n = draw(st.integers(2, 10))
     money = st.floats(0.0, 1e6, allow_nan=False, allow_infinity=False)
     stats = {k: np.array(draw(st.lists(money, min_size=n, max_size=n))) for k in NUMERIC_STATS}
-    stats["learning"] = np.array(draw(st.lists(st.sampled_from([0.0, 1.0]), min_size=n, max_size=n)))
+    stats["status"] = np.array(draw(st.lists(st.integers(0, len(STATUSES) - 1), min_size=n, max_size=n)))
+    stats["goal"] = np.array(draw(st.lists(st.integers(0, len(GOALS) - 1), min_size=n, max_size=n)))
     stats["target_cpa"] = np.array(draw(st.lists(st.floats(1.0, 1e4), min_size=n, max_size=n)))
     stats["channel"] = np.array(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)))
     stats["vertical"] = np.array(draw(st.lists(st.sampled_from([CREDIT, SECURITIES]), min_size=n, max_size=n)))
@@ -181,13 +185,13 @@ def test_boost_funds_a_young_learning_plan_until_it_exits_learning():
     allocator = BoostAllocator(BoostParams(boost_factor=3.0, max_boost_hours=72.0))
     allocator.reset(scenario_with(3))
     stats = blank_stats(3)
-    stats["learning"] = np.array([1.0, 0.0, 1.0])
+    stats["status"] = np.array([LEARNING, LEARNED, LEARNING])
     stats["age_hours"] = np.array([10.0, 10.0, 200.0])  # plan 2 has been learning for too long
     active = np.ones(3, dtype=bool)
     shares = allocator.allocate(stats, clock(), active)
     assert shares[0] > 2.0 * shares[1]
     assert shares[2] == pytest.approx(shares[1])
-    stats["learning"][0] = 0.0
+    stats["status"][0] = LEARNED
     np.testing.assert_allclose(allocator.allocate(stats, clock(), active), 1 / 3)  # out of learning: no boost
 
 

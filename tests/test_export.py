@@ -18,10 +18,11 @@ import onnx
 import pytest
 from bundle_runs import load_model, make_run, observations, sb3_shares
 
-from agents.allocator import INPUT_COLUMNS, Bundle, read_stats_csv
+from agents.allocator import DIGEST_FILE, INPUT_COLUMNS, SCHEMA_VERSION, Bundle, bundle_digest, read_stats_csv
 from agents.export import ExportError, export_bundle, read_run
+from agents.sb3 import write_run_manifest
 from envs.budget_env import BudgetShiftEnv
-from envs.features import CHANNELS, VERTICALS, Clock, feature_names
+from envs.features import NUMERIC_STATS, VOCABULARIES, Clock, feature_names
 from envs.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -103,12 +104,9 @@ def plan_table(env: BudgetShiftEnv) -> list[dict]:
     active = env.active_mask()
     rows = []
     for i in range(env.n_plans):
-        row = {
-            "plan_id": f"plan{i:03d}",
-            "channel": CHANNELS[stats["channel"][i]],
-            "vertical": VERTICALS[stats["vertical"][i]],
-        }
-        row.update({name: float(stats[name][i]) for name in INPUT_COLUMNS[3:]})
+        row = {"plan_id": f"plan{i:03d}"}
+        row.update({name: VOCABULARIES[name][stats[name][i]] for name in VOCABULARIES})
+        row.update({name: float(stats[name][i]) for name in NUMERIC_STATS})
         row["active"] = int(active[i])
         rows.append(row)
     return rows
@@ -165,6 +163,7 @@ def test_closed_loop_with_saturated_actions_gives_the_same_score(tmp_path, algo,
         model.policy.action_net.weight.mul_(1e4)
         model.policy.action_net.bias.mul_(1e4)
     model.save(run / "model.zip")
+    write_run_manifest(run)  # the edit is ours: re-record the run's hashes
     bundle = Bundle.load(export_bundle(run, tmp_path / "bundle"))
     model, vecnormalize = load_model(run)
     scores = []
@@ -184,13 +183,22 @@ def test_closed_loop_with_saturated_actions_gives_the_same_score(tmp_path, algo,
 
 def test_bundle_contents(bundles):
     bundle_dir = bundles("ppo", "mlp", "small")
-    assert sorted(p.name for p in bundle_dir.iterdir()) == ["example_stats.csv", "manifest.json", "policy.onnx"]
+    assert sorted(p.name for p in bundle_dir.iterdir()) == [
+        "bundle.sha256",
+        "example_stats.csv",
+        "manifest.json",
+        "policy.onnx",
+    ]
+    # The digest to pin covers the manifest and the graph as written; the loader accepts it pinned.
+    digest = (bundle_dir / DIGEST_FILE).read_text().strip()
+    assert digest == bundle_digest(bundle_dir)
+    assert Bundle.load(bundle_dir, expected_digest=digest).digest == digest
     for path in bundle_dir.iterdir():
         assert not path.read_bytes().startswith(b"\x80"), f"{path.name} looks like a pickle"
     onnx.checker.check_model(onnx.load(str(bundle_dir / "policy.onnx")), full_check=True)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     scenario = load_scenario("small")
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == SCHEMA_VERSION == 2
     assert [f["name"] for f in manifest["features"]] == feature_names(scenario.max_plans)
     assert all(f["meaning"] and f["unit"] for f in manifest["features"])
     assert manifest["max_plans"] == scenario.max_plans
@@ -230,6 +238,7 @@ def test_action_limits_follow_the_training_env(tmp_path):
     config = yaml.safe_load(config_path.read_text())
     config["env"].update(min_share=0.05, max_share=0.4, max_change=0.1)
     config_path.write_text(yaml.safe_dump(config))
+    write_run_manifest(run)
     bundle = Bundle.load(export_bundle(run, tmp_path / "bundle"))
     assert bundle.manifest["action_limits"] == {"min_share": 0.05, "max_share": 0.4, "max_change": 0.1}
     env = BudgetShiftEnv(read_run(run).scenario)
@@ -248,7 +257,12 @@ def test_export_refuses_incomplete_runs(tmp_path):
     with pytest.raises(ExportError, match="model.zip is missing"):
         export_bundle(tmp_path, tmp_path / "bundle")
     run = make_run(tmp_path, "ppo", "mlp", "small")
-    (run / "config.yaml").write_text("agent: {algo: RecurrentPPO}\nenv: small\n")
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["agent"]["algo"] = "RecurrentPPO"
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    write_run_manifest(run)
     with pytest.raises(ExportError, match="RecurrentPPO"):
         export_bundle(run, tmp_path / "bundle")
 

@@ -25,7 +25,7 @@ import envs  # noqa: F401  (registers BudgetShift-v0)
 from agents.registry import make_allocator
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "golden.json"
-ROLLOUT_PRESETS = ("small", "default", "credit", "insurance", "securities")
+ROLLOUT_PRESETS = ("small", "default", "credit", "insurance", "securities", "default_shock")
 ALLOCATOR_PRESETS = ("small", "default")
 ALLOCATORS = ("static", "uniform", "proportional", "cpa_guard", "boost", "thompson", "oracle")
 INFO_ARRAYS = ("spend", "impressions", "clicks", "conversions", "deep_events", "deep_value", "budget", "shares")

@@ -89,9 +89,10 @@ def test_agent_trains_leaves_artifacts_and_evaluates(agent, tmp_path):
     assert summary["num_timesteps"] >= 256
     for name in (
         "model.zip",
-        "vecnormalize.pkl",
+        "vecnormalize.npz",
         "best_model.zip",
-        "best_vecnormalize.pkl",
+        "best_vecnormalize.npz",
+        "run_manifest.json",
         "evaluations.npz",
         "evaluations.csv",
         "config.yaml",
@@ -101,7 +102,8 @@ def test_agent_trains_leaves_artifacts_and_evaluates(agent, tmp_path):
     ):
         assert (tmp_path / name).is_file(), name
     assert list((tmp_path / "checkpoints").glob("rl_model_*_steps.zip"))
-    assert list((tmp_path / "checkpoints").glob("rl_model_vecnormalize_*_steps.pkl"))
+    assert list((tmp_path / "checkpoints").glob("rl_model_vecnormalize_*_steps.npz"))
+    assert not list(tmp_path.rglob("*vecnormalize*.pkl")), "VecNormalize statistics are never pickled"
     assert list((tmp_path / "tensorboard").rglob("events.out.tfevents.*"))
     evaluations = np.load(tmp_path / "evaluations.npz")
     assert evaluations["results"].shape == (len(evaluations["timesteps"]), 2)

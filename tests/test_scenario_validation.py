@@ -137,6 +137,33 @@ BAD_SCENARIOS = [
         r"GiB of pending deep events per episode",
         id="pending-too-big",
     ),
+    # The platform layer and market events (issue 11).
+    pytest.param(
+        _at("platform.bid_mult_max", 0.8),
+        r"platform\.bid_mult_min / platform\.bid_mult_max must be bounds around 1.*cannot reach the target",
+        id="controller-cannot-reach-target",
+    ),
+    pytest.param(_at("platform.edit_threshold", 1.5), r"platform\.edit_threshold must be <= 1", id="threshold>1"),
+    pytest.param(_at("platform.compensation_threshold", 0), r"compensation_threshold must be > 0", id="threshold=0"),
+    pytest.param(_at("platform.goal_mix", {"shallow": 1, "roas": 1}), r"unknown goal 'roas'", id="unknown-goal"),
+    pytest.param(_at("platform.dedup", "yes"), r"platform\.dedup must be true or false, got 'yes'", id="dedup-str"),
+    pytest.param(_at("platform.learnig_days", 3), r"unknown field platform\.learnig_days", id="platform-typo"),
+    pytest.param(
+        _set("market_events", [{"kind": "competition", "first_day": 1, "last_day": 5, "multiplier": 1.5}]),
+        r"market_events\[0\]\.last_day must be a day of the episode \(< days = 2\), got 5",
+        id="event-past-the-episode",
+    ),
+    pytest.param(
+        _set("market_events", [{"kind": "holiday", "first_day": 0, "last_day": 0, "multiplier": 1.5}]),
+        r"market_events\[0\]\.kind must be 'competition' or 'demand', got 'holiday'",
+        id="event-unknown-kind",
+    ),
+    pytest.param(
+        _set("market_events", [{"kind": "demand", "first_day": 0, "last_day": 0, "multiplier": 2, "channels": ["tv"]}]),
+        r"market_events\[0\]\.channels must be a list of the scenario's channels",
+        id="event-unknown-channel",
+    ),
+    pytest.param(_set("market_drift", 2.0), r"market_drift must be <= 0\.5, got 2", id="drift"),
     pytest.param(
         _many(**{"days": 200, "channels.feed.volume": 1e6}),
         r"auction lots per episode",

@@ -22,6 +22,7 @@ from stable_baselines3.common.vec_env import VecCheckNan, VecMonitor, VecNormali
 import envs  # noqa: F401  (registers BudgetShift-v0)
 from agents.vec_env import Sb3VecEnvAdapter, make_sb3_vec_env
 from envs.budget_env import BudgetShiftEnv
+from envs.features import observation_size
 from envs.scenario import load_scenario
 from envs.vector_env import BudgetShiftVectorEnv
 
@@ -182,7 +183,7 @@ def test_sb3_adapter_follows_the_vecenv_api_and_marks_episode_ends() -> None:
     returns = np.zeros(3)
     for t, actions in enumerate(_batched_actions(3, 8, horizon, seed=0)):
         obs, rewards, dones, infos = vec.step(actions)
-        assert obs.shape == (3, 8 * 28 + 5) and rewards.shape == (3,) and rewards.dtype == np.float32
+        assert obs.shape == (3, observation_size(8)) and rewards.shape == (3,) and rewards.dtype == np.float32
         assert dones.shape == (3,) and dones.dtype == np.bool_
         assert isinstance(infos, list) and len(infos) == 3
         assert all(info["TimeLimit.truncated"] is False for info in infos)
@@ -192,7 +193,7 @@ def test_sb3_adapter_follows_the_vecenv_api_and_marks_episode_ends() -> None:
     assert dones.all()
     for i, info in enumerate(infos):
         terminal = info["terminal_observation"]
-        assert terminal.shape == (8 * 28 + 5,) and terminal in vec.observation_space
+        assert terminal.shape == (observation_size(8),) and terminal in vec.observation_space
         assert not np.array_equal(terminal, obs[i]), "the returned observation starts the next episode"
         # An episode's return is its score (float32 rewards: summed up to rounding).
         assert returns[i] == pytest.approx(info["score"]["score"], rel=1e-5)
