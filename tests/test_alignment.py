@@ -62,3 +62,18 @@ def test_vertical_presets_are_aligned_over_three_days(preset: str) -> None:
     # Three days: first-stage deep events (medians 18-36 h) mature inside the comparison, and plans
     # launched on day 2 start bidding.
     _assert_aligned(preset, seed=7, n_steps=72)
+
+
+@pytest.mark.parametrize("steps_per_day", [4, 6])
+def test_coarse_steps_are_aligned(steps_per_day: int, tmp_path) -> None:
+    # Steps of several hours: the hour a step reads its traffic at, delays rounded to coarse steps,
+    # day boundaries every few steps and the platform's end-of-day books.
+    import yaml
+
+    from envs.scenario import preset_path
+
+    cfg = yaml.safe_load(preset_path("small").read_text())
+    cfg.update(name=f"small-{steps_per_day}-steps", steps_per_day=steps_per_day, days=3)
+    path = tmp_path / f"small_{steps_per_day}_steps.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    _assert_aligned(str(path), seed=5, n_steps=None)

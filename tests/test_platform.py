@@ -1,0 +1,203 @@
+"""The platform layer by hand (DESIGN 2b): the learning schedule, the lifecycle (learned, failed,
+relearning after a significant edit), the bid multiplier it writes, and the cost controller.
+
+The lifecycle tests drive :class:`envs.platform.Platform` directly with hand-written step outputs
+on a tiny scenario (4 steps a day, 4 conversions to learn, 1 day to do it), so every status change
+falls on a step computed here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from envs.kernels import CONVERSIONS, DYN_BID_MULT, DYN_BID_VALUE, DYN_LEARNING, N_DYN_FIELDS, n_step_fields
+from envs.platform import Platform, controller_update, learning_level
+from envs.scenario import (
+    MAX_STAGES,
+    STATUS_FAILED,
+    STATUS_LEARNED,
+    STATUS_LEARNING,
+    preset_path,
+    scenario_from_mapping,
+)
+
+N_LEARN = 4  # conversions that end the learning phase
+PREMIUM = 0.5  # explore_premium
+THROTTLE = 0.25  # failed_throttle
+RELEARN = 0.5  # relearn_level
+STEPS_PER_DAY = 4
+TARGET_CPA = 100.0
+
+
+def _platform() -> Platform:
+    """A Platform over the 6 plans of ``small`` with 4 steps a day, fresh (every plan learning since
+    step 0, shallow goal), the cost controller and compensation off so only the lifecycle moves."""
+    cfg = yaml.safe_load(preset_path("small").read_text())
+    cfg.update(
+        steps_per_day=STEPS_PER_DAY,
+        learning_conversions=float(N_LEARN),
+        platform=dict(
+            cost_control=False,
+            compensation=False,
+            explore_premium=PREMIUM,
+            failed_throttle=THROTTLE,
+            relearn_level=RELEARN,
+            learning_days=1.0,
+            edit_threshold=0.5,
+        ),
+    )
+    platform = Platform(scenario_from_mapping(cfg), 1)
+    platform.target_cpa[...] = TARGET_CPA
+    return platform
+
+
+def _bids(platform: Platform) -> np.ndarray:
+    """(P, N_DYN_FIELDS) what the platform writes for the next step."""
+    dyn = np.zeros((1, platform.status.shape[1], N_DYN_FIELDS))
+    platform.write_bids(dyn)
+    return dyn[0]
+
+
+def _after(platform: Platform, t: int, conversions: list[float], budget: list[float] | float = 10.0) -> None:
+    n = platform.status.shape[1]
+    out = np.zeros((1, n, n_step_fields(MAX_STAGES)))
+    out[0, :, CONVERSIONS] = conversions
+    platform.after_step(np.array([t]), out, np.broadcast_to(np.asarray(budget, dtype=float), (1, n)).copy())
+
+
+# -------------------------------------------------------------------------------------------------
+# The learning schedule
+# -------------------------------------------------------------------------------------------------
+def test_learning_level_falls_with_conversions() -> None:
+    status = np.array([STATUS_LEARNING] * 4 + [STATUS_LEARNED, STATUS_FAILED])
+    conversions = np.array([0.0, 1.0, 3.0, 3.0, 5.0, 2.0])
+    relearning = np.array([False, False, False, True, False, False])
+    level = learning_level(status, conversions, float(N_LEARN), relearning, RELEARN)
+    # 1 - k/N; a relearning plan from relearn_level; 0 once learned; a failed plan keeps its level.
+    np.testing.assert_array_equal(level, [1.0, 0.75, 0.25, 0.125, 0.0, 0.5])
+
+
+def test_plans_learn_at_n_conversions_and_fail_when_the_days_run_out() -> None:
+    platform = _platform()
+    dyn = _bids(platform)
+    np.testing.assert_array_equal(dyn[:, DYN_LEARNING], 1.0)
+    np.testing.assert_array_equal(dyn[:, DYN_BID_MULT], 1.0 + PREMIUM)  # exploration at lambda = 1
+    np.testing.assert_array_equal(dyn[:, DYN_BID_VALUE], TARGET_CPA)  # shallow goal: the target CPA
+
+    # Step 0: plan 3 reaches 4 conversions at once; the others 0, 1, 2.
+    _after(platform, 0, [0, 1, 2, 4, 0, 0])
+    assert platform.status[0].tolist() == [STATUS_LEARNING] * 3 + [STATUS_LEARNED] + [STATUS_LEARNING] * 2
+    dyn = _bids(platform)
+    np.testing.assert_array_equal(dyn[:, DYN_LEARNING], [1.0, 0.75, 0.5, 0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(dyn[:, DYN_BID_MULT], [1.5, 1.375, 1.25, 1.0, 1.5, 1.5])
+
+    # Steps 1-3: plan 1 learns at step 1 (1 + 3), plan 4 at the last step of its day (4 at step 3).
+    _after(platform, 1, [0, 3, 0, 0, 0, 0])
+    _after(platform, 2, [0, 0, 1, 0, 0, 0])
+    assert (platform.status[0] == STATUS_FAILED).sum() == 0  # a day (4 steps) has not passed yet
+    _after(platform, 3, [0, 0, 0, 0, 4, 3])
+    # learning_days = 1: after step 3 every plan still short of 4 conversions has failed.
+    expected = [STATUS_FAILED, STATUS_LEARNED, STATUS_FAILED, STATUS_LEARNED, STATUS_LEARNED, STATUS_FAILED]
+    assert platform.status[0].tolist() == expected
+    dyn = _bids(platform)
+    # A failed plan keeps its level (plan 0: 0 conversions, plan 2: 3, plan 5: 3), has no exploration
+    # premium and is throttled.
+    np.testing.assert_array_equal(dyn[:, DYN_LEARNING], [1.0, 0.0, 0.25, 0.0, 0.0, 0.25])
+    np.testing.assert_array_equal(dyn[:, DYN_BID_MULT], [THROTTLE, 1.0, THROTTLE, 1.0, 1.0, THROTTLE])
+    # Conversions after failing do not revive a plan.
+    _after(platform, 4, [10, 0, 10, 0, 0, 10])
+    assert platform.status[0].tolist() == expected
+
+
+def test_a_significant_edit_sends_a_learned_plan_back_to_learning() -> None:
+    platform = _platform()
+    platform.status[...] = STATUS_LEARNED
+    platform.status[0, 4] = STATUS_LEARNING  # entered learning at step 5: it cannot fail before step 8
+    platform.learn_conversions[0, 4] = 2.0
+    platform.learn_start[0, 4] = 5
+    none = [0.0] * 6
+    # Day 0: every plan is given 25 a step (100 for the day). No edit can happen on the first day.
+    for t in range(4):
+        _after(platform, t, none, 25.0)
+    assert platform.edits[0].tolist() == [0] * 6
+    # Day 1, against 100: plan 0 gets 160 (+60%), plan 1 140 (+40%), plan 2 40 (-60%), plan 3 150
+    # (+50%: not more than the threshold), plan 4 (learning) 200, plan 5 nothing (no budget: no edit).
+    day1 = [40.0, 35.0, 10.0, 37.5, 50.0, 0.0]
+    for t in range(4, 7):
+        _after(platform, t, none, day1)
+        assert platform.edits[0].tolist() == [0] * 6  # edits are judged at the end of the day
+    _after(platform, 7, none, day1)
+    assert platform.edits[0].tolist() == [1, 0, 1, 0, 1, 0]
+    assert platform.status[0].tolist() == [
+        STATUS_LEARNING,
+        STATUS_LEARNED,
+        STATUS_LEARNING,
+        STATUS_LEARNED,
+        STATUS_LEARNING,
+        STATUS_LEARNED,
+    ]
+    np.testing.assert_array_equal(platform.learn_start[0, [0, 2, 4]], 8)  # the clock restarts next day
+    np.testing.assert_array_equal(platform.learn_conversions[0, [0, 2, 4]], 0.0)
+    dyn = _bids(platform)
+    # A learned plan relearns from relearn_level; a plan that was learning restarts from 1.
+    np.testing.assert_array_equal(dyn[:, DYN_LEARNING], [RELEARN, 0.0, RELEARN, 0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(
+        dyn[:, DYN_BID_MULT], [1.0 + PREMIUM * RELEARN, 1.0, 1.0 + PREMIUM * RELEARN, 1.0, 1.0 + PREMIUM, 1.0]
+    )
+    # Relearning runs on the same schedule: 2 conversions halve what is left, 4 end it.
+    _after(platform, 8, [2, 0, 4, 0, 0, 0], day1)
+    dyn = _bids(platform)
+    np.testing.assert_array_equal(dyn[[0, 2], DYN_LEARNING], [RELEARN * 0.5, 0.0])
+    assert platform.status[0, 2] == STATUS_LEARNED
+
+
+# -------------------------------------------------------------------------------------------------
+# The cost controller: m <- clip(m x ((S + v) / (G + v)) ** -gain), S and G smoothed with rho.
+# -------------------------------------------------------------------------------------------------
+def _update(
+    *, mult=1.0, s=0.0, g=0.0, spend=0.0, target=0.0, value=100.0, budget=True, rho=0.5, gain=0.5, lo=0.3, hi=4.0
+):
+    m, s_new, g_new = controller_update(
+        np.array([mult]),
+        np.array([s]),
+        np.array([g]),
+        np.array([spend]),
+        np.array([target]),
+        np.array([value]),
+        np.array([budget]),
+        rho,
+        gain,
+        lo,
+        hi,
+    )
+    return float(m[0]), float(s_new[0]), float(g_new[0])
+
+
+def test_cost_above_target_lowers_the_multiplier() -> None:
+    # One conversion (target spend 100) bought for 300: (300 + 100) / (100 + 100) = 2.
+    assert _update(spend=300.0, target=100.0) == (2.0**-0.5, 300.0, 100.0)
+    assert _update(spend=300.0, target=100.0, gain=1.0) == (0.5, 300.0, 100.0)
+
+
+def test_cost_below_target_raises_the_multiplier() -> None:
+    # Three conversions (300 at target) bought for 100: (100 + 100) / (300 + 100) = 1/2.
+    assert _update(mult=1.5, spend=100.0, target=300.0) == (1.5 * 2.0**0.5, 100.0, 300.0)
+
+
+def test_the_controller_remembers_with_rho() -> None:
+    # S = 0.5 x 200 + 0 = 100, G = 0.5 x 100 + 150 = 200: ratio (100 + 100) / (200 + 100) = 2/3.
+    mult, s, g = _update(s=200.0, g=100.0, spend=0.0, target=150.0, gain=1.0)
+    assert (s, g) == (100.0, 200.0)
+    assert mult == pytest.approx(1.5, rel=1e-15)
+
+
+def test_the_multiplier_is_clipped_to_its_bounds() -> None:
+    # (10000 + 100) / (0 + 100) = 101: 101 ** -0.5 ~ 0.0995 -> 0.3; and the other way, 1/101 -> 4.
+    assert _update(spend=10_000.0)[0] == 0.3
+    assert _update(target=10_000.0, lo=0.3, hi=4.0)[0] == 4.0
+
+
+def test_no_update_without_a_budget() -> None:
+    assert _update(mult=1.7, s=50.0, g=20.0, spend=300.0, target=100.0, budget=False) == (1.7, 50.0, 20.0)
