@@ -1,12 +1,15 @@
 """The fidelity report (experiments/fidelity.py): every fact measured, verdicts from the bands, outputs.
 
-Today's simulator fails several bands; those assertions belong to the platform work. Here: the tool
-measures every fact of its table, its verdicts follow the bands, its numbers are deterministic for a
-seed, its JSON round-trips and the Hydra entry point runs.
+Fast tests: the tool measures every fact of its table, its verdicts follow the bands, its numbers are
+deterministic for a seed, its JSON round-trips and the Hydra entry point runs. Slow tests: the bands
+themselves, on ``default``, ``credit`` and ``insurance`` (a figure outside its band fails), less the
+gaps the simulator is known not to meet yet (:data:`KNOWN_GAPS`), and insurance renewals counted on
+every preset with insurance.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -18,9 +21,68 @@ import pytest
 from envs.features import Clock
 from envs.scenario import load_scenario
 from experiments import fidelity
-from experiments.fidelity import FACTS, FAIL, NA, PASS, Estimate, Measurement, verdict
+from experiments.fidelity import FACTS, FACTS_BY_KEY, FAIL, NA, PASS, Estimate, Measurement, verdict
 
 ROOT = Path(__file__).resolve().parent.parent
+
+_LEARNING_BILLS_LESS = "learning plan-steps bill below learned ones (DESIGN 2b: learning costs at or above target)"
+_SEARCH_CHEAP = "search's cost per deep event is more than 15% below the feed's"
+_NEW_PLANS_FAIL = (
+    "about a third of new plans on a uniform share get fewer than 20 conversions in 3 days and fail "
+    "(none is sent back by an edit: checked on 8 default episodes)"
+)
+# Facts the simulator does not meet yet, by preset: fact key -> why, with the value measured by the
+# slow test below (its seed and episodes). The slow tests skip them and assert every other band; a
+# gap closed by the simulator needs only its line removed here. Not a place to park a new failure:
+# each entry is a simulator issue to fix (DESIGN 7: "a preset that breaks one is a bug").
+KNOWN_GAPS: dict[str, dict[str, str]] = {
+    "default": {
+        "billing_learning.uniform": "0.871 < billing_learned.uniform 0.927 (96 episodes: 0.870 < 0.930); "
+        + _LEARNING_BILLS_LESS,
+        "billing_learning.thompson": "0.870 < billing_learned.thompson 0.916 (96 episodes: 0.878 < 0.912); "
+        + _LEARNING_BILLS_LESS,
+        "search_cost_per_deep.credit": "0.753 [0.651, 0.870] (96 episodes: 0.784); " + _SEARCH_CHEAP,
+        "search_cost_per_deep.insurance": "0.825 [0.664, 1.019] (96 episodes: 0.848); " + _SEARCH_CHEAP,
+        "search_cost_per_deep.securities": "0.653 [0.502, 0.897] (96 episodes: 0.736); " + _SEARCH_CHEAP,
+        "new_plan_exit.funded": "0.637 [0.588, 0.684] < 0.8 (96 episodes: 0.611); " + _NEW_PLANS_FAIL,
+    },
+    "credit": {
+        "billing_learned.thompson": "0.877 [0.845, 0.910] < 0.9 (96 episodes: 0.897): learned plans bill under target",
+        "billing_learned.thompson.network": (
+            "0.796 [0.719, 0.882] < 0.85 (96 episodes: 0.846): network plans bill under target"
+        ),
+        "billing_learning.uniform": "0.830 < billing_learned.uniform 0.910 (96 episodes: 0.848 < 0.913); "
+        + _LEARNING_BILLS_LESS,
+        "billing_learning.thompson": "0.854 < billing_learned.thompson 0.877 (96 episodes: 0.871 < 0.897); "
+        + _LEARNING_BILLS_LESS,
+        # Borderline rather than clearly broken: 96 episodes give 0.870 [0.803, 0.944], inside the band.
+        "search_cost_per_deep.credit": "0.834 [0.711, 0.990] at 24 episodes (96: 0.870, PASS); "
+        + _SEARCH_CHEAP
+        + " at this size",
+        "new_plan_exit.funded": "0.661 [0.615, 0.708] < 0.8 (96 episodes: 0.680); " + _NEW_PLANS_FAIL,
+    },
+    "insurance": {
+        "billing_learning.uniform": "0.869 < billing_learned.uniform 0.938 (96 episodes: 0.887 < 0.941); "
+        + _LEARNING_BILLS_LESS,
+        "billing_learning.thompson": "0.882 < billing_learned.thompson 0.924 (96 episodes: 0.899 < 0.935); "
+        + _LEARNING_BILLS_LESS,
+        "search_cost_per_deep.insurance": "0.754 [0.651, 0.888] (96 episodes: 0.829); " + _SEARCH_CHEAP,
+        "new_plan_exit.funded": "0.609 [0.536, 0.672] < 0.8 (96 episodes: 0.615); " + _NEW_PLANS_FAIL,
+    },
+}
+#: Episodes of the slow band tests, seed 0: ~70 s for default, ~40 s each for credit and insurance on 2
+#: cores. Their verdicts match the 96-episode report's except two facts whose interval straddles a band
+#: end: credit's search_cost_per_deep.credit (a gap above) and default's credit_approval_rate (0.252
+#: here, PASS; 0.247 [0.238, 0.256] at 96 episodes, FAIL).
+SLOW_EPISODES = {"default": 40, "credit": 24, "insurance": 24}
+#: Every preset with insurance plans (conf/env, found at collection) is held to insurance_renewal_counted,
+#: measured under uniform only: this many episodes, fewer on a preset with hundreds of plans (large).
+RENEWAL_EPISODES, RENEWAL_EPISODES_LARGE = 8, 2
+INSURANCE_PRESETS = tuple(
+    path.stem
+    for path in sorted((ROOT / "conf" / "env").glob("*.yaml"))
+    if any(v.name == "insurance" for v in load_scenario(path.stem).verticals)
+)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +113,8 @@ def test_rows_apply_bands_presets_and_low_from():
     assert rows["billing_learning.thompson"].verdict == NA
     assert rows["feed_share.uniform"].verdict == NA and "default only" in rows["feed_share.uniform"].note
     assert rows["oracle_gap.boost"].verdict == FAIL  # the mean gap decides, not the interval
-    assert rows["self_priced_share"].verdict == NA and rows["self_priced_share"].note == "not measured here"
+    assert rows["self_priced_share.uniform"].verdict == NA
+    assert rows["self_priced_share.uniform"].note == "not measured here"
 
     default = {r.key: r for r in fidelity.rows_from_estimates(estimates, "default")}
     assert default["feed_share.uniform"].verdict == FAIL
@@ -73,8 +136,13 @@ def test_small_measures_every_fact(small_rows):
             if fact.low_from is None:
                 assert row.low == fact.low
     by_key = {r.key: r for r in small_rows}
-    # small: one credit vertical, two days (no plan has 3 days to learn), no insurance, no price setters.
-    assert by_key["self_priced_share"].verdict == NA and "price-setter" in by_key["self_priced_share"].note
+    # small: one credit vertical, two days (no plan has 3 days to learn), no insurance, dedup on.
+    for allocator in ("uniform", "thompson"):
+        row = by_key[f"self_priced_share.{allocator}"]
+        assert row.value == 0.0 and row.verdict == PASS and "dedup on" in row.note
+    for channel in ("feed", "network", "search"):  # informational: a value, never a verdict
+        row = by_key[f"pacing_spend.{channel}"]
+        assert row.value is not None and row.verdict == NA and row.band == "none"
     assert by_key["insurance_renewal_counted"].value is None
     assert by_key["new_plan_exit.funded"].value is None
     assert by_key["credit_approval_rate"].value is not None
@@ -123,6 +191,25 @@ def test_starved_instrument_gives_young_plans_five_percent_of_uniform():
     assert np.allclose(shares[:2], fidelity.STARVED_FRACTION / 4) and np.isclose(shares[2], shares[3])
 
 
+def test_starved_instrument_follows_the_scenarios_learning_window():
+    sc = load_scenario("small")
+    sc = dataclasses.replace(sc, platform=dataclasses.replace(sc.platform, learning_days=1.0))
+    starved = fidelity.StarvedNewPlans()
+    starved.reset(sc)
+    stats = {"age_hours": np.array([10.0, 30.0])}  # young, then past a 1-day window
+    clock = Clock(hour=0, day=0, days=7, daily_budget=1.0, budget_left_today=1.0)
+    shares = starved.allocate(stats, clock, np.array([True, True]))
+    assert np.isclose(shares[0], fidelity.STARVED_FRACTION / 2) and np.isclose(shares[1], 1 - shares[0])
+
+
+def test_known_gaps_name_facts_with_a_band_on_their_preset():
+    for preset, gaps in KNOWN_GAPS.items():
+        for key, reason in gaps.items():
+            fact = FACTS_BY_KEY[key]
+            assert not fact.informational and (fact.presets is None or preset in fact.presets), (preset, key)
+            assert reason, (preset, key)
+
+
 def test_entry_point_runs(tmp_path):
     out, docs = tmp_path / "f.json", tmp_path / "fidelity.md"
     cmd = [
@@ -147,3 +234,57 @@ def test_unknown_key_fails_at_compose_time(tmp_path):
     cmd = [sys.executable, "-m", "experiments.fidelity", "env=small", "episodez=2", f"hydra.run.dir={tmp_path}"]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and "episodez" in done.stderr
+
+
+# -------------------------------------------------------------------------------------------------
+# The bands (slow): a figure outside its band is a failing test.
+# -------------------------------------------------------------------------------------------------
+def _banded_rows(rows: list[Measurement], preset: str) -> list[Measurement]:
+    """Rows whose band is set for ``preset`` (informational rows and other presets' bands left out)."""
+    facts = [FACTS_BY_KEY[r.key] for r in rows]
+    return [
+        r
+        for r, f in zip(rows, facts, strict=True)
+        if not f.informational and (f.presets is None or preset in f.presets)
+    ]
+
+
+def _outside(rows: list[Measurement], preset: str) -> list[str]:
+    return [
+        f"{r.key}: {r.value} not in {r.band} (CI [{r.ci_low}, {r.ci_high}]; {r.note})"
+        for r in _banded_rows(rows, preset)
+        if r.key not in KNOWN_GAPS[preset] and r.verdict != PASS and r.value is not None
+    ]
+
+
+@pytest.mark.slow
+def test_default_meets_every_band():
+    rows = fidelity.measure(load_scenario("default"), episodes=SLOW_EPISODES["default"], seed=0)
+    assert _outside(rows, "default") == []
+    # default has every channel and vertical: every banded fact has a value (nothing silently n/a).
+    unmeasured = [r.key for r in _banded_rows(rows, "default") if r.value is None]
+    assert unmeasured == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["credit", "insurance"])
+def test_single_vertical_presets_meet_the_bands_that_apply(preset):
+    rows = fidelity.measure(load_scenario(preset), episodes=SLOW_EPISODES[preset], seed=0)
+    assert _outside(rows, preset) == []
+    by_key = {r.key: r for r in rows}
+    assert by_key[f"search_cost_per_deep.{preset}"].value is not None  # the preset's own vertical is measured
+    assert by_key["pacing.search"].verdict == PASS and by_key["oracle_gap.thompson"].value is not None
+
+
+def test_presets_with_insurance_are_found():
+    assert {"default", "insurance"} <= set(INSURANCE_PRESETS) and "credit" not in INSURANCE_PRESETS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", INSURANCE_PRESETS)
+def test_insurance_renewals_counted_on_every_preset_with_insurance(preset):
+    scenario = load_scenario(preset)
+    episodes = RENEWAL_EPISODES_LARGE if scenario.n_plans > 100 else RENEWAL_EPISODES
+    row = fidelity.measure_renewals(scenario, episodes=episodes, seed=0)
+    assert row.value is not None and row.value >= 0.9, row
+    assert row.verdict == PASS
