@@ -109,6 +109,11 @@ N_GLOBAL_FEATURES = len(GLOBAL_FEATURES)
 # Position of each feature in its block, by name: build_observation writes features by name only.
 PLAN_INDEX: dict[str, int] = {f.name: i for i, f in enumerate(PLAN_FEATURES)}
 GLOBAL_INDEX: dict[str, int] = {f.name: i for i, f in enumerate(GLOBAL_FEATURES)}
+_ONE_HOT_START = PLAN_INDEX[f"channel_{CHANNELS[0]}"]
+_IDENTITY = {column: np.eye(len(vocabulary)) for column, vocabulary in VOCABULARIES.items()}
+assert [f.name for f in PLAN_FEATURES[_ONE_HOT_START:]] == [
+    f"{column}_{name}" for column, vocabulary in VOCABULARIES.items() for name in vocabulary
+], "the one-hot features must close the plan block, in VOCABULARIES' order"
 # Observation bounds: every feature is clipped into them (money ratios can grow with the episode).
 OBS_LOW, OBS_HIGH = -1.0, 1.0e6
 
@@ -208,9 +213,11 @@ def build_observation(
     np.log(target_cpa, out=feature("target_cpa"))
     np.divide(np.minimum(stats["age_hours"] / 24.0, 30.0), 30.0, out=feature("age_days"))
     np.multiply(stats["compensation_total"], pct, out=feature("compensation_total"))
-    for column, vocabulary in VOCABULARIES.items():  # one-hots: index into the vocabulary -> feature
-        index = PLAN_INDEX[f"{column}_{vocabulary[0]}"] + np.asarray(stats[column], dtype=np.int64)
-        np.put_along_axis(block, index[..., None], 1.0, axis=-1)
+    # One-hots: each name column's index picks a row of its identity matrix; the vocabularies' blocks
+    # are contiguous and in VOCABULARIES' order, so one assignment writes them all.
+    block[..., _ONE_HOT_START:] = np.concatenate(
+        [_IDENTITY[column][np.asarray(stats[column], dtype=np.int64)] for column in VOCABULARIES], axis=-1
+    )
     if active is not None:
         active = np.asarray(active, dtype=bool)
         if not np.logical_and.reduce(active, axis=None):

@@ -224,7 +224,8 @@ class Platform:
                 spend,
                 target_spend,
                 self.value,
-                self.controlled & (budget > 0),
+                # The controller converges once the plan has learned: learning plans explore instead.
+                self.controlled & (budget > 0) & (self.status == STATUS_LEARNED),
                 self.rho,
                 spec.controller_gain,
                 spec.bid_mult_min,

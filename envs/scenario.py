@@ -253,8 +253,8 @@ class PlanMix:
     # heuristic gains +15-60% over uniform on `default`, the range platform tools report (DESIGN 7).
     potential_deep_mult: float = 1.6  # deep-rate multiplier of potential plans
     potential_cvr_mult: float = 1.2
-    potential_bias: float = -0.9  # log-bias of the platform's pCTR*pCVR for a new potential plan
-    new_bias: float = -0.3  # the same for other new plans
+    potential_bias: float = -0.5  # log-bias of the platform's pCTR*pCVR for a new potential plan
+    new_bias: float = -0.15  # the same for other new plans
     learning_noise: float = 0.9  # bid noise amplitude at launch (uniform, +-)
     trap_cvr_mult: float = 2.5
     trap_cpa_mult: float = 0.6  # traps are set up as cheap-lead plans
@@ -285,7 +285,9 @@ class PlatformSpec:
     controller_half_life_hours: float = 12.0  # memory of the controller's smoothed cost and target spend
     bid_mult_min: float = 0.3  # bounds of the cost controller's multiplier (must contain 1)
     bid_mult_max: float = 4.0
-    explore_premium: float = 0.3  # learning plans bid x (1 + premium x learning level): exploration
+    # Learning plans bid x (1 + premium x learning level): exploration. 1.5 puts learning plans'
+    # billing ratio at or above learned plans' (DESIGN 7: learning costs more, not less).
+    explore_premium: float = 1.5
     learning_days: float = 3.0  # a plan that has not learned this long after (re)entering learning fails
     failed_throttle: float = 0.3  # a failed plan's delivery: its bids times this
     edit_threshold: float = 0.5  # a daily budget moved by more than this share vs the previous day resets learning
@@ -327,7 +329,9 @@ class Scenario:
     plans: PlanMix = field(default_factory=PlanMix)
     beta: float = 2.0  # exponent of the CPA penalty
     attribution_window_days: float = 7.0  # pending deep events settle if they mature within this
-    impressions_per_opportunity: int = 20
+    # Lots of 60 impressions: a week of the default portfolio's auctions (~1,300 lots an hour) costs
+    # about what it did before the platform layer, while a plan's hourly budget still buys a few lots.
+    impressions_per_opportunity: int = 60
     user_quality_sigma: float = 0.4  # log-sd of an opportunity's user quality (multiplies CVR)
     learning_conversions: float = 20.0  # conversions that end a plan's learning phase
     noise_floor: float = 0.1  # bid noise amplitude of a mature plan
@@ -377,7 +381,7 @@ CHANNEL_CATALOGUE: dict[str, dict[str, Any]] = {
         # advertisers bid about what our plans bid at target (median competing bid ~ 1.3x a typical
         # plan's target x pCTR x pCVR per impression), so the cost controller, not a cheap market,
         # sets the price, and a uniform allocation can spend ~3/4 of the budget at target.
-        volume=2500.0,
+        volume=833.0,
         diurnal=_FEED_CURVE,
         market_bid=0.30,
         market_sigma=0.45,
@@ -391,7 +395,7 @@ CHANNEL_CATALOGUE: dict[str, dict[str, Any]] = {
     ),
     # Third-party apps: cheap and abundant, slightly lower click quality.
     "network": dict(
-        volume=1000.0,
+        volume=333.0,
         diurnal=_NETWORK_CURVE,
         market_bid=0.18,
         market_sigma=0.5,
@@ -405,7 +409,7 @@ CHANNEL_CATALOGUE: dict[str, dict[str, Any]] = {
     ),
     # Search: intent-rich, working-hours traffic, cheaper acquisition (first price).
     "search": dict(
-        volume=350.0,
+        volume=117.0,
         diurnal=_SEARCH_CURVE,
         market_bid=0.14,
         market_sigma=0.4,
@@ -917,7 +921,7 @@ def scenario_from_mapping(cfg: Mapping[str, Any], source: str | None = None) -> 
         plans=_plan_mix(cfg.get("plans"), source),
         beta=num("beta", 2.0, lo=0.0, hi=MAX_BETA),
         attribution_window_days=attribution_window_days,
-        impressions_per_opportunity=num("impressions_per_opportunity", 20, integer=True, lo=1, hi=10_000),
+        impressions_per_opportunity=num("impressions_per_opportunity", 60, integer=True, lo=1, hi=10_000),
         user_quality_sigma=num("user_quality_sigma", 0.4, lo=0.0, hi=2.0),
         learning_conversions=num("learning_conversions", 20.0, lo=0.0, lo_open=True, hi=1e6),
         noise_floor=num("noise_floor", 0.1, lo=0.0, hi=0.95),

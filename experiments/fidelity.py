@@ -64,6 +64,7 @@ from agents.registry import make_allocator
 from envs.features import CHANNELS, VERTICALS, Clock
 from envs.scenario import (
     GOAL_SHALLOW,
+    KIND_REGULAR,
     STATUS_FAILED,
     STATUS_LEARNED,
     STATUS_LEARNING,
@@ -200,9 +201,10 @@ FACTS: tuple[Fact, ...] = (
     *(
         Fact(
             f"search_cost_per_deep.{vertical}",
-            f"Search against feed cost per deep event, {vertical} plans, uniform: (search spend / search deep "
-            "events) / (feed spend / feed deep events); deep events = first deep stage, matured in the episode "
-            "+ still pending at its end (within the attribution window).",
+            f"Search against feed cost per deep event, ordinary {vertical} plans (the same back-end quality: "
+            "potential plans and traps, whose deep rates differ by design, left out), uniform: (search spend / "
+            "search deep events) / (feed spend / feed deep events); deep events = first deep stage, matured in "
+            "the episode + still pending at its end (within the attribution window).",
             0.85,
             0.95,
             "a credit advertiser's report: ~10% below the feed, same back-end quality (DESIGN 1)",
@@ -675,7 +677,8 @@ def _measure_all(played: Episodes, seed: int) -> dict[str, Estimate]:
 
         def cost_per_deep(e: int, v: str = vertical) -> tuple[float, float, float, float]:
             tr, ch, vt = uniform[e], played.channel_names(e), played.vertical_names(e)
-            search, feed = (ch == "search") & (vt == v), (ch == "feed") & (vt == v)
+            ordinary = played.portfolios[e].kind == KIND_REGULAR
+            search, feed = (ch == "search") & (vt == v) & ordinary, (ch == "feed") & (vt == v) & ordinary
             spend, deep = tr.spend.sum(axis=0), deep_first(tr)
             return spend[search].sum(), deep[search].sum(), spend[feed].sum(), deep[feed].sum()
 

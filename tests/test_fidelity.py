@@ -25,11 +25,9 @@ from experiments.fidelity import FACTS, FACTS_BY_KEY, FAIL, NA, PASS, Estimate, 
 
 ROOT = Path(__file__).resolve().parent.parent
 
-_LEARNING_BILLS_LESS = "learning plan-steps bill below learned ones (DESIGN 2b: learning costs at or above target)"
-_SEARCH_CHEAP = "search's cost per deep event is more than 15% below the feed's"
-_NEW_PLANS_FAIL = (
-    "about a third of new plans on a uniform share get fewer than 20 conversions in 3 days and fail "
-    "(none is sent back by an edit: checked on 8 default episodes)"
+_SEARCH_FEW_PLANS = (
+    "about one ordinary search plan per vertical and portfolio: the interval straddles the band (ordinary "
+    "plans cost ~10% less on search by construction: predicted_cvr_mult 1.0 against cvr_mult 1.1)"
 )
 # Facts the simulator does not meet yet, by preset: fact key -> why, with the value measured by the
 # slow test below (its seed and episodes). The slow tests skip them and assert every other band; a
@@ -37,43 +35,18 @@ _NEW_PLANS_FAIL = (
 # each entry is a simulator issue to fix (DESIGN 7: "a preset that breaks one is a bug").
 KNOWN_GAPS: dict[str, dict[str, str]] = {
     "default": {
-        "billing_learning.uniform": "0.871 < billing_learned.uniform 0.927 (96 episodes: 0.870 < 0.930); "
-        + _LEARNING_BILLS_LESS,
-        "billing_learning.thompson": "0.870 < billing_learned.thompson 0.916 (96 episodes: 0.878 < 0.912); "
-        + _LEARNING_BILLS_LESS,
-        "search_cost_per_deep.credit": "0.753 [0.651, 0.870] (96 episodes: 0.784); " + _SEARCH_CHEAP,
-        "search_cost_per_deep.insurance": "0.825 [0.664, 1.019] (96 episodes: 0.848); " + _SEARCH_CHEAP,
-        "search_cost_per_deep.securities": "0.653 [0.502, 0.897] (96 episodes: 0.736); " + _SEARCH_CHEAP,
-        "new_plan_exit.funded": "0.637 [0.588, 0.684] < 0.8 (96 episodes: 0.611); " + _NEW_PLANS_FAIL,
+        "search_cost_per_deep.securities": "0.838 [0.553, 1.417] at 40 episodes (96: 0.813 [0.671, 1.007]); "
+        + _SEARCH_FEW_PLANS,
     },
     "credit": {
-        "billing_learned.thompson": "0.877 [0.845, 0.910] < 0.9 (96 episodes: 0.897): learned plans bill under target",
-        "billing_learned.thompson.network": (
-            "0.796 [0.719, 0.882] < 0.85 (96 episodes: 0.846): network plans bill under target"
-        ),
-        "billing_learning.uniform": "0.830 < billing_learned.uniform 0.910 (96 episodes: 0.848 < 0.913); "
-        + _LEARNING_BILLS_LESS,
-        "billing_learning.thompson": "0.854 < billing_learned.thompson 0.877 (96 episodes: 0.871 < 0.897); "
-        + _LEARNING_BILLS_LESS,
-        # Borderline rather than clearly broken: 96 episodes give 0.870 [0.803, 0.944], inside the band.
-        "search_cost_per_deep.credit": "0.834 [0.711, 0.990] at 24 episodes (96: 0.870, PASS); "
-        + _SEARCH_CHEAP
-        + " at this size",
-        "new_plan_exit.funded": "0.661 [0.615, 0.708] < 0.8 (96 episodes: 0.680); " + _NEW_PLANS_FAIL,
+        "new_plan_exit.funded": "0.786 [0.734, 0.833] < 0.8 (96 episodes: 0.780 [0.750, 0.810]): a fifth of "
+        "credit's new plans on a uniform share get fewer than 20 conversions in 3 days",
     },
-    "insurance": {
-        "billing_learning.uniform": "0.869 < billing_learned.uniform 0.938 (96 episodes: 0.887 < 0.941); "
-        + _LEARNING_BILLS_LESS,
-        "billing_learning.thompson": "0.882 < billing_learned.thompson 0.924 (96 episodes: 0.899 < 0.935); "
-        + _LEARNING_BILLS_LESS,
-        "search_cost_per_deep.insurance": "0.754 [0.651, 0.888] (96 episodes: 0.829); " + _SEARCH_CHEAP,
-        "new_plan_exit.funded": "0.609 [0.536, 0.672] < 0.8 (96 episodes: 0.615); " + _NEW_PLANS_FAIL,
-    },
+    "insurance": {},
 }
-#: Episodes of the slow band tests, seed 0: ~70 s for default, ~40 s each for credit and insurance on 2
-#: cores. Their verdicts match the 96-episode report's except two facts whose interval straddles a band
-#: end: credit's search_cost_per_deep.credit (a gap above) and default's credit_approval_rate (0.252
-#: here, PASS; 0.247 [0.238, 0.256] at 96 episodes, FAIL).
+#: Episodes of the slow band tests, seed 0. At 96 episodes (docs/fidelity.md) default's search rows for
+#: credit (0.794 [0.696, 0.898]) and insurance (0.809 [0.687, 0.954]) and credit's (0.838 [0.753,
+#: 0.932]) fall just under the band too, with intervals that reach into it: the same few-plans gap.
 SLOW_EPISODES = {"default": 40, "credit": 24, "insurance": 24}
 #: Every preset with insurance plans (conf/env, found at collection) is held to insurance_renewal_counted,
 #: measured under uniform only: this many episodes, fewer on a preset with hundreds of plans (large).
