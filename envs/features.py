@@ -15,7 +15,7 @@ its name in these tables (:data:`PLAN_INDEX`, :data:`GLOBAL_INDEX`), and one por
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,33 +160,48 @@ def build_observation(
     if single:  # one portfolio: a batch of one
         stats = {name: np.asarray(values)[None] for name, values in stats.items()}
         active = None if active is None else np.asarray(active)[None]
-    target_cpa = stats["target_cpa"]
-    n = target_cpa.shape[-1]
+    n = stats["target_cpa"].shape[-1]
     if n > max_plans:
         raise ValueError(f"{n} plans do not fit an observation of max_plans={max_plans}")
-    batch = target_cpa.shape[:-1]
+    batch = stats["target_cpa"].shape[:-1]
     budget = np.asarray(clock.daily_budget, dtype=np.float64)
     pct = (100.0 / budget)[..., None]  # money -> % of the daily budget, broadcast over plans
     one_pct = (0.01 * budget)[..., None]
-    spend_last = stats["spend_last"]
-    spend_24h = stats["spend_24h"]
-    spend_total = stats["spend_total"]
-    budget_last = stats["budget_last"]
-    impressions_24h = stats["impressions_24h"]
-    deep_value_24h = stats["deep_value_24h"]
-    deep_value_total = stats["deep_value_total"]
     # Written in place into one float64 buffer (features are clipped, then cast once).
     obs = np.zeros((*batch, observation_size(max_plans)))
     block = obs[..., : max_plans * N_PLAN_FEATURES].reshape(*batch, max_plans, N_PLAN_FEATURES)[..., :n, :]
+    feature = _plan_columns(block)
+    _write_activity_features(feature, stats, pct)
+    _write_efficiency_features(feature, stats, pct, one_pct)
+    _write_one_hots(block, stats)
+    if active is not None:
+        active = np.asarray(active, dtype=bool)
+        if not np.logical_and.reduce(active, axis=None):
+            block[~active] = 0.0
+    _write_global_features(obs[..., max_plans * N_PLAN_FEATURES :], clock, budget)
+    np.minimum(np.maximum(obs, OBS_LOW, out=obs), OBS_HIGH, out=obs)
+    return obs[0].astype(np.float32) if single else obs.astype(np.float32)
+
+
+def _plan_columns(block: np.ndarray) -> Callable[[str], np.ndarray]:
+    """A writable view of one named feature of every plan in ``block`` (..., n_plans, N_PLAN_FEATURES)."""
     col = block.transpose(block.ndim - 1, *range(block.ndim - 1))  # col[j]: feature j of every plan
 
     def feature(name: str) -> np.ndarray:
         return col[PLAN_INDEX[name]]
 
+    return feature
+
+
+def _write_activity_features(
+    feature: Callable[[str], np.ndarray], stats: Mapping[str, np.ndarray], pct: np.ndarray
+) -> None:
+    """What each plan spent, was given and won: money times ``pct`` (100 / daily budget), counts as log1p."""
+    spend_last, budget_last, impressions_24h = stats["spend_last"], stats["budget_last"], stats["impressions_24h"]
     feature("active")[...] = 1.0
     np.multiply(spend_last, pct, out=feature("spend_last"))
-    np.multiply(spend_24h, pct, out=feature("spend_24h"))
-    np.multiply(spend_total, pct, out=feature("spend_total"))
+    np.multiply(stats["spend_24h"], pct, out=feature("spend_24h"))
+    np.multiply(stats["spend_total"], pct, out=feature("spend_total"))
     np.multiply(budget_last, pct, out=feature("budget_last"))
     used = feature("budget_used_last")  # spend_last / budget_last where a budget was given, else 0
     np.divide(spend_last, budget_last, out=used, where=budget_last > 0)
@@ -201,28 +216,40 @@ def build_observation(
     np.log1p(stats["conversions_total"], out=feature("conversions_total"))
     np.log1p(stats["deep_events_24h"], out=feature("deep_24h"))
     np.log1p(stats["deep_events_total"], out=feature("deep_total"))
-    np.multiply(deep_value_24h, pct, out=feature("deep_value_24h"))
-    np.multiply(deep_value_total, pct, out=feature("deep_value_total"))
+    np.multiply(stats["deep_value_24h"], pct, out=feature("deep_value_24h"))
+    np.multiply(stats["deep_value_total"], pct, out=feature("deep_value_total"))
+
+
+def _write_efficiency_features(
+    feature: Callable[[str], np.ndarray], stats: Mapping[str, np.ndarray], pct: np.ndarray, one_pct: np.ndarray
+) -> None:
+    """Cost against target and value against spend (clipped), the target itself, age and compensation."""
+    spend_24h, spend_total, target_cpa = stats["spend_24h"], stats["spend_total"], stats["target_cpa"]
     cpa = spend_total / np.maximum(stats["conversions_total"], 1.0)
     cpa_ratio = feature("cpa_ratio_total")
     np.minimum(np.maximum(np.divide(cpa, target_cpa, out=cpa_ratio), 0.0, out=cpa_ratio), 5.0, out=cpa_ratio)
-    for name, value, spend in (("roi_24h", deep_value_24h, spend_24h), ("roi_total", deep_value_total, spend_total)):
+    for name, value, spend in (
+        ("roi_24h", stats["deep_value_24h"], spend_24h),
+        ("roi_total", stats["deep_value_total"], spend_total),
+    ):
         roi = feature(name)
         np.divide(value, np.maximum(spend, one_pct), out=roi)
         np.minimum(np.maximum(roi, 0.0, out=roi), 20.0, out=roi)
     np.log(target_cpa, out=feature("target_cpa"))
     np.divide(np.minimum(stats["age_hours"] / 24.0, 30.0), 30.0, out=feature("age_days"))
     np.multiply(stats["compensation_total"], pct, out=feature("compensation_total"))
-    # One-hots: each name column's index picks a row of its identity matrix; the vocabularies' blocks
-    # are contiguous and in VOCABULARIES' order, so one assignment writes them all.
+
+
+def _write_one_hots(block: np.ndarray, stats: Mapping[str, np.ndarray]) -> None:
+    """Each name column's index picks a row of its identity matrix; the vocabularies' blocks are
+    contiguous and in VOCABULARIES' order, so one assignment writes them all."""
     block[..., _ONE_HOT_START:] = np.concatenate(
         [_IDENTITY[column][np.asarray(stats[column], dtype=np.int64)] for column in VOCABULARIES], axis=-1
     )
-    if active is not None:
-        active = np.asarray(active, dtype=bool)
-        if not np.logical_and.reduce(active, axis=None):
-            block[~active] = 0.0
-    glob = obs[..., max_plans * N_PLAN_FEATURES :]
+
+
+def _write_global_features(glob: np.ndarray, clock: Clock, budget: np.ndarray) -> None:
+    """Time of day (as an angle), day, today's budget and hours left, into ``glob`` (..., N_GLOBAL_FEATURES)."""
 
     def global_feature(name: str) -> np.ndarray:
         return glob[..., GLOBAL_INDEX[name]]
@@ -234,5 +261,3 @@ def build_observation(
     global_feature("day_frac")[...] = np.asarray(clock.day) / np.asarray(clock.days)
     global_feature("budget_left_today")[...] = np.asarray(clock.budget_left_today) / budget
     global_feature("hours_left_today")[...] = (24 - hour) / 24.0
-    np.minimum(np.maximum(obs, OBS_LOW, out=obs), OBS_HIGH, out=obs)
-    return obs[0].astype(np.float32) if single else obs.astype(np.float32)

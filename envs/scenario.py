@@ -847,36 +847,14 @@ def _plan_mix(cfg: Any, source: str | None) -> PlanMix:
 
 def scenario_from_mapping(cfg: Mapping[str, Any], source: str | None = None) -> Scenario:
     """Build a validated :class:`Scenario` from a mapping with the fields of a preset file."""
-    if not isinstance(cfg, Mapping):
-        raise ScenarioError(f"a scenario must be a mapping of fields, got {type(cfg).__name__}{_where(source)}")
-    cfg = dict(cfg)
-    source = cfg.pop("source", None) or source
-    allowed = _SCALAR_FIELDS | {"channels", "verticals", "plans", "platform", "market_events"}
-    _check_keys(cfg, allowed, "", source)
-    required = [
-        "name",
-        "accounts",
-        "plans_per_account",
-        "days",
-        "steps_per_day",
-        "daily_budget",
-        "cpa_target",
-        "channels",
-        "verticals",
-    ]
-    for key in required:
-        if key not in cfg:
-            raise ScenarioError(f"{key} is missing{_where(source)}")
-
+    cfg, source = _top_level(cfg, source)
     channel_bodies, channel_mix = _group(cfg, "channels", CHANNEL_CATALOGUE, source)
     channels = [_channel(name, body, source) for name, body in channel_bodies]
     vertical_bodies, vertical_mix = _group(cfg, "verticals", VERTICAL_CATALOGUE, source)
     verticals = [_vertical(name, body, source) for name, body in vertical_bodies]
 
     def num(key: str, default: Any = None, **kw: Any) -> Any:
-        if key not in cfg:
-            return default
-        return _number(cfg, key, key, source, **kw)
+        return _top_number(cfg, key, source, default, **kw)
 
     name = cfg["name"]
     if not isinstance(name, str) or not name:
@@ -884,27 +862,12 @@ def scenario_from_mapping(cfg: Mapping[str, Any], source: str | None = None) -> 
     steps_per_day = num("steps_per_day", integer=True, lo=1)
     if 24 % steps_per_day:
         raise _fail("steps_per_day", steps_per_day, "a divisor of 24 (1, 2, 3, 4, 6, 8, 12 or 24)", source)
-    accounts = num("accounts", integer=True, lo=1, hi=MAX_PLANS)
-    plans_per_account = num("plans_per_account", integer=True, lo=1, hi=MAX_PLANS)
-    n_plans = accounts * plans_per_account
-    if n_plans > MAX_PLANS:
-        raise _fail("accounts * plans_per_account", n_plans, f"<= {MAX_PLANS}", source)
-    max_plans = num("max_plans", n_plans, integer=True, lo=1, hi=MAX_PLANS)
-    if max_plans < n_plans:
-        raise _fail("max_plans", max_plans, f">= accounts * plans_per_account = {n_plans}", source)
-    min_share = num("min_share", 0.0, lo=0.0, hi=1.0)
-    max_share = num("max_share", 1.0, lo=0.0, hi=1.0, lo_open=True)
-    if min_share > max_share:
-        raise _fail("min_share", min_share, f"<= max_share = {max_share}", source)
-    if min_share * n_plans > 1.0 + 1e-12:
-        raise _fail("min_share", min_share, f"<= 1 / n_plans = {1.0 / n_plans:.4g} (shares sum to 1)", source)
-    max_change = cfg.get("max_change")
-    if max_change is not None:
-        max_change = _number(cfg, "max_change", "max_change", source, lo=0.0, hi=1.0, lo_open=True)
+    accounts, plans_per_account, max_plans = _plan_counts(cfg, source)
+    min_share, max_share, max_change = _share_limits(cfg, accounts * plans_per_account, source)
     days = num("days", integer=True, lo=1, hi=MAX_DAYS)
     attribution_window_days = num("attribution_window_days", 7.0, lo=0.0, hi=MAX_ATTRIBUTION_DAYS)
     longest_window = max([attribution_window_days, *(v.attribution_window_days or 0.0 for v in verticals)])
-    _check_size(channels, n_plans, days, steps_per_day, longest_window, source)
+    _check_size(channels, accounts * plans_per_account, days, steps_per_day, longest_window, source)
     return Scenario(
         name=name,
         accounts=accounts,
@@ -934,6 +897,67 @@ def scenario_from_mapping(cfg: Mapping[str, Any], source: str | None = None) -> 
         market_drift=num("market_drift", 0.0, lo=-0.5, hi=0.5),
         source=source,
     )
+
+
+def _top_level(cfg: Any, source: str | None) -> tuple[dict[str, Any], str | None]:
+    """A copy of the preset mapping without its ``source`` (which wins over the caller's), after
+    refusing unknown fields and missing required ones."""
+    if not isinstance(cfg, Mapping):
+        raise ScenarioError(f"a scenario must be a mapping of fields, got {type(cfg).__name__}{_where(source)}")
+    cfg = dict(cfg)
+    source = cfg.pop("source", None) or source
+    allowed = _SCALAR_FIELDS | {"channels", "verticals", "plans", "platform", "market_events"}
+    _check_keys(cfg, allowed, "", source)
+    required = [
+        "name",
+        "accounts",
+        "plans_per_account",
+        "days",
+        "steps_per_day",
+        "daily_budget",
+        "cpa_target",
+        "channels",
+        "verticals",
+    ]
+    for key in required:
+        if key not in cfg:
+            raise ScenarioError(f"{key} is missing{_where(source)}")
+    return cfg, source
+
+
+def _top_number(cfg: Mapping[str, Any], key: str, source: str | None, default: Any = None, **bounds: Any) -> Any:
+    """The top-level number ``key`` of a preset, range-checked (:func:`_number`), or ``default`` if absent."""
+    if key not in cfg:
+        return default
+    return _number(cfg, key, key, source, **bounds)
+
+
+def _plan_counts(cfg: Mapping[str, Any], source: str | None) -> tuple[int, int, int]:
+    """``(accounts, plans_per_account, max_plans)``: within MAX_PLANS, and ``max_plans`` >= the plans."""
+    accounts = _top_number(cfg, "accounts", source, integer=True, lo=1, hi=MAX_PLANS)
+    plans_per_account = _top_number(cfg, "plans_per_account", source, integer=True, lo=1, hi=MAX_PLANS)
+    n_plans = accounts * plans_per_account
+    if n_plans > MAX_PLANS:
+        raise _fail("accounts * plans_per_account", n_plans, f"<= {MAX_PLANS}", source)
+    max_plans = _top_number(cfg, "max_plans", source, n_plans, integer=True, lo=1, hi=MAX_PLANS)
+    if max_plans < n_plans:
+        raise _fail("max_plans", max_plans, f">= accounts * plans_per_account = {n_plans}", source)
+    return accounts, plans_per_account, max_plans
+
+
+def _share_limits(cfg: Mapping[str, Any], n_plans: int, source: str | None) -> tuple[float, float, float | None]:
+    """``(min_share, max_share, max_change)``: per-plan share bounds that ``n_plans`` shares summing
+    to 1 can meet, and the optional step-to-step change limit."""
+    min_share = _top_number(cfg, "min_share", source, 0.0, lo=0.0, hi=1.0)
+    max_share = _top_number(cfg, "max_share", source, 1.0, lo=0.0, hi=1.0, lo_open=True)
+    if min_share > max_share:
+        raise _fail("min_share", min_share, f"<= max_share = {max_share}", source)
+    if min_share * n_plans > 1.0 + 1e-12:
+        raise _fail("min_share", min_share, f"<= 1 / n_plans = {1.0 / n_plans:.4g} (shares sum to 1)", source)
+    max_change = cfg.get("max_change")
+    if max_change is not None:
+        max_change = _number(cfg, "max_change", "max_change", source, lo=0.0, hi=1.0, lo_open=True)
+    return min_share, max_share, max_change
 
 
 def preset_path(name: str) -> Path:
@@ -1030,113 +1054,154 @@ class PortfolioGenerator:
     """
 
     def __call__(self, scenario: Scenario, rng: np.random.Generator) -> Portfolio:
-        sc, mix = scenario, scenario.plans
-        n = sc.n_plans
-        channel = rng.permutation(_apportion(n, sc.channel_mix))
-        vertical = rng.permutation(_apportion(n, sc.vertical_mix))
-        account = np.repeat(np.arange(sc.accounts), sc.plans_per_account).astype(np.int64)
-        counts = _apportion(
-            n,
-            (
-                mix.potential_fraction,
-                mix.trap_fraction,
-                mix.new_fraction,
-                1.0 - mix.potential_fraction - mix.trap_fraction - mix.new_fraction,
-            ),
-        )
-        # Every preset with >= 4 plans holds at least one potential plan and one trap.
-        kind_code = rng.permutation(counts)  # 0 potential, 1 trap, 2 new ordinary, 3 established
+        # The draws below happen in this order and no other: the same seed gives the same portfolio
+        # (tests/test_golden.py pins it), so a new draw goes after the last one.
+        sc = scenario
+        channel, vertical, kind_code = _assign_plans(sc, rng)
         kind = np.select([kind_code == 0, kind_code == 1], [KIND_POTENTIAL, KIND_TRAP], KIND_REGULAR)
         is_new = (kind_code == 0) | (kind_code == 2)
-
-        v_ctr = np.array([v.ctr for v in sc.verticals])[vertical]
-        v_cvr = np.array([v.cvr for v in sc.verticals])[vertical]
-        v_cpa = np.array([v.target_cpa for v in sc.verticals])[vertical]
-        ctr = v_ctr * np.exp(mix.ctr_sigma * rng.standard_normal(n))
-        cvr = v_cvr * np.exp(mix.cvr_sigma * rng.standard_normal(n))
-        target_cpa = v_cpa * np.exp(mix.cpa_sigma * rng.standard_normal(n))
-        deep_mult = np.exp(mix.deep_sigma * rng.standard_normal(n) - 0.5 * mix.deep_sigma**2)
-        potential, trap = kind == KIND_POTENTIAL, kind == KIND_TRAP
-        deep_mult = np.where(potential, mix.potential_deep_mult, deep_mult)
-        deep_mult = np.where(trap, mix.trap_deep_mult, deep_mult)
-        cvr = np.where(potential, cvr * mix.potential_cvr_mult, cvr)
-        cvr = np.where(trap, cvr * mix.trap_cvr_mult, cvr)
-        target_cpa = np.where(trap, target_cpa * mix.trap_cpa_mult, target_cpa)
-        ctr, cvr = np.minimum(ctr, 0.5), np.minimum(cvr, 0.9)
-
-        launch_day = rng.integers(0, mix.late_launch_days + 1, size=n)
-        launch_step = np.where(is_new, np.minimum(launch_day, sc.days - 1) * sc.steps_per_day, 0)
-        prior_age_steps = np.where(is_new, 0, rng.integers(5, 60, size=n) * sc.steps_per_day)
-        bias0 = np.where(potential, mix.potential_bias, np.where(is_new, mix.new_bias, 0.0))
-        bias0 = bias0 + np.where(is_new, 0.15 * rng.standard_normal(n), 0.0)
-        noise0 = np.where(is_new, mix.learning_noise, sc.noise_floor)
-        prior_conversions = np.where(is_new, 0.0, sc.learning_conversions * rng.uniform(2.0, 15.0, size=n))
-        prior_impressions = np.where(is_new, 0.0, rng.uniform(0.0, 2e5, size=n))
-        fatigue_scale = rng.uniform(*mix.fatigue_impressions, size=n)
-        fatigue_floor = np.full(n, mix.fatigue_floor)
-
-        coverage = rng.uniform(*mix.audience_coverage, size=n)
-        bits = rng.random((n, N_SEGMENTS)) < coverage[:, None]
-        bits[np.arange(n), rng.integers(0, N_SEGMENTS, size=n)] = True  # never an empty audience
-        audience = (bits.astype(np.uint64) << np.arange(N_SEGMENTS, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
-
-        stage_rate = np.zeros((n, MAX_STAGES))
-        stage_value = np.zeros((n, MAX_STAGES))
-        delay_median = np.ones((n, MAX_STAGES))
-        delay_sigma = np.zeros((n, MAX_STAGES))
-        # Plan quality acts on the first (gating) stage; every later stage has the plan's own rate
-        # around the vertical's (a funding rate, a renewal rate), so late events carry information.
-        stage_mult = np.exp(mix.stage_sigma * rng.standard_normal((n, MAX_STAGES)) - 0.5 * mix.stage_sigma**2)
-        stage_mult[:, 0] = deep_mult
-        for v_idx, v in enumerate(sc.verticals):
-            rows = vertical == v_idx
-            for s_idx, st in enumerate(v.stages):
-                rate = st.rate * stage_mult[rows, s_idx]
-                stage_rate[rows, s_idx] = np.minimum(rate, 1.0)
-                stage_value[rows, s_idx] = st.value
-                delay_median[rows, s_idx] = st.delay_median_hours / sc.hours_per_step
-                delay_sigma[rows, s_idx] = st.delay_sigma
-
-        weight = np.where(is_new, mix.static_weight_new, np.where(trap, mix.static_weight_trap, 1.0))
-        weight = weight * np.exp(0.3 * rng.standard_normal(n))
-        static_share = weight / weight.sum()
-
+        ctr, cvr, target_cpa, deep_mult = _draw_plan_quality(sc, vertical, kind, rng)
+        history = _draw_plan_history(sc, kind, is_new, rng)
+        audience = _draw_audience(sc.n_plans, sc.plans.audience_coverage, rng)
+        funnel = _draw_funnel(sc, vertical, deep_mult, rng)
+        static_share = _draw_static_share(sc.plans, kind, is_new, rng)
         market_day = np.exp(
             np.array([c.market_day_sigma for c in sc.channels])[None, :]
             * rng.standard_normal((sc.days, len(sc.channels)))
         )
         key = int(rng.integers(0, 2**63 - 1, dtype=np.int64))
-        goal = rng.choice(len(GOALS), size=n, p=np.asarray(sc.platform.goal_mix))
+        goal = rng.choice(len(GOALS), size=sc.n_plans, p=np.asarray(sc.platform.goal_mix))
         market_day, demand_day = market_conditions(sc, market_day)
-        window = np.asarray(sc.vertical_attribution_steps(), dtype=np.int64)[vertical]
         return Portfolio(
             channel=channel.astype(np.int64),
             vertical=vertical.astype(np.int64),
-            account=account,
+            account=np.repeat(np.arange(sc.accounts), sc.plans_per_account).astype(np.int64),
             kind=kind.astype(np.int64),
-            launch_step=launch_step.astype(np.int64),
-            prior_age_steps=prior_age_steps.astype(np.int64),
             audience=audience,
             ctr=ctr,
             cvr=cvr,
             target_cpa=target_cpa,
-            bias0=bias0,
-            noise0=noise0,
-            prior_conversions=prior_conversions,
-            prior_impressions=prior_impressions,
-            fatigue_scale=fatigue_scale,
-            fatigue_floor=fatigue_floor,
-            stage_rate=stage_rate,
-            stage_value=stage_value,
-            delay_median=delay_median,
-            delay_sigma=delay_sigma,
+            **history,
+            **funnel,
             static_share=static_share,
             market_day=market_day,
             key=key,
             goal=goal.astype(np.int64),
-            attribution_steps=window,
+            attribution_steps=np.asarray(sc.vertical_attribution_steps(), dtype=np.int64)[vertical],
             demand_day=demand_day,
         )
+
+
+def _assign_plans(sc: Scenario, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each plan's channel and vertical index, and its kind code (0 potential, 1 trap, 2 new ordinary,
+    3 established): the scenario's mixes apportioned exactly, then shuffled. Three permutations."""
+    mix, n = sc.plans, sc.n_plans
+    channel = rng.permutation(_apportion(n, sc.channel_mix))
+    vertical = rng.permutation(_apportion(n, sc.vertical_mix))
+    counts = _apportion(
+        n,
+        (
+            mix.potential_fraction,
+            mix.trap_fraction,
+            mix.new_fraction,
+            1.0 - mix.potential_fraction - mix.trap_fraction - mix.new_fraction,
+        ),
+    )
+    # Every preset with >= 4 plans holds at least one potential plan and one trap.
+    kind_code = rng.permutation(counts)
+    return channel, vertical, kind_code
+
+
+def _draw_plan_quality(
+    sc: Scenario, vertical: np.ndarray, kind: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(ctr, cvr, target_cpa, deep_mult)``, each (P,): log-normal around the vertical's, then set or
+    scaled by the plan's kind. Four standard normals of n: CTR, CVR, CPA, deep multiplier."""
+    mix, n = sc.plans, sc.n_plans
+    v_ctr = np.array([v.ctr for v in sc.verticals])[vertical]
+    v_cvr = np.array([v.cvr for v in sc.verticals])[vertical]
+    v_cpa = np.array([v.target_cpa for v in sc.verticals])[vertical]
+    ctr = v_ctr * np.exp(mix.ctr_sigma * rng.standard_normal(n))
+    cvr = v_cvr * np.exp(mix.cvr_sigma * rng.standard_normal(n))
+    target_cpa = v_cpa * np.exp(mix.cpa_sigma * rng.standard_normal(n))
+    deep_mult = np.exp(mix.deep_sigma * rng.standard_normal(n) - 0.5 * mix.deep_sigma**2)
+    potential, trap = kind == KIND_POTENTIAL, kind == KIND_TRAP
+    deep_mult = np.where(potential, mix.potential_deep_mult, deep_mult)
+    deep_mult = np.where(trap, mix.trap_deep_mult, deep_mult)
+    cvr = np.where(potential, cvr * mix.potential_cvr_mult, cvr)
+    cvr = np.where(trap, cvr * mix.trap_cvr_mult, cvr)
+    target_cpa = np.where(trap, target_cpa * mix.trap_cpa_mult, target_cpa)
+    return np.minimum(ctr, 0.5), np.minimum(cvr, 0.9), target_cpa, deep_mult
+
+
+def _draw_plan_history(
+    sc: Scenario, kind: np.ndarray, is_new: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """The :class:`Portfolio` fields of each plan's past: launch step and prior age, the platform's
+    starting estimate (bias, bid noise, conversions) and creative fatigue. Draws, in order: launch day,
+    prior age, bias jitter, prior conversions, prior impressions, fatigue scale."""
+    mix, n = sc.plans, sc.n_plans
+    launch_day = rng.integers(0, mix.late_launch_days + 1, size=n)
+    launch_step = np.where(is_new, np.minimum(launch_day, sc.days - 1) * sc.steps_per_day, 0)
+    prior_age_steps = np.where(is_new, 0, rng.integers(5, 60, size=n) * sc.steps_per_day)
+    bias0 = np.where(kind == KIND_POTENTIAL, mix.potential_bias, np.where(is_new, mix.new_bias, 0.0))
+    bias0 = bias0 + np.where(is_new, 0.15 * rng.standard_normal(n), 0.0)
+    return {
+        "launch_step": launch_step.astype(np.int64),
+        "prior_age_steps": prior_age_steps.astype(np.int64),
+        "bias0": bias0,
+        "noise0": np.where(is_new, mix.learning_noise, sc.noise_floor),
+        "prior_conversions": np.where(is_new, 0.0, sc.learning_conversions * rng.uniform(2.0, 15.0, size=n)),
+        "prior_impressions": np.where(is_new, 0.0, rng.uniform(0.0, 2e5, size=n)),
+        "fatigue_scale": rng.uniform(*mix.fatigue_impressions, size=n),
+        "fatigue_floor": np.full(n, mix.fatigue_floor),
+    }
+
+
+def _draw_audience(n: int, coverage_range: tuple[float, float], rng: np.random.Generator) -> np.ndarray:
+    """(n,) uint64 bit masks over N_SEGMENTS segments, each plan covering a drawn fraction of them and
+    never none. Draws: coverage, the bits, one guaranteed segment."""
+    coverage = rng.uniform(*coverage_range, size=n)
+    bits = rng.random((n, N_SEGMENTS)) < coverage[:, None]
+    bits[np.arange(n), rng.integers(0, N_SEGMENTS, size=n)] = True  # never an empty audience
+    return (bits.astype(np.uint64) << np.arange(N_SEGMENTS, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+
+
+def _draw_funnel(
+    sc: Scenario, vertical: np.ndarray, deep_mult: np.ndarray, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """The :class:`Portfolio` fields of each plan's deep funnel, (P, MAX_STAGES): rates, values and
+    delays from its vertical's stages, padded beyond them. One standard normal draw of (P, MAX_STAGES)."""
+    mix, n = sc.plans, sc.n_plans
+    stage_rate = np.zeros((n, MAX_STAGES))
+    stage_value = np.zeros((n, MAX_STAGES))
+    delay_median = np.ones((n, MAX_STAGES))
+    delay_sigma = np.zeros((n, MAX_STAGES))
+    # Plan quality acts on the first (gating) stage; every later stage has the plan's own rate
+    # around the vertical's (a funding rate, a renewal rate), so late events carry information.
+    stage_mult = np.exp(mix.stage_sigma * rng.standard_normal((n, MAX_STAGES)) - 0.5 * mix.stage_sigma**2)
+    stage_mult[:, 0] = deep_mult
+    for v_idx, v in enumerate(sc.verticals):
+        rows = vertical == v_idx
+        for s_idx, st in enumerate(v.stages):
+            rate = st.rate * stage_mult[rows, s_idx]
+            stage_rate[rows, s_idx] = np.minimum(rate, 1.0)
+            stage_value[rows, s_idx] = st.value
+            delay_median[rows, s_idx] = st.delay_median_hours / sc.hours_per_step
+            delay_sigma[rows, s_idx] = st.delay_sigma
+    return {
+        "stage_rate": stage_rate,
+        "stage_value": stage_value,
+        "delay_median": delay_median,
+        "delay_sigma": delay_sigma,
+    }
+
+
+def _draw_static_share(mix: PlanMix, kind: np.ndarray, is_new: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(P,) the morning's plan budgets as shares (sum 1): weights by kind, jittered log-normally."""
+    weight = np.where(is_new, mix.static_weight_new, np.where(kind == KIND_TRAP, mix.static_weight_trap, 1.0))
+    weight = weight * np.exp(0.3 * rng.standard_normal(len(weight)))
+    return weight / weight.sum()
 
 
 def market_conditions(scenario: Scenario, market_day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -33,7 +33,7 @@ import platform
 import sys
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -420,8 +420,31 @@ def _fmt(x: float) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
+    """The benchmark report: the run's header, the targets, then a table or paragraph per section measured."""
+    rows = summary(results)
+    lines = _header(results)
+    if rows:
+        lines += _targets_table(rows)
+    if "kernel" in results:
+        lines += _kernel_table(results["kernel"])
+    if "env" in results:
+        lines += _env_table(results["env"])
+    if "vector" in results:
+        lines += _vector_table(results["vector"])
+    if "scaling" in results:
+        lines += _scaling_tables(results["scaling"])
+    if "ppo" in results:
+        lines += _ppo_paragraph(results["ppo"])
+    lines += _notes(results, rows)
+    if "memory" in results:
+        lines += _memory_paragraph(results["memory"])
+    return "\n".join(lines)
+
+
+def _header(results: dict[str, Any]) -> list[str]:
+    """Title, the command and machine that measured, and how to read the CPU column."""
     m = results["machine"]
-    lines = [
+    return [
         "<!-- Written by `python -m experiments.bench`; do not edit by hand. -->",
         "## Benchmarks",
         "",
@@ -434,120 +457,146 @@ def markdown(results: dict[str, Any]) -> str:
         "that, other jobs took the CPU.",
         "",
     ]
-    rows = summary(results)
-    if rows:
-        lines += [
-            "### Targets",
-            "",
-            "*Per CPU-second* divides a rate by the CPU share it got: roughly what one dedicated core would do, "
-            "for the single-threaded figures.",
-            "",
+
+
+def _table(header: str, rows: Iterable[str]) -> list[str]:
+    """A Markdown table: ``header``, a separator row with as many columns, ``rows``, then a blank line."""
+    return [header, "|" + "---|" * (header.count("|") - 1), *rows, ""]
+
+
+def _targets_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Each target against its measured figure (from :func:`summary`)."""
+
+    def row_line(name: str, row: dict[str, Any]) -> str:
+        cpu, per_cpu = "", ""
+        if row["cpu_share"] is not None:
+            cpu, per_cpu = f"{row['cpu_share']:.2f}", _fmt(row["measured"] / row["cpu_share"])
+        met = "yes" if row["met"] else "**no**"
+        return f"| {name} | {_fmt(row['target'])} | {_fmt(row['measured'])} | {cpu} | {per_cpu} | {met} |"
+
+    return [
+        "### Targets",
+        "",
+        "*Per CPU-second* divides a rate by the CPU share it got: roughly what one dedicated core would do, "
+        "for the single-threaded figures.",
+        "",
+        *_table(
             "| figure | target | measured | CPU | per CPU-second | met |",
-            "|---|---|---|---|---|---|",
-        ]
-        for name, row in rows.items():
-            cpu, per_cpu = "", ""
-            if row["cpu_share"] is not None:
-                cpu, per_cpu = f"{row['cpu_share']:.2f}", _fmt(row["measured"] / row["cpu_share"])
-            met = "yes" if row["met"] else "**no**"
-            lines.append(f"| {name} | {_fmt(row['target'])} | {_fmt(row['measured'])} | {cpu} | {per_cpu} | {met} |")
-        lines.append("")
-    if "kernel" in results:
-        k = results["kernel"]
-        th = k["threads"]
-        lines += [
-            "### Kernel (auctions / s)",
-            "",
-            "Auction loop: `envs.kernels.auction` alone (bids with per-bidder noise, masking, top two). Whole "
-            "opportunity: the env's step kernel with one channel and that many bidders, all eligible "
-            "(opportunity draws, auction, click/conversion/deep funnel).",
-            "",
+            (row_line(name, row) for name, row in rows.items()),
+        ),
+    ]
+
+
+def _kernel_table(kernel: dict[str, Any]) -> list[str]:
+    """Auctions per second of the auction loop and of whole opportunities, one thread and all."""
+    th = kernel["threads"]
+
+    def cell(row: dict[str, float], threads: int) -> str:
+        return f"{_fmt(row[f'threads_{threads}'])} ({row[f'threads_{threads}_cpu_share']:.2f})"
+
+    loop, opportunity = kernel["auction_loop"], kernel["step_kernel_one_channel"]
+    return [
+        "### Kernel (auctions / s)",
+        "",
+        "Auction loop: `envs.kernels.auction` alone (bids with per-bidder noise, masking, top two). Whole "
+        "opportunity: the env's step kernel with one channel and that many bidders, all eligible "
+        "(opportunity draws, auction, click/conversion/deep funnel).",
+        "",
+        *_table(
             f"| bidders | auction loop, 1 thread (CPU) | auction loop, {th} threads (CPU) | "
             f"whole opportunity, 1 thread (CPU) | whole opportunity, {th} threads (CPU) |",
-            "|---|---|---|---|---|",
-        ]
+            (
+                f"| {n} | {cell(loop[n], 1)} | {cell(loop[n], th)} | "
+                f"{cell(opportunity[n], 1)} | {cell(opportunity[n], th)} |"
+                for n in loop
+            ),
+        ),
+    ]
 
-        def cell(row: dict[str, float], threads: int) -> str:
-            return f"{_fmt(row[f'threads_{threads}'])} ({row[f'threads_{threads}_cpu_share']:.2f})"
 
-        for n in k["auction_loop"]:
-            a, o = k["auction_loop"][n], k["step_kernel_one_channel"][n]
-            lines.append(f"| {n} | {cell(a, 1)} | {cell(a, th)} | {cell(o, 1)} | {cell(o, th)} |")
-        lines.append("")
-    if "env" in results:
-        lines += [
-            "### Single env (steps / s, random actions)",
-            "",
+def _env_table(env: dict[str, Any]) -> list[str]:
+    """Single-env steps per second per preset, Numba against the NumPy reference."""
+    return [
+        "### Single env (steps / s, random actions)",
+        "",
+        *_table(
             "| preset | Numba | CPU | kernel share of a step | NumPy reference | CPU | ratio |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for preset, row in results["env"].items():
-            lines.append(
+            (
                 f"| {preset} | {_fmt(row['numba_steps_per_s'])} | {row['numba_cpu_share']:.2f} | "
                 f"{100 * row['kernel_share']:.0f}% ({row['kernel_us_per_step']:,.0f} µs) | "
                 f"{_fmt(row['reference_steps_per_s'])} | {row['reference_cpu_share']:.2f} | "
                 f"{row['numba_over_reference']:.0f}x |"
-            )
-        lines.append("")
-    if "vector" in results:
-        lines += [
-            "### Batched env against SyncVectorEnv (`default`, env steps / s)",
-            "",
+                for preset, row in env.items()
+            ),
+        ),
+    ]
+
+
+def _vector_table(vector: dict[str, Any]) -> list[str]:
+    """The batched env against SyncVectorEnv, per number of envs."""
+    return [
+        "### Batched env against SyncVectorEnv (`default`, env steps / s)",
+        "",
+        *_table(
             "| N | SyncVectorEnv of N envs | CPU | BudgetShiftVectorEnv | CPU | ratio |",
-            "|---|---|---|---|---|---|",
-        ]
-        for n, row in results["vector"].items():
-            lines.append(
+            (
                 f"| {n} | {_fmt(row['sync_env_steps_per_s'])} | {row['sync_cpu_share']:.2f} | "
                 f"{_fmt(row['batched_env_steps_per_s'])} | {row['batched_cpu_share']:.2f} | "
                 f"{row['batched_over_sync']:.1f}x |"
-            )
-        lines.append("")
-    if "scaling" in results:
-        s = results["scaling"]
-        lines += [
-            "### Cost growth (single env on `default`)",
-            "",
+                for n, row in vector.items()
+            ),
+        ),
+    ]
+
+
+def _scaling_tables(scaling: dict[str, Any]) -> list[str]:
+    """Step cost as plans grow and as opportunities grow, and the growth sentence."""
+    return [
+        "### Cost growth (single env on `default`)",
+        "",
+        *_table(
             "| plans | steps / s | µs / step | µs / plan-step |",
-            "|---|---|---|---|",
-        ]
-        for n, row in s["plans"].items():
-            lines.append(
+            (
                 f"| {n} | {_fmt(row['steps_per_s'])} | {_fmt(row['us_per_step'])} | {row['us_per_plan_step']:.2f} |"
-            )
-        lines += [
-            "",
+                for n, row in scaling["plans"].items()
+            ),
+        ),
+        *_table(
             "| opportunities | per step | steps / s | µs / step | ns / opportunity |",
-            "|---|---|---|---|---|",
-        ]
-        for f, row in s["opportunities"].items():
-            lines.append(
+            (
                 f"| {f} | {_fmt(row['opportunities_per_step'])} | {_fmt(row['steps_per_s'])} | "
                 f"{_fmt(row['us_per_step'])} | {row['ns_per_opportunity']:.0f} |"
-            )
-        lines += ["", _growth_sentence(s), ""]
-    if "ppo" in results:
-        p = results["ppo"]
-        lines += [
-            "### PPO end to end (`default`, batched env)",
-            "",
-            f"SB3 PPO, MlpPolicy, {p['n_envs']} envs x {p['n_steps']} steps per rollout, batch {p['batch_size']}, "
-            f"{p['n_epochs']} epochs, torch on CPU ({p['torch_threads']} threads): **{_fmt(p['steps_per_s'])} "
-            f"steps / s** over {p['timesteps']:,} steps; the env took {100 * p['env_share']:.0f}% of the wall time.",
-            "",
-        ]
-    lines += _notes(results, rows)
-    if "memory" in results:
-        mem = results["memory"]
-        lines += [
-            f"### Memory (batched env, {mem['n_envs']} x `{mem['preset']}`)",
-            "",
-            f"Peak traced memory {mem['peak_mib']:,.0f} MiB (state arrays {mem['state_arrays_mib']:,.0f} MiB, of "
-            f"which the pending deep-event tensor {mem['pending_mib']:,.0f} MiB); "
-            f"{_fmt(mem['env_steps_per_s'])} env steps / s.",
-            "",
-        ]
-    return "\n".join(lines)
+                for f, row in scaling["opportunities"].items()
+            ),
+        ),
+        _growth_sentence(scaling),
+        "",
+    ]
+
+
+def _ppo_paragraph(ppo: dict[str, Any]) -> list[str]:
+    """PPO's training rate end to end and the env's share of its wall time."""
+    return [
+        "### PPO end to end (`default`, batched env)",
+        "",
+        f"SB3 PPO, MlpPolicy, {ppo['n_envs']} envs x {ppo['n_steps']} steps per rollout, batch "
+        f"{ppo['batch_size']}, {ppo['n_epochs']} epochs, torch on CPU ({ppo['torch_threads']} threads): "
+        f"**{_fmt(ppo['steps_per_s'])} steps / s** over {ppo['timesteps']:,} steps; the env took "
+        f"{100 * ppo['env_share']:.0f}% of the wall time.",
+        "",
+    ]
+
+
+def _memory_paragraph(memory: dict[str, Any]) -> list[str]:
+    """Peak traced memory of the batched env and what its state arrays take."""
+    return [
+        f"### Memory (batched env, {memory['n_envs']} x `{memory['preset']}`)",
+        "",
+        f"Peak traced memory {memory['peak_mib']:,.0f} MiB (state arrays {memory['state_arrays_mib']:,.0f} MiB, "
+        f"of which the pending deep-event tensor {memory['pending_mib']:,.0f} MiB); "
+        f"{_fmt(memory['env_steps_per_s'])} env steps / s.",
+        "",
+    ]
 
 
 def _growth_sentence(scaling: dict[str, Any]) -> str:

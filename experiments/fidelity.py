@@ -579,29 +579,65 @@ def measure_renewals(scenario: Scenario, episodes: int, seed: int) -> Measuremen
 
 def _measure_all(played: Episodes, seed: int) -> dict[str, Estimate]:
     """Every fact's estimate by key (an Estimate without a value carries the reason)."""
-    sc = played.scenario
-    n_ep = len(played.seeds)
-    channels = {c.name for c in sc.channels}
-    verticals = {v.name: v for v in sc.verticals}
-    spd = sc.steps_per_day
-    out: dict[str, Estimate] = {}
-    index = {f.key: i for i, f in enumerate(FACTS)}
+    book = _FactBook(played, seed)
+    _measure_billing(book)  # 1-2
+    _measure_self_priced_share(book)  # 3
+    _measure_feed_share(book)  # 4
+    _measure_search_cost_per_deep(book)  # 5
+    _measure_credit_approvals(book)  # 6
+    _measure_new_plans(book)  # 7
+    _measure_renewals_counted(book)  # 8
+    _measure_pacing(book)  # 9
+    _measure_last_step_spend(book)  # 10
+    _measure_scores(book)  # 11-12
+    missing = set(FACTS_BY_KEY) - set(book.out)
+    if missing:
+        raise RuntimeError(f"facts without a measurement: {sorted(missing)}")
+    return book.out
 
-    def put(key: str, samples: Sequence[Sequence[float]], note: str = "", offset: float = 0.0) -> None:
-        est = estimate(samples, (seed, index[key]), offset=offset)
+
+class _FactBook:
+    """The played episodes and the estimates measured on them so far, by fact key; each fact's
+    bootstrap is seeded by ``(seed, the fact's index in FACTS)``."""
+
+    def __init__(self, played: Episodes, seed: int) -> None:
+        self.played = played
+        self.seed = seed
+        self.channels = {c.name for c in played.scenario.channels}
+        self.verticals = {v.name: v for v in played.scenario.verticals}
+        self.out: dict[str, Estimate] = {}
+        self._index = {f.key: i for i, f in enumerate(FACTS)}
+
+    def put(
+        self, key: str, samples: Sequence[Sequence[float]], note: str = "", offset: float = 0.0, if_none: str = ""
+    ) -> None:
+        """Estimate ``key`` from per-episode ``samples``; ``note`` joins a value's note, ``if_none``
+        replaces the reason when there is no value."""
+        est = estimate(samples, (self.seed, self._index[key]), offset=offset)
         if est.value is not None and note:
             est = Estimate(est.value, est.ci_low, est.ci_high, "; ".join(n for n in (note, est.note) if n))
-        out[key] = est
+        if est.value is None and if_none:
+            est = Estimate(None, note=if_none)
+        self.out[key] = est
 
-    def absent(key: str, reason: str) -> None:
-        out[key] = Estimate(None, note=reason)
+    def absent(self, key: str, reason: str) -> None:
+        self.out[key] = Estimate(None, note=reason)
 
-    def per_episode(fn: Callable[[int], Sequence[float]]) -> list[np.ndarray]:
-        rows = [fn(e) for e in range(n_ep)]
+    def per_episode(self, fn: Callable[[int], Sequence[float]]) -> list[np.ndarray]:
+        """``fn(e)``'s columns over the episodes: one array per column, one entry per episode."""
+        rows = [fn(e) for e in range(len(self.played.seeds))]
         return [np.array([r[i] for r in rows]) for i in range(len(rows[0]))]
 
-    # 1-2. Billing ratios of learned and learning plan-steps (failed ones in neither), shallow-goal plans:
-    # their cost per optimisation event is spend per conversion, steered to the target CPA.
+
+def _deep_first(tr: EpisodeTrace) -> np.ndarray:
+    """(P,) first-stage deep events of the episode, matured or pending at its end."""
+    return tr.deep_matured[:, 0] + tr.deep_pending[:, 0]
+
+
+def _measure_billing(book: _FactBook) -> None:
+    """Facts 1-2. Billing ratios of learned and learning plan-steps (failed ones in neither), shallow-goal
+    plans: their cost per optimisation event is spend per conversion, steered to the target CPA."""
+    played = book.played
     phases = {"learned": STATUS_LEARNED, "learning": STATUS_LEARNING}
     for allocator in ("uniform", "thompson"):
         traces = played.traces[allocator]
@@ -616,43 +652,51 @@ def _measure_all(played: Episodes, seed: int) -> dict[str, Estimate]:
                 return float((tr.spend * mask).sum()), float(target.sum())
 
             key = f"billing_{phase}.{allocator}"
-            put(key, per_episode(lambda e, billing=billing: billing(e, None)))
-            if out[key].value is None:
-                absent(key, f"no conversions on {phase} plan-steps of shallow-goal plans")
+            book.put(
+                key,
+                book.per_episode(lambda e, billing=billing: billing(e, None)),
+                if_none=f"no conversions on {phase} plan-steps of shallow-goal plans",
+            )
             if phase == "learning":
                 continue
             for channel in CHANNELS:
                 ckey = f"{key}.{channel}"
-                if channel not in channels:
-                    absent(ckey, f"no {channel} plans in this preset")
+                if channel not in book.channels:
+                    book.absent(ckey, f"no {channel} plans in this preset")
                     continue
-                put(ckey, per_episode(lambda e, c=channel, billing=billing: billing(e, played.channel_names(e) == c)))
-                if out[ckey].value is None:
-                    absent(ckey, f"no conversions on learned {channel} plan-steps of shallow-goal plans")
+                book.put(
+                    ckey,
+                    book.per_episode(lambda e, c=channel, billing=billing: billing(e, played.channel_names(e) == c)),
+                    if_none=f"no conversions on learned {channel} plan-steps of shallow-goal plans",
+                )
 
-    # 3. Won lots priced by another plan of the same advertiser.
+
+def _measure_self_priced_share(book: _FactBook) -> None:
+    """Fact 3. Won lots priced by another plan of the same advertiser."""
+    sc = book.played.scenario
     lot = sc.impressions_per_opportunity
     for allocator in ("uniform", "thompson"):
-        key = f"self_priced_share.{allocator}"
-        traces = played.traces[allocator]
-        put(
-            key,
-            per_episode(lambda e, traces=traces: (traces[e].own_priced.sum(), traces[e].impressions.sum() / lot)),
+        traces = book.played.traces[allocator]
+        book.put(
+            f"self_priced_share.{allocator}",
+            book.per_episode(lambda e, traces=traces: (traces[e].own_priced.sum(), traces[e].impressions.sum() / lot)),
             note="dedup on" if sc.platform.dedup else "dedup off",
+            if_none="no lots won",
         )
-        if out[key].value is None:
-            absent(key, "no lots won")
 
-    # 4. Feed share of spend.
+
+def _measure_feed_share(book: _FactBook) -> None:
+    """Fact 4. Feed share of spend."""
+    played = book.played
     for allocator in ("static", "uniform"):
         key = f"feed_share.{allocator}"
-        if "feed" not in channels:
-            absent(key, "no feed plans in this preset")
+        if "feed" not in book.channels:
+            book.absent(key, "no feed plans in this preset")
             continue
         traces = played.traces[allocator]
-        put(
+        book.put(
             key,
-            per_episode(
+            book.per_episode(
                 lambda e, traces=traces: (
                     float(traces[e].spend[:, played.channel_names(e) == "feed"].sum()),
                     float(traces[e].spend.sum()),
@@ -660,51 +704,62 @@ def _measure_all(played: Episodes, seed: int) -> dict[str, Estimate]:
             ),
         )
 
+
+def _measure_search_cost_per_deep(book: _FactBook) -> None:
+    """Fact 5. Search against feed cost per deep event, per vertical (ordinary plans, uniform)."""
+    played, channels = book.played, book.channels
     uniform = played.traces["uniform"]
-
-    # 5. Search against feed cost per deep event, per vertical.
-    def deep_first(tr: EpisodeTrace) -> np.ndarray:
-        return tr.deep_matured[:, 0] + tr.deep_pending[:, 0]
-
     for vertical in VERTICALS:
         key = f"search_cost_per_deep.{vertical}"
         if "search" not in channels or "feed" not in channels:
-            absent(key, "no search plans in this preset" if "search" not in channels else "no feed plans")
+            book.absent(key, "no search plans in this preset" if "search" not in channels else "no feed plans")
             continue
-        if vertical not in verticals:
-            absent(key, f"no {vertical} plans in this preset")
+        if vertical not in book.verticals:
+            book.absent(key, f"no {vertical} plans in this preset")
             continue
 
         def cost_per_deep(e: int, v: str = vertical) -> tuple[float, float, float, float]:
             tr, ch, vt = uniform[e], played.channel_names(e), played.vertical_names(e)
             ordinary = played.portfolios[e].kind == KIND_REGULAR
             search, feed = (ch == "search") & (vt == v) & ordinary, (ch == "feed") & (vt == v) & ordinary
-            spend, deep = tr.spend.sum(axis=0), deep_first(tr)
+            spend, deep = tr.spend.sum(axis=0), _deep_first(tr)
             return spend[search].sum(), deep[search].sum(), spend[feed].sum(), deep[feed].sum()
 
-        put(key, per_episode(cost_per_deep))
-        if out[key].value is None:
-            absent(key, f"no spend or no deep events on search or feed {vertical} plans")
+        book.put(
+            key,
+            book.per_episode(cost_per_deep),
+            if_none=f"no spend or no deep events on search or feed {vertical} plans",
+        )
 
-    # 6. Credit approvals per application.
-    if "credit" in verticals:
 
-        def approvals(e: int) -> tuple[float, float]:
-            credit = played.vertical_names(e) == "credit"
-            return deep_first(uniform[e])[credit].sum(), uniform[e].conversions[:, credit].sum()
+def _measure_credit_approvals(book: _FactBook) -> None:
+    """Fact 6. Credit approvals per application (uniform)."""
+    if "credit" not in book.verticals:
+        book.absent("credit_approval_rate", "no credit plans in this preset")
+        return
+    played = book.played
+    uniform = played.traces["uniform"]
 
-        stage = verticals["credit"].stages[0].name
-        put("credit_approval_rate", per_episode(approvals), note=f"first deep stage: {stage}")
-        if out["credit_approval_rate"].value is None:
-            absent("credit_approval_rate", "no conversions on credit plans")
-    else:
-        absent("credit_approval_rate", "no credit plans in this preset")
+    def approvals(e: int) -> tuple[float, float]:
+        credit = played.vertical_names(e) == "credit"
+        return _deep_first(uniform[e])[credit].sum(), uniform[e].conversions[:, credit].sum()
 
-    # 7. New plans' learning phase, funded and starved, by the platform's status. The platform fails a
-    # plan once learning_days x steps_per_day steps have passed since launch without learning: status
-    # row launch + deadline is the first one that shows it.
+    stage = book.verticals["credit"].stages[0].name
+    book.put(
+        "credit_approval_rate",
+        book.per_episode(approvals),
+        note=f"first deep stage: {stage}",
+        if_none="no conversions on credit plans",
+    )
+
+
+def _measure_new_plans(book: _FactBook) -> None:
+    """Fact 7. New plans' learning phase, funded and starved, by the platform's status. The platform
+    fails a plan once learning_days x steps_per_day steps have passed since launch without learning:
+    status row launch + deadline is the first one that shows it."""
+    played, sc = book.played, book.played.scenario
     learning_days = sc.platform.learning_days
-    deadline = math.ceil(learning_days * spd - 1e-9)
+    deadline = math.ceil(learning_days * sc.steps_per_day - 1e-9)
 
     def new_plans(e: int, tr: EpisodeTrace, exited: bool) -> tuple[float, float]:
         pf = played.portfolios[e]
@@ -722,28 +777,32 @@ def _measure_all(played: Episodes, seed: int) -> dict[str, Estimate]:
         ("new_plan_fail.starved", STARVED, False),
     ):
         traces = played.traces[allocator]
-        samples = per_episode(lambda e, traces=traces, x=exited: new_plans(e, traces[e], x))
+        samples = book.per_episode(lambda e, traces=traces, x=exited: new_plans(e, traces[e], x))
         if samples[1].sum() == 0:
-            absent(key, f"no new plan launched at least learning_days ({learning_days:g}) before the episode ends")
+            book.absent(key, f"no new plan launched at least learning_days ({learning_days:g}) before the episode ends")
         else:
-            put(key, samples, note=f"{int(samples[1].sum())} plans; learning window {learning_days:g} days")
+            book.put(key, samples, note=f"{int(samples[1].sum())} plans; learning window {learning_days:g} days")
 
-    # 8. Insurance renewals counted at settlement.
-    samples, note = _renewal_samples(played)
+
+def _measure_renewals_counted(book: _FactBook) -> None:
+    """Fact 8. Insurance renewals counted at settlement."""
+    samples, note = _renewal_samples(book.played)
     if samples is None:
-        absent(RENEWAL, note)
+        book.absent(RENEWAL, note)
     else:
-        put(RENEWAL, samples, note=note)
-        if out[RENEWAL].value is None:
-            absent(RENEWAL, "no first premiums on insurance plans")
+        book.put(RENEWAL, samples, note=note, if_none="no first premiums on insurance plans")
 
-    # 9. Pacing: the channel's share of the budget given (the rule) and of spend (informational), each
-    # against its share of the allocated shares, per day.
-    days = sc.days
+
+def _measure_pacing(book: _FactBook) -> None:
+    """Fact 9. Pacing: the channel's share of the budget given (the rule) and of spend (informational),
+    each against its share of the allocated shares, per day (uniform)."""
+    played, sc = book.played, book.played.scenario
+    uniform = played.traces["uniform"]
+    days, spd = sc.days, sc.steps_per_day
     for channel in CHANNELS:
         for key, books in ((f"pacing.{channel}", "budget"), (f"pacing_spend.{channel}", "spend")):
-            if channel not in channels:
-                absent(key, f"no {channel} plans in this preset")
+            if channel not in book.channels:
+                book.absent(key, f"no {channel} plans in this preset")
                 continue
 
             def pacing(e: int, c: str = channel, books: str = books) -> tuple[float, float]:
@@ -757,9 +816,13 @@ def _measure_all(played: Episodes, seed: int) -> dict[str, Estimate]:
                 day_money = money.sum(axis=1).reshape(days, spd).sum(axis=1)
                 return float(money[:, on_channel].sum()), float((day_money * day_share).sum())
 
-            put(key, per_episode(pacing))
+            book.put(key, book.per_episode(pacing))
 
-    # 10. The day's last step against its share of traffic.
+
+def _measure_last_step_spend(book: _FactBook) -> None:
+    """Fact 10. The day's last step against its share of traffic."""
+    played, sc = book.played, book.played.scenario
+    days, spd = sc.days, sc.steps_per_day
     hours = np.arange(spd) * sc.hours_per_step
     traffic = np.array([np.asarray(c.diurnal)[hours] for c in sc.channels])  # (C, spd) Poisson means' shape
     last_traffic_share = traffic[:, -1] / traffic.sum(axis=1)  # (C,)
@@ -773,19 +836,17 @@ def _measure_all(played: Episodes, seed: int) -> dict[str, Estimate]:
             expected = (by_channel * last_traffic_share[:, None]).sum()
             return float(daily[:, -1, :].sum()), float(expected)
 
-        put(f"last_step_spend.{allocator}", per_episode(last_step))
+        book.put(f"last_step_spend.{allocator}", book.per_episode(last_step))
 
-    # 11-12. Scores: best heuristic against uniform, every heuristic against the oracle.
-    scores = {name: np.array([tr.score for tr in played.traces[name]]) for name in (*HEURISTIC_NAMES, ORACLE)}
+
+def _measure_scores(book: _FactBook) -> None:
+    """Facts 11-12. Scores: best heuristic against uniform, every heuristic against the oracle."""
+    traces = book.played.traces
+    scores = {name: np.array([tr.score for tr in traces[name]]) for name in (*HEURISTIC_NAMES, ORACLE)}
     best = max(HEURISTIC_NAMES, key=lambda name: scores[name].mean())
-    put("best_heuristic_lift", (scores[best], scores["uniform"]), note=f"best: {best}")
+    book.put("best_heuristic_lift", (scores[best], scores["uniform"]), note=f"best: {best}")
     for heuristic in HEURISTIC_NAMES:
-        put(f"oracle_gap.{heuristic}", (scores[heuristic], scores[ORACLE]), offset=-1.0)
-
-    missing = set(FACTS_BY_KEY) - set(out)
-    if missing:
-        raise RuntimeError(f"facts without a measurement: {sorted(missing)}")
-    return out
+        book.put(f"oracle_gap.{heuristic}", (scores[heuristic], scores[ORACLE]), offset=-1.0)
 
 
 def measure(scenario: Scenario, episodes: int, seed: int) -> list[Measurement]:
