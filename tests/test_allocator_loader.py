@@ -118,6 +118,14 @@ BAD_INPUTS = {
     "not a number": (lambda t: _set(t, "impressions_total", "12k"), r"'impressions_total' of plan 'plan000' must be"),
     "unknown channel": (lambda t: _set(t, "channel", "tv"), r"'channel' of plan 'plan000' is 'tv'; expected one of"),
     "unknown vertical": (lambda t: _set(t, "vertical", "crypto"), r"'vertical' of plan 'plan000' is 'crypto'"),
+    "unknown status": (
+        lambda t: _set(t, "status", "paused", row=1),
+        r"'status' of plan 'plan001' is 'paused'; expected one of \['learning', 'learned', 'failed'\]",
+    ),
+    "unknown goal": (
+        lambda t: _set(t, "goal", "roas", row=2),
+        r"'goal' of plan 'plan002' is 'roas'; expected one of \['shallow', 'deep', 'value'\]",
+    ),
     "zero target CPA": (
         lambda t: _set(t, "target_cpa", "0"),
         r"'target_cpa' of plan 'plan000' is 0.0; expected in \(0, 1e\+12\]",
