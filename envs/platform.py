@@ -22,11 +22,13 @@ The model, simplified as an auto-bidding engineer would recognise it (each a sce
   vertical's. Estimates divide by every conversion, including those whose deep events have not
   matured yet, so they lag for young plans: the delayed-feedback bias real platforms also face,
   left uncorrected here.
-- **Cost control**: the multiplier ``m`` in ``[bid_mult_min, bid_mult_max]`` follows the plan's
-  smoothed cost per optimisation event against its target: after a step in which the plan had a
-  budget, ``S <- rho S + spend``, ``G <- rho G + conversions x v`` (target spend of the step's
-  conversions), ``m <- clip(m x ((S + v) / (G + v)) ** -gain)``, ``rho = 0.5 ** (hours per step /
-  half-life)``; the ``+ v`` is one conversion at target, so thin data barely moves ``m``.
+- **Cost control** (learned plans on oCPM channels): the multiplier ``m`` in ``[bid_mult_min,
+  bid_mult_max]`` integrates each step's overshoot of spend over the target spend of its
+  conversions (``conversions x v``), relative to the plan's smoothed recent target spend:
+  ``m <- clip(m x exp(-gain x (spend - conversions x v) / (rho G + v)))``, ``G <- rho G + conversions x v``,
+  ``rho = 0.5 ** (hours per step / half-life)``; the ``+ v`` is one conversion at target, so thin data
+  barely moves ``m``, and a step without spend or conversions does not move it at all. Learning
+  plans explore instead (their controller has not converged) and keep their multiplier.
 - **Lifecycle**: *learning* -> *learned* once the plan has ``learning_conversions`` conversions since
   it (re)entered learning; -> *failed* if ``learning_days`` pass first. The learning level is
   ``lambda = max(0, 1 - conversions / learning_conversions)`` (times ``relearn_level`` for a plan
@@ -35,7 +37,9 @@ The model, simplified as an auto-bidding engineer would recognise it (each a sce
   or above target), failed plans ``x failed_throttle`` (the platform throttles their delivery).
 - **Significant edits**: at the end of each day, a plan whose budget for the day (the sum of its step
   budgets) moved by more than ``edit_threshold`` against the previous day's (both positive) goes
-  back to learning: status and clock reset, its predictions and history kept.
+  back to learning: status and clock reset, its history kept; a plan that had learned restarts at
+  learning level ``relearn_level``, so its bids are partly blind again (prediction bias, noise and
+  targeting follow the learning level).
 Channels whose ``cost_control`` is off (search's keyword auctions) keep the multiplier at 1 and are
 not compensated.
 
@@ -95,26 +99,29 @@ def learning_level(
 
 def controller_update(
     mult: np.ndarray,
-    smoothed_spend: np.ndarray,
     smoothed_target: np.ndarray,
     spend: np.ndarray,
     target_spend: np.ndarray,
     value: np.ndarray,
-    had_budget: np.ndarray,
+    update: np.ndarray,
     rho: float,
     gain: float,
     lo: float,
     hi: float,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One step of the cost controller: ``(mult, smoothed_spend, smoothed_target)`` after it.
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step of the cost controller: ``(mult, smoothed_target)`` after it.
 
-    Plans without a budget this step keep their multiplier and their smoothed books.
+    ``m <- clip(m x exp(-gain x (spend - target_spend) / (rho G + v)))``, then ``G <- rho G +
+    target_spend``: each step's own overshoot (or undershoot), relative to the plan's recent target
+    spend plus one conversion at target, moves the multiplier once (integral action: cost tracks
+    the target on average); a step with no spend and no conversion leaves it where it is, so one
+    noisy hour is never re-applied. Plans not to ``update`` keep their multiplier and books.
     """
-    s = np.where(had_budget, rho * smoothed_spend + spend, smoothed_spend)
-    g = np.where(had_budget, rho * smoothed_target + target_spend, smoothed_target)
-    ratio = (s + value) / (g + value)
-    new = np.clip(mult * ratio**-gain, lo, hi)
-    return np.where(had_budget, new, mult), s, g
+    # Scaled by the books *before* this step: scaling by books that already hold this step's
+    # conversions would shrink exactly the undershoots and bias the multiplier down.
+    step = np.exp(-gain * (spend - target_spend) / (rho * smoothed_target + value))
+    g = np.where(update, rho * smoothed_target + target_spend, smoothed_target)
+    return np.where(update, np.clip(mult * step, lo, hi), mult), g
 
 
 class Platform:
@@ -139,7 +146,6 @@ class Platform:
         self.value_seen = np.zeros((e, n))
         # Cost control.
         self.mult = np.ones((e, n))
-        self.smoothed_spend = np.zeros((e, n))
         self.smoothed_target = np.zeros((e, n))
         # Lifecycle.
         self.status = np.zeros((e, n), dtype=np.int64)  # STATUS_*
@@ -172,7 +178,6 @@ class Platform:
         self.deep_seen[i] = pf.prior_conversions * pf.stage_rate[:, 0]
         self.value_seen[i] = pf.prior_conversions * _plan_value_per_conversion(pf)
         self.mult[i] = 1.0
-        self.smoothed_spend[i] = 0.0
         self.smoothed_target[i] = 0.0
         learned = pf.prior_conversions >= sc.learning_conversions
         self.status[i] = np.where(learned, STATUS_LEARNED, STATUS_LEARNING)
@@ -217,9 +222,8 @@ class Platform:
         self.deep_seen += out[..., DEEP0]
         self.value_seen += out[..., DEEP_VALUE]
         if spec.cost_control:
-            self.mult[...], self.smoothed_spend[...], self.smoothed_target[...] = controller_update(
+            self.mult[...], self.smoothed_target[...] = controller_update(
                 self.mult,
-                self.smoothed_spend,
                 self.smoothed_target,
                 spend,
                 target_spend,
@@ -257,7 +261,7 @@ class Platform:
         previous = self.previous_day_budget
         moved = np.abs(self.day_budget - previous) > spec.edit_threshold * previous
         edited = rows & (previous > 0) & (self.day_budget > 0) & moved
-        self.relearning |= edited & (self.status != STATUS_LEARNING)
+        self.relearning |= edited & (self.status == STATUS_LEARNED)
         self.status[...] = np.where(edited, STATUS_LEARNING, self.status)
         self.learn_conversions[...] = np.where(edited, 0.0, self.learn_conversions)
         self.learn_start[...] = np.where(edited, next_step[:, None], self.learn_start)

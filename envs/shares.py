@@ -233,7 +233,7 @@ def step_budgets(
     a share spends ``share x daily_budget``, following its own channel's traffic whatever the other
     plans' channels (a plan on search is not paced by the feed's evening); money a plan could not
     spend earlier is not pushed into later steps (``D`` never exceeds the daily budget), so there is
-    no end-of-day dump; at the day's last step of a channel its plans get all that is left.
+    no end-of-day dump.
 
     :param shares: (..., P) non-negative, summing to at most 1.
     :param day_share, rest_share: (..., P) :func:`pacing` of each plan's channel at this step.

@@ -8,6 +8,8 @@ falls on a step computed here.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import yaml
@@ -154,50 +156,52 @@ def test_a_significant_edit_sends_a_learned_plan_back_to_learning() -> None:
 
 
 # -------------------------------------------------------------------------------------------------
-# The cost controller: m <- clip(m x ((S + v) / (G + v)) ** -gain), S and G smoothed with rho.
+# The cost controller: m <- clip(m x exp(-gain x (spend - target) / (rho G + v))), then G <- rho G + target.
 # -------------------------------------------------------------------------------------------------
-def _update(
-    *, mult=1.0, s=0.0, g=0.0, spend=0.0, target=0.0, value=100.0, budget=True, rho=0.5, gain=0.5, lo=0.3, hi=4.0
-):
-    m, s_new, g_new = controller_update(
+def _update(*, mult=1.0, g=0.0, spend=0.0, target=0.0, value=100.0, update=True, rho=0.5, gain=1.0, lo=0.3, hi=4.0):
+    m, g_new = controller_update(
         np.array([mult]),
-        np.array([s]),
         np.array([g]),
         np.array([spend]),
         np.array([target]),
         np.array([value]),
-        np.array([budget]),
+        np.array([update]),
         rho,
         gain,
         lo,
         hi,
     )
-    return float(m[0]), float(s_new[0]), float(g_new[0])
+    return float(m[0]), float(g_new[0])
 
 
 def test_cost_above_target_lowers_the_multiplier() -> None:
-    # One conversion (target spend 100) bought for 300: (300 + 100) / (100 + 100) = 2.
-    assert _update(spend=300.0, target=100.0) == (2.0**-0.5, 300.0, 100.0)
-    assert _update(spend=300.0, target=100.0, gain=1.0) == (0.5, 300.0, 100.0)
+    # One conversion (target spend 100) bought for 300, no history: exp(-(300 - 100) / (0 + 100)) = e^-2.
+    assert _update(spend=300.0, target=100.0, lo=0.01) == (math.exp(-2.0), 100.0)
+    assert _update(spend=300.0, target=100.0, gain=0.5, lo=0.01) == (math.exp(-1.0), 100.0)
 
 
 def test_cost_below_target_raises_the_multiplier() -> None:
-    # Three conversions (300 at target) bought for 100: (100 + 100) / (300 + 100) = 1/2.
-    assert _update(mult=1.5, spend=100.0, target=300.0) == (1.5 * 2.0**0.5, 100.0, 300.0)
+    # Three conversions (300 at target) bought for 100, G = 200 before: exp(200 / (0.5 x 200 + 100)) = e.
+    assert _update(mult=1.25, g=200.0, spend=100.0, target=300.0) == (1.25 * math.e, 400.0)
 
 
-def test_the_controller_remembers_with_rho() -> None:
-    # S = 0.5 x 200 + 0 = 100, G = 0.5 x 100 + 150 = 200: ratio (100 + 100) / (200 + 100) = 2/3.
-    mult, s, g = _update(s=200.0, g=100.0, spend=0.0, target=150.0, gain=1.0)
-    assert (s, g) == (100.0, 200.0)
-    assert mult == pytest.approx(1.5, rel=1e-15)
+def test_the_step_is_scaled_by_the_books_before_it() -> None:
+    # The same undershoot with more history moves the multiplier less: rho G + v = 0.5 x 1800 + 100 = 1000.
+    assert _update(g=1800.0, spend=100.0, target=300.0)[0] == pytest.approx(math.exp(0.2), rel=1e-15)
+
+
+def test_a_step_without_spend_or_conversions_leaves_the_multiplier_alone() -> None:
+    # No stale error is re-applied: one costly hour moves m once, idle hours after it do not.
+    m, g = _update(spend=300.0, target=100.0, lo=0.01)
+    for _ in range(5):
+        m_next, g = _update(mult=m, g=g, lo=0.01)
+        assert m_next == m
 
 
 def test_the_multiplier_is_clipped_to_its_bounds() -> None:
-    # (10000 + 100) / (0 + 100) = 101: 101 ** -0.5 ~ 0.0995 -> 0.3; and the other way, 1/101 -> 4.
     assert _update(spend=10_000.0)[0] == 0.3
-    assert _update(target=10_000.0, lo=0.3, hi=4.0)[0] == 4.0
+    assert _update(target=10_000.0)[0] == 4.0
 
 
-def test_no_update_without_a_budget() -> None:
-    assert _update(mult=1.7, s=50.0, g=20.0, spend=300.0, target=100.0, budget=False) == (1.7, 50.0, 20.0)
+def test_no_update_when_not_asked() -> None:
+    assert _update(mult=1.7, g=20.0, spend=300.0, target=100.0, update=False) == (1.7, 20.0)
