@@ -119,7 +119,8 @@ def controller_update(
     """
     # Scaled by the books *before* this step: scaling by books that already hold this step's
     # conversions would shrink exactly the undershoots and bias the multiplier down.
-    step = np.exp(-gain * (spend - target_spend) / (rho * smoothed_target + value))
+    # The exponent is bounded so an absurd overshoot saturates at the multiplier's bounds, never at inf.
+    step = np.exp(np.clip(-gain * (spend - target_spend) / (rho * smoothed_target + value), -700.0, 700.0))
     g = np.where(update, rho * smoothed_target + target_spend, smoothed_target)
     return np.where(update, np.clip(mult * step, lo, hi), mult), g
 
