@@ -134,6 +134,10 @@ class Platform:
         e, n = n_envs, sc.n_plans
         self.learning_steps = spec.learning_days * sc.steps_per_day
         self.rho = 0.5 ** (sc.hours_per_step / spec.controller_half_life_hours)
+        # By scenario vertical / channel: the priors the platform's predictions start from, cost control.
+        self.vertical_first_rate = np.array([v.stages[0].rate for v in sc.verticals])
+        self.vertical_value = np.array([_deep_value_per_conversion(v) for v in sc.verticals])
+        self.channel_controlled = np.array([c.cost_control for c in sc.channels])
         # Hidden truth the platform knows: goal, the vertical priors its predictions start from.
         self.goal = np.zeros((e, n), dtype=np.int64)
         self.target_cpa = np.ones((e, n))
@@ -166,14 +170,12 @@ class Platform:
     def load(self, i: int, pf: Portfolio) -> None:
         """Start episode row ``i``: established plans learned, new ones learning from their launch."""
         sc = self.scenario
-        first_rate = np.array([v.stages[0].rate for v in sc.verticals])
-        reach = np.array([_deep_value_per_conversion(v) for v in sc.verticals])
         self.goal[i] = pf.goal
         self.target_cpa[i] = pf.target_cpa
-        self.prior_rate[i] = first_rate[pf.vertical]
-        self.prior_value[i] = reach[pf.vertical]
+        self.prior_rate[i] = self.vertical_first_rate[pf.vertical]
+        self.prior_value[i] = self.vertical_value[pf.vertical]
         self.launch_step[i] = pf.launch_step
-        self.controlled[i] = np.array([c.cost_control for c in sc.channels])[pf.channel]
+        self.controlled[i] = self.channel_controlled[pf.channel]
         # An established plan's history: its conversions and, in expectation, their deep postbacks.
         self.conversions_seen[i] = pf.prior_conversions
         self.deep_seen[i] = pf.prior_conversions * pf.stage_rate[:, 0]

@@ -20,6 +20,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+from conftest import random_actions
 
 import envs  # noqa: F401  (registers BudgetShift-v0)
 from agents.registry import make_allocator
@@ -31,20 +32,12 @@ ALLOCATORS = ("static", "uniform", "proportional", "cpa_guard", "boost", "thomps
 INFO_ARRAYS = ("spend", "impressions", "clicks", "conversions", "deep_events", "deep_value", "budget", "shares")
 
 
-def _actions(max_plans: int, n_steps: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    actions = rng.uniform(-1.0, 1.0, size=(n_steps, max_plans))
-    corners = rng.random((n_steps, max_plans)) < 0.1
-    actions[corners] = rng.choice([-1.0, 1.0], size=int(corners.sum()))
-    return actions.astype(np.float32)
-
-
 def rollout_digest(preset: str, seed: int = 3, action_seed: int = 7) -> dict[str, object]:
     env = gym.make("BudgetShift-v0", scenario=preset).unwrapped
     obs, _ = env.reset(seed=seed)
     digest = hashlib.sha256(np.ascontiguousarray(obs).tobytes())
     total = 0.0
-    for action in _actions(env.max_plans, env.horizon, action_seed):
+    for action in random_actions(env.max_plans, env.horizon, action_seed):
         obs, reward, terminated, truncated, info = env.step(action)
         total += reward
         digest.update(np.ascontiguousarray(obs).tobytes())
@@ -60,7 +53,7 @@ def vector_returns(preset: str = "small", num_envs: int = 3, seed: int = 5) -> l
     vec = gym.make_vec("BudgetShift-v0", num_envs=num_envs, vectorization_mode="vector_entry_point", scenario=preset)
     vec.reset(seed=seed)
     horizon = vec.unwrapped.horizon if hasattr(vec.unwrapped, "horizon") else None
-    actions = _actions(vec.single_action_space.shape[0], 2 * (horizon or 48), 11)
+    actions = random_actions(vec.single_action_space.shape[0], 2 * (horizon or 48), 11)
     returns = np.zeros(num_envs)
     finished: list[float] = []
     for action in actions:
