@@ -2,7 +2,9 @@
 
 This module is what a production allocator calls on real reporting data, so it depends on NumPy
 alone (no Numba, no Gymnasium). The simulator fills the same :data:`STAT_COLUMNS` from its own
-bookkeeping and calls the same :func:`build_observation`; nothing here reads hidden truth.
+bookkeeping; its ``reference`` backend calls the same :func:`build_observation`, its ``numba``
+backend computes the same vector in one kernel (:mod:`envs.observation_kernel`, held to this
+module by ``tests/test_observation_kernel.py``). Nothing here reads hidden truth.
 
 Windows: ``_last`` is the last decision step (an hour by default), ``_24h`` the last 24 hours,
 ``_total`` everything since the episode (or the reporting period) started. Money features are

@@ -4,10 +4,11 @@ lifecycle, significant edits and compensation (DESIGN 2b), as NumPy on ``(E, P)`
 Before each step :meth:`Platform.write_bids` fills the kernel's per-plan bidding state
 (``KernelInputs.dyn``: the value bid per predicted conversion, the learning level, the bid
 multiplier); after it :meth:`Platform.after_step` updates the controllers from the step's outcome
-and, at the end of each day, applies significant edits and compensation. Both backends (the Numba
-kernel and the NumPy reference) run this one implementation between their kernel calls; the rules
-of a single auction that it feeds (one ad per advertiser, the bid formula, attribution) are in the
-kernel and its reference.
+and, at the end of each day, applies significant edits and compensation. The NumPy methods here
+are the reference statement of these rules, run by the ``reference`` backend; the ``numba`` backend
+runs the same rules as the loops of :mod:`envs.platform_kernels` (``Platform(fast=True)``), and the
+alignment test steps the two side by side. The rules of a single auction that the platform feeds
+(one ad per advertiser, the bid formula, attribution) are in the kernel and its reference.
 
 The model, simplified as an auto-bidding engineer would recognise it (each a scenario field of
 :class:`envs.scenario.PlatformSpec`):
@@ -53,6 +54,7 @@ from __future__ import annotations
 import numpy as np
 
 from envs.kernels import CONVERSIONS, DEEP0, DEEP_VALUE, DYN_BID_MULT, DYN_BID_VALUE, DYN_LEARNING, SPEND
+from envs.platform_kernels import after_step_kernel, write_bids_kernel
 from envs.scenario import (
     GOAL_DEEP,
     GOAL_VALUE,
@@ -128,8 +130,9 @@ def controller_update(
 class Platform:
     """The platform's per-plan state for ``n_envs`` episodes of one scenario (arrays ``(E, P)``)."""
 
-    def __init__(self, scenario: Scenario, n_envs: int) -> None:
+    def __init__(self, scenario: Scenario, n_envs: int, fast: bool = True) -> None:
         self.scenario = sc = scenario
+        self.fast = fast  # the Numba kernels of envs.platform_kernels (False: the NumPy methods here)
         self.spec = spec = sc.platform
         e, n = n_envs, sc.n_plans
         self.learning_steps = spec.learning_days * sc.steps_per_day
@@ -196,6 +199,29 @@ class Platform:
     def write_bids(self, dyn: np.ndarray) -> None:
         """Fill ``dyn`` (E, P, N_DYN_FIELDS) for the step about to be simulated."""
         spec, sc = self.spec, self.scenario
+        if self.fast:
+            write_bids_kernel(
+                self.goal,
+                self.target_cpa,
+                self.prior_rate,
+                self.prior_value,
+                self.conversions_seen,
+                self.deep_seen,
+                self.value_seen,
+                self.status,
+                self.learn_conversions,
+                self.relearning,
+                self.mult,
+                self.value,
+                dyn,
+                float(spec.deep_switch_events),
+                float(spec.prior_strength),
+                float(sc.learning_conversions),
+                float(spec.relearn_level),
+                float(spec.explore_premium),
+                float(spec.failed_throttle),
+            )
+            return
         self.value = bid_values(
             self.goal,
             self.target_cpa,
@@ -219,6 +245,9 @@ class Platform:
     def after_step(self, t: np.ndarray, out: np.ndarray, budget: np.ndarray) -> None:
         """Update every controller from step ``t`` (E,) of each env: ``out`` (E, P, k), ``budget`` (E, P)."""
         spec, sc = self.spec, self.scenario
+        if self.fast:
+            self._after_step_fast(t, out, budget)
+            return
         spend, conversions = out[..., SPEND], out[..., CONVERSIONS]
         target_spend = conversions * self.value
         self.conversions_seen += conversions
@@ -253,6 +282,44 @@ class Platform:
         day_end = (t + 1) % sc.steps_per_day == 0
         if np.logical_or.reduce(day_end):
             self._end_of_day(day_end, t + 1)
+
+    def _after_step_fast(self, t: np.ndarray, out: np.ndarray, budget: np.ndarray) -> None:
+        spec, sc = self.spec, self.scenario
+        after_step_kernel(
+            t,
+            out,
+            budget,
+            self.value,
+            self.controlled,
+            self.launch_step,
+            self.conversions_seen,
+            self.deep_seen,
+            self.value_seen,
+            self.mult,
+            self.smoothed_target,
+            self.status,
+            self.learn_conversions,
+            self.learn_start,
+            self.relearning,
+            self.learned_all_day,
+            self.day_budget,
+            self.previous_day_budget,
+            self.day_spend,
+            self.day_target_spend,
+            self.compensation,
+            self.edits,
+            bool(spec.cost_control),
+            float(self.rho),
+            float(spec.controller_gain),
+            float(spec.bid_mult_min),
+            float(spec.bid_mult_max),
+            float(sc.learning_conversions),
+            float(self.learning_steps),
+            int(sc.steps_per_day),
+            bool(spec.compensation),
+            float(spec.compensation_threshold),
+            float(spec.edit_threshold),
+        )
 
     def _end_of_day(self, rows: np.ndarray, next_step: np.ndarray) -> None:
         spec = self.spec

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from envs import kernels
-from envs.features import CHANNELS, VERTICALS, Clock, build_observation
+from envs.features import CHANNELS, VERTICALS, Clock, build_observation, observation_size
 from envs.kernels import BUDGET, CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, SPEND
 from envs.objective import DeepValueScore, ScoreParts
+from envs.observation_kernel import GLOBAL_POSITIONS, PLAN_POSITIONS, observation_kernel
 from envs.platform import Platform
 from envs.scenario import MAX_STAGES, Portfolio, Scenario
 from envs.shares import (
@@ -75,7 +76,8 @@ class PortfolioBatch:
         k = kernels.n_step_fields(self.n_stages)
         # The kernel's inputs: the scenario's channels and, per episode, hidden truth and plan state.
         self.inputs = kernels.pack_inputs(sc, n_envs)
-        self.platform = Platform(sc, n_envs)  # the platform's controllers between allocation and auction
+        # The platform's controllers between allocation and auction: Numba kernels, or NumPy for the reference.
+        self.platform = Platform(sc, n_envs, fast=backend == "numba")
         # (C, steps_per_day) each channel's share of the day's traffic per step, and of the rest of the day.
         self.day_share, self.rest_share = pacing(self.inputs.chan_diurnal, sc.steps_per_day)
         self.channel_vocab = np.array([CHANNELS.index(c.name) for c in sc.channels], dtype=np.int64)
@@ -283,7 +285,38 @@ class PortfolioBatch:
         return dict(views)
 
     def observe(self, env_index: int | None = None) -> np.ndarray:
-        """Observations (E, obs_size) float32, or (obs_size,) for one env (:func:`build_observation`)."""
+        """Observations (E, obs_size) float32, or (obs_size,) for one env (:func:`build_observation`;
+        the numba backend computes the same vector with :func:`envs.observation_kernel.observation_kernel`)."""
+        if self.backend == "numba":
+            rows = slice(None) if env_index is None else slice(env_index, env_index + 1)
+            obs = np.empty((self.t[rows].shape[0], observation_size(self.max_plans)), dtype=np.float32)
+            sc, platform = self.scenario, self.platform
+            observation_kernel(
+                obs,
+                PLAN_POSITIONS,
+                GLOBAL_POSITIONS,
+                self.last[rows],
+                self.ring[rows],
+                self.total[rows],
+                self.t[rows],
+                self.launch_step[rows],
+                self.prior_age_steps[rows],
+                self.target_cpa[rows],
+                platform.compensation[rows],
+                self.plan_channel_vocab[rows],
+                self.plan_vertical_vocab[rows],
+                platform.status[rows],
+                platform.goal[rows],
+                self.active[rows],
+                self.spent_today[rows],
+                self.horizon,
+                sc.steps_per_day,
+                sc.hours_per_step,
+                sc.days,
+                float(sc.daily_budget),
+                self.max_plans,
+            )
+            return obs if env_index is None else obs[0]
         return build_observation(
             self.reporting_stats(env_index),
             self.clock(env_index),

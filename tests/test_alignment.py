@@ -2,7 +2,9 @@
 
 Both draw every random number from the same counter-based hash, so counts must be exactly equal and
 money equal up to floating-point summation order (1e-9 relative). The hidden pending-event tensor is
-compared too: a deep event scheduled at the wrong step would otherwise only show up days later.
+compared too: a deep event scheduled at the wrong step would otherwise only show up days later; and
+so is the platform's state (the numba backend runs envs.platform_kernels, the reference the NumPy
+methods of envs.platform.Platform).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from envs.kernels import IMPRESSIONS
 COUNTS = ("impressions", "clicks", "conversions", "deep_events")
 MONEY = ("spend", "deep_value", "budget")
 RTOL = 1e-9
+PLATFORM_EXACT = ("status", "learn_start", "edits", "relearning", "learned_all_day", "conversions_seen", "deep_seen")
+PLATFORM_MONEY = ("mult", "smoothed_target", "value", "compensation", "day_spend", "previous_day_budget")
 
 
 def _assert_aligned(preset: str, seed: int, n_steps: int | None) -> None:
@@ -36,6 +40,18 @@ def _assert_aligned(preset: str, seed: int, n_steps: int | None) -> None:
             np.testing.assert_allclose(info_fast[key], info_slow[key], rtol=RTOL, atol=0, err_msg=f"{key} at {where}")
         np.testing.assert_array_equal(fast.pending, slow.pending, err_msg=f"pending at {where}")
         np.testing.assert_allclose(fast.state, slow.state, rtol=RTOL, atol=0, err_msg=f"state at {where}")
+        # The platform layer: Numba kernels (envs.platform_kernels) against the NumPy methods.
+        for name in PLATFORM_EXACT:
+            np.testing.assert_array_equal(
+                getattr(fast.sim.platform, name), getattr(slow.sim.platform, name), err_msg=f"{name} at {where}"
+            )
+        for name in PLATFORM_MONEY:
+            np.testing.assert_allclose(
+                getattr(fast.sim.platform, name),
+                getattr(slow.sim.platform, name),
+                rtol=RTOL,
+                err_msg=f"{name} at {where}",
+            )
         # float32 features of equal inputs; the tolerance only absorbs a rounding-boundary flip.
         np.testing.assert_allclose(obs_fast, obs_slow, rtol=1e-6, atol=1e-6, err_msg=f"observation at {where}")
         assert reward_fast == pytest.approx(reward_slow, rel=RTOL, abs=1e-9), where

@@ -3,7 +3,9 @@ relearning after a significant edit), the bid multiplier it writes, and the cost
 
 The lifecycle tests drive :class:`envs.platform.Platform` directly with hand-written step outputs
 on a tiny scenario (4 steps a day, 4 conversions to learn, 1 day to do it), so every status change
-falls on a step computed here.
+falls on a step computed here; each runs on both implementations (the NumPy reference methods and
+the Numba kernels of :mod:`envs.platform_kernels`), and a randomised test holds the two together
+on every field of the platform's state.
 """
 
 from __future__ import annotations
@@ -33,7 +35,13 @@ STEPS_PER_DAY = 4
 TARGET_CPA = 100.0
 
 
-def _platform() -> Platform:
+@pytest.fixture(params=[True, False], ids=["numba", "numpy"])
+def fast(request) -> bool:
+    """Which implementation of the platform's updates: the Numba kernels or the NumPy reference."""
+    return request.param
+
+
+def _platform(fast: bool = True) -> Platform:
     """A Platform over the 6 plans of ``small`` with 4 steps a day, fresh (every plan learning since
     step 0, shallow goal), the cost controller and compensation off so only the lifecycle moves."""
     cfg = yaml.safe_load(preset_path("small").read_text())
@@ -50,7 +58,7 @@ def _platform() -> Platform:
             edit_threshold=0.5,
         ),
     )
-    platform = Platform(scenario_from_mapping(cfg), 1)
+    platform = Platform(scenario_from_mapping(cfg), 1, fast=fast)
     platform.target_cpa[...] = TARGET_CPA
     return platform
 
@@ -81,8 +89,8 @@ def test_learning_level_falls_with_conversions() -> None:
     np.testing.assert_array_equal(level, [1.0, 0.75, 0.25, 0.125, 0.0, 0.5])
 
 
-def test_plans_learn_at_n_conversions_and_fail_when_the_days_run_out() -> None:
-    platform = _platform()
+def test_plans_learn_at_n_conversions_and_fail_when_the_days_run_out(fast: bool) -> None:
+    platform = _platform(fast)
     dyn = _bids(platform)
     np.testing.assert_array_equal(dyn[:, DYN_LEARNING], 1.0)
     np.testing.assert_array_equal(dyn[:, DYN_BID_MULT], 1.0 + PREMIUM)  # exploration at lambda = 1
@@ -113,8 +121,8 @@ def test_plans_learn_at_n_conversions_and_fail_when_the_days_run_out() -> None:
     assert platform.status[0].tolist() == expected
 
 
-def test_a_significant_edit_sends_a_learned_plan_back_to_learning() -> None:
-    platform = _platform()
+def test_a_significant_edit_sends_a_learned_plan_back_to_learning(fast: bool) -> None:
+    platform = _platform(fast)
     platform.status[...] = STATUS_LEARNED
     platform.status[0, 4] = STATUS_LEARNING  # entered learning at step 5: it cannot fail before step 8
     platform.learn_conversions[0, 4] = 2.0
@@ -205,3 +213,73 @@ def test_the_multiplier_is_clipped_to_its_bounds() -> None:
 
 def test_no_update_when_not_asked() -> None:
     assert _update(mult=1.7, g=20.0, spend=300.0, target=100.0, update=False) == (1.7, 20.0)
+
+
+# -------------------------------------------------------------------------------------------------
+# The two implementations: the Numba kernels follow the NumPy reference on every field.
+# -------------------------------------------------------------------------------------------------
+_STATE_FIELDS = (
+    "value",
+    "conversions_seen",
+    "deep_seen",
+    "value_seen",
+    "mult",
+    "smoothed_target",
+    "status",
+    "learn_conversions",
+    "learn_start",
+    "relearning",
+    "learned_all_day",
+    "day_budget",
+    "previous_day_budget",
+    "day_spend",
+    "day_target_spend",
+    "compensation",
+    "edits",
+)
+
+
+def test_the_numba_kernels_follow_the_numpy_reference_on_random_books() -> None:
+    from envs.kernels import DEEP0, DEEP_VALUE, SPEND
+    from envs.scenario import PortfolioGenerator, load_scenario
+
+    sc = load_scenario("default")
+    n_envs, k = 3, n_step_fields(MAX_STAGES)
+    platforms = {fast: Platform(sc, n_envs, fast=fast) for fast in (True, False)}
+    rng = np.random.default_rng(0)
+    for i in range(n_envs):
+        pf = PortfolioGenerator()(sc, np.random.default_rng(i))
+        for platform in platforms.values():
+            platform.load(i, pf)
+    n = sc.n_plans
+    statuses, edits, credited = set(), 0, 0.0
+    rate = rng.choice([0.02, 0.6], size=(n_envs, n))  # conversions a step: some plans too thin to learn
+    for t in range(5 * sc.steps_per_day):
+        if t % sc.steps_per_day == 0:  # a day's budget level per plan: some cut, some doubled, some off
+            level = rng.choice([0.0, 0.3, 1.0, 2.5], size=(n_envs, n), p=[0.1, 0.2, 0.5, 0.2]) * 40.0
+        dyn = {fast: np.zeros((n_envs, n, N_DYN_FIELDS)) for fast in platforms}
+        for fast, platform in platforms.items():
+            platform.write_bids(dyn[fast])
+        np.testing.assert_allclose(dyn[True], dyn[False], rtol=1e-12, atol=0, err_msg=f"bids at step {t}")
+        out = np.zeros((n_envs, n, k))
+        conversions = rng.poisson(rate).astype(float)
+        out[..., CONVERSIONS] = conversions
+        out[..., SPEND] = conversions * platforms[False].value * rng.uniform(0.3, 2.5, size=(n_envs, n))  # spend
+        out[..., DEEP0] = rng.binomial(conversions.astype(int), 0.3)
+        out[..., DEEP_VALUE] = out[..., DEEP0] * 500.0
+        budget = level * rng.uniform(0.8, 1.2, size=(n_envs, n))
+        for platform in platforms.values():
+            platform.after_step(np.full(n_envs, t), out.copy(), budget.copy())
+        fast, ref = platforms[True], platforms[False]
+        for name in _STATE_FIELDS:
+            a, b = getattr(fast, name), getattr(ref, name)
+            if a.dtype.kind == "f":
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=0, err_msg=f"{name} at step {t}")
+            else:
+                np.testing.assert_array_equal(a, b, err_msg=f"{name} at step {t}")
+        statuses |= set(np.unique(ref.status).tolist())
+        edits, credited = int(ref.edits.sum()), float(ref.compensation.sum())
+    # Not vacuous: every status, edits, compensation and a moving controller were exercised.
+    assert statuses == {STATUS_LEARNING, STATUS_LEARNED, STATUS_FAILED}
+    assert edits > 0 and credited > 0
+    assert np.ptp(platforms[False].mult) > 0.1
