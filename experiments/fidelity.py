@@ -272,6 +272,16 @@ FACTS: tuple[Fact, ...] = (
         )
         for channel in CHANNELS
     ),
+    Fact(
+        "budget_bound.uniform",
+        "Informational: share of plan-days under uniform whose spend reached 95% of the budget given to the "
+        "plan that day (plan-days with a budget): how often the budget, not what the plan can buy at its "
+        "target, limits its spend. Why pacing is judged on the budget given: where this is small, spend "
+        "by channel measures capacity.",
+        None,
+        None,
+        "budgets are caps, not obligations (DESIGN 2b)",
+    ),
     *(
         Fact(
             f"last_step_spend.{allocator}",
@@ -795,7 +805,8 @@ def _measure_renewals_counted(book: _FactBook) -> None:
 
 def _measure_pacing(book: _FactBook) -> None:
     """Fact 9. Pacing: the channel's share of the budget given (the rule) and of spend (informational),
-    each against its share of the allocated shares, per day (uniform)."""
+    each against its share of the allocated shares, per day (uniform); and how often a plan-day is
+    budget-bound (informational)."""
     played, sc = book.played, book.played.scenario
     uniform = played.traces["uniform"]
     days, spd = sc.days, sc.steps_per_day
@@ -817,6 +828,15 @@ def _measure_pacing(book: _FactBook) -> None:
                 return float(money[:, on_channel].sum()), float((day_money * day_share).sum())
 
             book.put(key, book.per_episode(pacing))
+
+    def budget_bound(e: int) -> tuple[float, float]:
+        tr = uniform[e]
+        spend = tr.spend.reshape(days, spd, -1).sum(axis=1)
+        given = tr.budget.reshape(days, spd, -1).sum(axis=1)
+        funded = given > 0
+        return float((funded & (spend >= 0.95 * given)).sum()), float(funded.sum())
+
+    book.put("budget_bound.uniform", book.per_episode(budget_bound))
 
 
 def _measure_last_step_spend(book: _FactBook) -> None:

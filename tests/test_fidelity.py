@@ -116,9 +116,10 @@ def test_small_measures_every_fact(small_rows):
     for allocator in ("uniform", "thompson"):
         row = by_key[f"self_priced_share.{allocator}"]
         assert row.value == 0.0 and row.verdict == PASS and "dedup on" in row.note
-    for channel in ("feed", "network", "search"):  # informational: a value, never a verdict
-        row = by_key[f"pacing_spend.{channel}"]
-        assert row.value is not None and row.verdict == NA and row.band == "none"
+    for key in ("pacing_spend.feed", "pacing_spend.network", "pacing_spend.search", "budget_bound.uniform"):
+        row = by_key[key]  # informational: a value, never a verdict
+        assert row.value is not None and row.verdict == NA and row.band == "none", key
+    assert 0.0 <= by_key["budget_bound.uniform"].value <= 1.0
     assert by_key["insurance_renewal_counted"].value is None
     assert by_key["new_plan_exit.funded"].value is None
     assert by_key["credit_approval_rate"].value is not None
