@@ -25,7 +25,11 @@ One step, per channel:
 5. Clicks ~ Binomial(lot, CTR * fatigue * ctr_mult), conversions ~ Binomial(clicks,
    min(1, CVR * cvr_mult * q)); each conversion walks the deep funnel: stage ``s`` happens with its
    rate, after a discretised log-normal delay (at least one step) from the previous stage, and is
-   scheduled in ``pending[plan, s, step]``; events beyond the attribution horizon are dropped.
+   scheduled in ``pending[plan, s, step]``; events beyond the plan's attribution horizon
+   (``PL_HORIZON``: the episode plus its vertical's window) are dropped. Events that mature after the
+   episode are only ever settled as a total, so they share ``pending``'s last slot (index
+   ``horizon``): the tensor has ``horizon + 1`` steps whatever the attribution window (a 45-day
+   insurance window would otherwise multiply it by seven).
 
 Fatigue and the learning state are read at the start of the step and updated at its end.
 
@@ -123,7 +127,7 @@ class KernelInputs(NamedTuple):
     chan_plans: np.ndarray  # (E, P) int64 plan indices sorted by channel
     chan_start: np.ndarray  # (E, C + 1) int64 offsets of each channel's plans in chan_plans
     state: np.ndarray  # (E, P, N_STATE_FIELDS) float64, updated in place by each step
-    pending: np.ndarray  # (E, P, S, H) int32 deep events scheduled by step, updated in place
+    pending: np.ndarray  # (E, P, S, horizon + 1) int32 deep events by maturity step; the last slot: after the episode
 
 
 _N_SHARED_INPUTS = KernelInputs._fields.index("key")
@@ -162,7 +166,7 @@ def pack_inputs(scenario: Scenario, n_envs: int) -> KernelInputs:
         chan_plans=np.zeros((e, n), dtype=np.int64),
         chan_start=np.zeros((e, c + 1), dtype=np.int64),
         state=np.zeros((e, n, N_STATE_FIELDS)),
-        pending=np.zeros((e, n, MAX_STAGES, sc.horizon + sc.attribution_steps), dtype=np.int32),
+        pending=np.zeros((e, n, MAX_STAGES, sc.horizon + 1), dtype=np.int32),
     )
 
 
@@ -387,7 +391,7 @@ def step_kernel(
 ):
     n_plans = plan.shape[0]
     n_stages = stage.shape[1]
-    horizon = pending.shape[2]
+    horizon = pending.shape[2] - 1  # the episode's steps; pending's last slot holds every later event
     hour = (t % steps_per_day) * hours_per_step
     day = t // steps_per_day
     out[:, :] = 0.0
@@ -476,7 +480,7 @@ def step_kernel(
             conversions = binomial_at(h, SLOT_CONVERSIONS, clicks, cvr)
             out[winner, CLICKS] += clicks
             out[winner, CONVERSIONS] += conversions
-            attributed = min(horizon, int(plan[winner, PL_HORIZON]))
+            attributed = int(plan[winner, PL_HORIZON])
             for j in range(conversions):
                 t_event = t
                 for s in range(n_stages):
@@ -490,7 +494,7 @@ def step_kernel(
                     t_event += max(1, int(delay))
                     if t_event >= attributed:
                         break
-                    pending[winner, s, t_event] += 1
+                    pending[winner, s, min(t_event, horizon)] += 1
 
     for p in range(n_plans):
         state[p, STATE_CONVERSIONS] += out[p, CONVERSIONS]

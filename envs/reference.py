@@ -153,7 +153,7 @@ def step_reference(
 ):
     key = int(key)
     n_stages = stage.shape[1]
-    horizon = pending.shape[2]
+    horizon = pending.shape[2] - 1  # the episode's steps; pending's last slot holds every later event
     hour = (t % steps_per_day) * hours_per_step
     day = t // steps_per_day
     out[:] = 0.0
@@ -222,7 +222,7 @@ def step_reference(
             conversions = binomial(h, SLOT_CONVERSIONS, clicks, cvr)
             out[winner, CLICKS] += clicks
             out[winner, CONVERSIONS] += conversions
-            attributed = min(horizon, int(plan[winner, PL_HORIZON]))
+            attributed = int(plan[winner, PL_HORIZON])
             for j in range(conversions):
                 t_event = t
                 for s in range(n_stages):
@@ -234,7 +234,7 @@ def step_reference(
                     t_event += max(1, math.floor(median * math.exp(sigma * z_delay) + 0.5))
                     if t_event >= attributed:
                         break
-                    pending[winner, s, t_event] += 1
+                    pending[winner, s, min(t_event, horizon)] += 1
 
     state[:, STATE_CONVERSIONS] += out[:, CONVERSIONS]
     state[:, STATE_IMPRESSIONS] += out[:, IMPRESSIONS]

@@ -68,7 +68,7 @@ class PortfolioBatch:
         self.max_plans = sc.max_plans
         self.n_stages = MAX_STAGES
         self.horizon = sc.horizon
-        self.pending_horizon = sc.horizon + sc.attribution_steps
+        self.pending_horizon = sc.horizon + 1  # pending steps: the episode's, then one slot for every later event
         self.window = max(1, 24 // sc.hours_per_step)  # steps in the 24-hour reporting window
         self.has_limits = has_share_limits(sc.min_share, sc.max_share, sc.max_change)
 

@@ -308,6 +308,22 @@ def test_a_deep_event_past_the_attribution_horizon_is_dropped(step_fn, horizon: 
     assert pending[1].sum() == (n * LOT if second_kept else 0)
 
 
+@BACKENDS
+def test_events_after_the_episode_share_the_last_slot_until_the_attribution_horizon(step_fn) -> None:
+    # The pending tensor has the episode's steps and one slot for everything after it: with 48
+    # slots the episode is 47 steps. Conversions at step 40: stage 0 at 45 (in the episode), stage 1
+    # at 50 (after it: the last slot), both within a plan attributed up to step 60; a plan
+    # attributed up to step 50 drops stage 1, one attributed up to 45 both.
+    t, last = 40, PENDING_STEPS - 1
+    for horizon, kept in ((60, (1, 1)), (50, (1, 0)), (45, (0, 0))):
+        inputs = _funnel((5.0, 5.0), horizon=horizon)
+        n = _count(inputs, t, at_least=1) * LOT
+        _step(step_fn, inputs, [UNLIMITED], t=t)
+        pending = inputs.pending[0, 0]
+        assert pending[0, 45] == kept[0] * n and pending[0].sum() == kept[0] * n, horizon
+        assert pending[1, last] == kept[1] * n and pending[1].sum() == kept[1] * n, horizon
+
+
 # -------------------------------------------------------------------------------------------------
 # Pacing: a plan's share of the rest of the day -> its step budget, by its channel's traffic.
 # -------------------------------------------------------------------------------------------------
