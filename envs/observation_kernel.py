@@ -29,7 +29,7 @@ from envs.features import (
     PLAN_INDEX,
     VOCABULARIES,
 )
-from envs.kernels import BUDGET, CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, SPEND
+from envs.kernels import BUDGET, CONVERSIONS, DEEP0, DEEP_VALUE, SPEND
 
 # The features the kernel writes, in the order of its ``plan_index`` argument.
 _PLAN_ORDER = (
@@ -84,6 +84,7 @@ def observation_kernel(
     global_pos,  # GLOBAL_POSITIONS
     last,  # (E, P, k) the last step's output
     ring,  # (E, W, P, R) the last 24 hours' outputs
+    ring_pos,  # positions in the ring of spend, impressions, clicks, conversions, deep events, deep value
     total,  # (E, P, k) since the episode started
     t,  # (E,) int64 the next step to simulate
     launch_step,  # (E, P) int64
@@ -117,12 +118,12 @@ def observation_kernel(
             base = p * block
             spend_24h = impressions_24h = clicks_24h = conversions_24h = deep_24h = value_24h = 0.0
             for w in range(n_window):
-                spend_24h += ring[e, w, p, SPEND]
-                impressions_24h += ring[e, w, p, IMPRESSIONS]
-                clicks_24h += ring[e, w, p, CLICKS]
-                conversions_24h += ring[e, w, p, CONVERSIONS]
-                deep_24h += ring[e, w, p, DEEP0]
-                value_24h += ring[e, w, p, DEEP_VALUE]
+                spend_24h += ring[e, w, p, ring_pos[0]]
+                impressions_24h += ring[e, w, p, ring_pos[1]]
+                clicks_24h += ring[e, w, p, ring_pos[2]]
+                conversions_24h += ring[e, w, p, ring_pos[3]]
+                deep_24h += ring[e, w, p, ring_pos[4]]
+                value_24h += ring[e, w, p, ring_pos[5]]
             spend_last, budget_last = last[e, p, SPEND], last[e, p, BUDGET]
             spend_total, conversions_total = total[e, p, SPEND], total[e, p, CONVERSIONS]
             target = target_cpa[e, p]

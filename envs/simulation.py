@@ -38,9 +38,14 @@ BACKENDS = ("numba", "reference")
 # Step-output columns kept for the 24-hour reporting window, in this order.
 WINDOW_COLUMNS = (SPEND, IMPRESSIONS, CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE)
 _WINDOW_STATS = ("spend", "impressions", "clicks", "conversions", "deep_events", "deep_value")
-# The ring of the last 24 hours keeps the step output's first columns, up to the first deep stage (a
-# slice, so storing a step is one copy).
-_RING_FIELDS = max(WINDOW_COLUMNS) + 1
+# The ring of the last 24 hours keeps these columns of each step's output, in this order.
+_WINDOW_INDEX = np.array(WINDOW_COLUMNS, dtype=np.int64)
+_RING_FIELDS = len(WINDOW_COLUMNS)
+# Where the observation kernel finds spend, impressions, clicks, conversions, first-stage deep events
+# and deep value in the ring.
+RING_POSITIONS = np.array(
+    [WINDOW_COLUMNS.index(c) for c in (SPEND, IMPRESSIONS, CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE)], dtype=np.int64
+)
 
 
 class PortfolioBatch:
@@ -97,15 +102,14 @@ class PortfolioBatch:
         self.shares = np.zeros((e, n))  # (E, P) shares given at the last step
         self.last = np.zeros((e, n, k))  # (E, P, k) the last step's per-plan output
         self.total = np.zeros((e, n, k))  # (E, P, k) per-plan output since the episode started
-        self.ring = np.zeros((e, self.window, n, _RING_FIELDS))  # (E, W, P, 7) the last 24 hours' outputs
+        self.ring = np.zeros((e, self.window, n, _RING_FIELDS))  # (E, W, P, 6) the last 24 hours' WINDOW_COLUMNS
         # Reporting derived from the books when stats are read, in place (the stats dicts are views).
-        self._day = np.zeros((e, n, _RING_FIELDS))  # (E, P, 7) sums over the last 24 hours
+        self._day = np.zeros((e, n, _RING_FIELDS))  # (E, P, 6) sums over the last 24 hours
         self._age_steps = np.zeros((e, n), dtype=np.int64)  # (E, P)
         self._age_hours = np.zeros((e, n))  # (E, P)
         self._stats_views: dict[int | None, dict[str, np.ndarray]] = {}
         self.active = np.zeros((e, n), dtype=bool)  # (E, P) plans launched by the step about to be decided
-        self.plan_day_share = np.zeros((e, sc.steps_per_day, n))  # (E, steps_per_day, P) by each plan's channel
-        self.plan_rest_share = np.zeros((e, sc.steps_per_day, n))  # (E, steps_per_day, P)
+        self.plan_channel = np.zeros((e, n), dtype=np.int64)  # (E, P) index into the scenario's channels
         self._rows = np.arange(e)
         # The kernel for a single episode (or the reference, env by env); None: one batched call.
         self._step_fn = None
@@ -122,8 +126,7 @@ class PortfolioBatch:
         i = env_index
         self.portfolios[i] = pf
         kernels.load_portfolio(self.inputs, i, pf)
-        self.plan_day_share[i] = self.day_share[pf.channel].T
-        self.plan_rest_share[i] = self.rest_share[pf.channel].T
+        self.plan_channel[i] = pf.channel
         self.platform.load(i, pf)
         self.launch_step[i] = pf.launch_step
         self.prior_age_steps[i] = pf.prior_age_steps
@@ -169,8 +172,8 @@ class PortfolioBatch:
         left_today = np.maximum(0.0, sc.daily_budget - self.spent_today)
         step_budget = step_budgets(
             shares,
-            self.plan_day_share[self._rows, step_in_day],
-            self.plan_rest_share[self._rows, step_in_day],
+            self.day_share[self.plan_channel, step_in_day[:, None]],
+            self.rest_share[self.plan_channel, step_in_day[:, None]],
             left_today,
             sc.daily_budget,
         )
@@ -184,9 +187,9 @@ class PortfolioBatch:
         self.last[...] = out
         self.total += out
         if self.n_envs == 1:
-            self.ring[0, t[0] % self.window] = out[0, :, :_RING_FIELDS]
+            self.ring[0, t[0] % self.window] = out[0][:, _WINDOW_INDEX]
         else:
-            self.ring[self._rows, t % self.window] = out[..., :_RING_FIELDS]
+            self.ring[self._rows, t % self.window] = out[..., _WINDOW_INDEX]
         reward = self.objective.step_reward(out[..., DEEP_VALUE])
         self.t = t + 1
         self.active = self.launch_step <= np.minimum(self.t, self.horizon - 1)[:, None]
@@ -278,9 +281,10 @@ class PortfolioBatch:
                 "target_cpa": self.target_cpa[rows],
                 "budget_last": last[..., BUDGET],
             }
-            for window, books in (("last", last), ("24h", day), ("total", total)):
-                for name, column in zip(_WINDOW_STATS, WINDOW_COLUMNS, strict=True):
-                    views[f"{name}_{window}"] = books[..., column]
+            for j, (name, column) in enumerate(zip(_WINDOW_STATS, WINDOW_COLUMNS, strict=True)):
+                views[f"{name}_last"] = last[..., column]
+                views[f"{name}_24h"] = day[..., j]  # the ring keeps WINDOW_COLUMNS in order
+                views[f"{name}_total"] = total[..., column]
             self._stats_views[env_index] = views
         return dict(views)
 
@@ -297,6 +301,7 @@ class PortfolioBatch:
                 GLOBAL_POSITIONS,
                 self.last[rows],
                 self.ring[rows],
+                RING_POSITIONS,
                 self.total[rows],
                 self.t[rows],
                 self.launch_step[rows],
