@@ -22,6 +22,9 @@ What is measured:
 - ``ppo``: Stable-Baselines3 PPO training steps per second on ``default`` with the batched env, and
   the share of wall time spent stepping the env.
 - ``memory``: peak traced memory (tracemalloc) of the batched env with 256 copies of ``large``.
+- ``baseline`` (with ``--baseline PATH``, another checkout such as ``git worktree add /tmp/base
+  <commit>``): a single ``default`` env of this checkout and of that one side by side, alternating
+  fresh processes, so a change's cost is measured against its parent on the same machine and load.
 """
 
 from __future__ import annotations
@@ -347,6 +350,70 @@ def bench_memory(n_envs: int, preset: str = "large", steps: int = 2) -> dict[str
 
 
 # -------------------------------------------------------------------------------------------------
+#: One process's measurement of a single ``default`` env, whose ``envs`` comes from ``sys.path[0]``:
+#: whole episodes of uniform shares through ``step_shares`` after a warm-up; prints JSON.
+_SIDE_BY_SIDE = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import envs
+from envs.budget_env import BudgetShiftEnv
+env = BudgetShiftEnv("default")
+env.reset(seed=0)
+for _ in range(48):
+    env.step_shares(env.active_mask().astype(float))
+steps, seed = 0, 1
+start, cpu = time.perf_counter(), time.process_time()
+while time.perf_counter() - start < float(sys.argv[2]):
+    env.reset(seed=seed)
+    seed += 1
+    for _ in range(env.horizon):
+        env.step_shares(env.active_mask().astype(float))
+        steps += 1
+wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(json.dumps({"envs": envs.__file__, "steps": steps, "us_per_step": 1e6 * wall / steps, "cpu_share": cpu / wall}))
+"""
+
+
+def bench_baseline(seconds: float, baseline: Path, rounds: int = 2) -> dict[str, Any]:
+    """A single ``default`` env of this checkout against ``baseline`` (another checkout of the project,
+    e.g. ``git worktree add /tmp/base <commit>``), side by side: each round measures both, one fresh
+    process each, alternating, so both see the same machine. The ratio is of the rounds' medians."""
+    import statistics
+    import subprocess
+
+    if not (baseline / "envs" / "kernels.py").is_file():
+        raise SystemExit(f"--baseline {baseline}: not a checkout of this project (no envs/kernels.py)")
+    commit = subprocess.run(
+        ["git", "-C", str(baseline), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    runs: dict[str, list[dict[str, Any]]] = {"current": [], "baseline": []}
+    for _ in range(rounds):
+        for name, root in (("current", ROOT), ("baseline", baseline)):
+            done = subprocess.run(
+                [sys.executable, "-c", _SIDE_BY_SIDE, str(root), str(seconds)],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=root,
+                env={**os.environ, "PYTHONPATH": str(root)},
+            )
+            run = json.loads(done.stdout.strip().splitlines()[-1])
+            if Path(run["envs"]).resolve().parent.parent != root.resolve():
+                raise RuntimeError(f"the {name} process imported {run['envs']}, not {root}'s envs")
+            runs[name].append(run)
+    current = statistics.median(r["us_per_step"] for r in runs["current"])
+    base = statistics.median(r["us_per_step"] for r in runs["baseline"])
+    return {
+        "baseline": str(baseline),
+        "baseline_commit": commit or "unknown",
+        "current_us_per_step": current,
+        "baseline_us_per_step": base,
+        "ratio": current / base,
+        "runs": runs,
+    }
+
+
+# -------------------------------------------------------------------------------------------------
 def machine() -> dict[str, Any]:
     cpu = platform.processor()
     try:
@@ -425,6 +492,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines = _header(results)
     if rows:
         lines += _targets_table(rows)
+    if "baseline" in results:
+        lines += _baseline_paragraph(results["baseline"])
     if "kernel" in results:
         lines += _kernel_table(results["kernel"])
     if "env" in results:
@@ -439,6 +508,19 @@ def markdown(results: dict[str, Any]) -> str:
     if "memory" in results:
         lines += _memory_paragraph(results["memory"])
     return "\n".join(lines)
+
+
+def _baseline_paragraph(b: dict[str, Any]) -> list[str]:
+    rounds = len(b["runs"]["current"])
+    return [
+        "### Side by side with an earlier checkout",
+        "",
+        f"Single `default` env, whole episodes of uniform shares, {rounds} alternating rounds of one fresh process "
+        f"per checkout (medians): this checkout {b['current_us_per_step']:.0f} µs per step, "
+        f"`{b['baseline_commit']}` ({b['baseline']}) {b['baseline_us_per_step']:.0f} µs: "
+        f"**{b['ratio']:.2f}x** its cost.",
+        "",
+    ]
 
 
 def _header(results: dict[str, Any]) -> list[str]:
@@ -668,6 +750,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="comma-separated subset of kernel,env,vector,scaling,ppo,memory",
     )
     parser.add_argument("--presets", default=None, help="comma-separated presets for the single-env figures")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout of the project (e.g. a git worktree of an earlier commit): its single `default` "
+        "env is measured side by side with this one's",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "bench.json", help="JSON output")
     parser.add_argument(
         "--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md", help="Markdown output ('-' to skip)"
@@ -675,9 +764,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None else (0.5 if args.quick else 2.0)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - {"kernel", "env", "vector", "scaling", "ppo", "memory"}
+    unknown = set(sections) - {"kernel", "env", "vector", "scaling", "ppo", "memory", "baseline"}
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
+    if "baseline" in sections and args.baseline is None:
+        parser.error("the baseline section needs --baseline PATH (a checkout to compare with)")
     presets = args.presets.split(",") if args.presets else (["small", "default"] if args.quick else list_presets())
 
     results: dict[str, Any] = {
@@ -698,6 +789,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("ppo", lambda: bench_ppo(4_096 if args.quick else 32_768, n_envs=32)),
         ("memory", lambda: bench_memory(64 if args.quick else 256)),
     ]
+    if args.baseline is not None:
+        steps.insert(0, ("baseline", lambda: bench_baseline(max(seconds, 3.0), args.baseline)))
+        sections.append("baseline")  # measured whenever a baseline is given
     for name, run in steps:
         if name in sections:
             start = time.perf_counter()

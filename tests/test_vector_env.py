@@ -277,3 +277,14 @@ def test_bench_script_writes_json_and_markdown(tmp_path) -> None:
     assert set(results["vector"]) == {"1", "8", "64"}
     assert results["env"]["small"]["numba_over_reference"] > 0
     assert "batched_over_sync_64" in results["targets"]
+
+
+def test_bench_measures_a_second_checkout_side_by_side(tmp_path) -> None:
+    from experiments import bench
+
+    # This checkout against itself: both processes must import their own checkout's envs.
+    result = bench.bench_baseline(0.2, bench.ROOT, rounds=1)
+    assert result["ratio"] > 0 and len(result["runs"]["baseline"]) == 1
+    assert "Side by side" in "\n".join(bench._baseline_paragraph(result))
+    with pytest.raises(SystemExit, match="not a checkout of this project"):
+        bench.bench_baseline(0.2, tmp_path)
