@@ -274,10 +274,10 @@ FACTS: tuple[Fact, ...] = (
     ),
     Fact(
         "budget_bound.uniform",
-        "Informational: share of plan-days under uniform whose spend reached 95% of the budget given to the "
-        "plan that day (plan-days with a budget): how often the budget, not what the plan can buy at its "
-        "target, limits its spend. Why pacing is judged on the budget given: where this is small, spend "
-        "by channel measures capacity.",
+        "Informational: share of plan-steps under uniform whose spend reached 95% of the step's budget "
+        "(plan-steps with a budget): how often the budget, not what the plan can buy at its target, limits "
+        "its spend. Why pacing is judged on the budget given: in the other plan-steps spend by channel "
+        "measures capacity.",
         None,
         None,
         "budgets are caps, not obligations (DESIGN 2b)",
@@ -831,10 +831,8 @@ def _measure_pacing(book: _FactBook) -> None:
 
     def budget_bound(e: int) -> tuple[float, float]:
         tr = uniform[e]
-        spend = tr.spend.reshape(days, spd, -1).sum(axis=1)
-        given = tr.budget.reshape(days, spd, -1).sum(axis=1)
-        funded = given > 0
-        return float((funded & (spend >= 0.95 * given)).sum()), float(funded.sum())
+        funded = tr.budget > 0
+        return float((funded & (tr.spend >= 0.95 * tr.budget)).sum()), float(funded.sum())
 
     book.put("budget_bound.uniform", book.per_episode(budget_bound))
 
