@@ -1,4 +1,5 @@
-"""The report's figures per env: scores with intervals, budget shares by plan and hour, value and spend over time.
+"""The report's figures per env: scores with intervals, performance profiles, budget shares by plan and hour,
+value and spend over time.
 
 Each function writes one PNG into ``out`` and returns its path (None when the sweep has nothing to
 draw, e.g. no per-step tables).
@@ -17,6 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.colors import PowerNorm  # noqa: E402
+from rliable import plot_utils  # noqa: E402
 
 from experiments.sweep import Run, ordered_agents, read_steps  # noqa: E402
 
@@ -72,6 +74,38 @@ def plot_scores(env: str, summary: pd.DataFrame, table: pd.DataFrame, out: Path)
     )
     fig.tight_layout()
     path = out / f"score_{env}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_profile(
+    env: str, taus: np.ndarray, profiles: dict[str, np.ndarray], bands: dict[str, np.ndarray], out: Path
+) -> Path | None:
+    """Performance profiles (:func:`experiments.stats.performance_profiles`) drawn with rliable's plot_utils."""
+    if not profiles:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    plot_utils.plot_performance_profiles(
+        profiles,
+        taus,
+        performance_profile_cis=bands,
+        colors=_agent_colours(list(profiles)),
+        xlabel=r"normalised score $\tau$ (0 = uniform, 1 = oracle)",
+        ylabel=r"fraction of episodes with score $> \tau$",
+        ax=ax,
+        labelsize="medium",
+        ticklabelsize="small",
+        legend=True,
+        legendsize="small",
+    )
+    for x in (0.0, 1.0):
+        ax.axvline(x, color="grey", lw=1, ls="--" if x else "-")
+    ax.set_title(
+        f"{env}: performance profile over episodes{' (every env)' if env == 'all' else ''}, 95% bootstrap bands"
+    )
+    fig.tight_layout()
+    path = out / f"profile_{env}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -14,10 +14,20 @@ env x agent x seed combination of the sweep with no folder). It writes into the 
   ``(s - s_uniform) / (s_oracle - s_uniform)`` (0 = uniform, 1 = oracle; the references are the
   env's mean uniform and oracle scores over seeds), deep CPA / target, billing ratio, budget
   utilisation, compliance-cap violations and where the money went (potential plans, traps);
-  rows with ``env = all`` aggregate normalised scores over envs (bootstrap stratified by env);
-- ``report.md``: the same table, the failed, duplicate and missing runs, the figures and how to read them;
+  rows with ``env = all`` aggregate normalised scores over envs (bootstrap stratified by env); and
+  each allocator's paired comparison with the best heuristic (``vs_best_*``) and with uniform
+  (``vs_uniform_*``);
+- ``paired.csv``: the paired comparisons (:func:`experiments.stats.paired_comparisons`): every
+  allocator against the best heuristic and against uniform on the episodes both played (matched by
+  env, env seed and setup; refused, naming the runs, when they do not match), the mean paired
+  difference with a 95% bootstrap interval (stratified by env on ``all``), the probability of
+  improvement and the verdict: "A beats B" only where the interval excludes 0;
+- ``profiles.csv``: performance profiles (fraction of episodes with normalised score above tau, with bands);
+- ``report.md``: the tables, the paired verdicts, the failed, duplicate and missing runs, the
+  episodes left out of or refusing a pairing, the figures and how to read them;
 - PNG figures per env: ``score_<env>.png`` (IQM and normalised score with intervals, seeds as
-  dots), ``shares_<env>.png`` (budget share by plan and hour of day for each allocator, on the first
+  dots), ``profile_<env>.png`` (performance profiles, rliable's plot; also ``profile_all.png``
+  with several envs), ``shares_<env>.png`` (budget share by plan and hour of day for each allocator, on the first
   seed's first episode, which every allocator played on the same portfolio), ``value_<env>.png``
   (cumulative matured deep value over the episode, and cumulative spend over the day).
 
@@ -35,9 +45,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.plots import plot_scores, plot_shares, plot_value
-from experiments.stats import REFERENCE_HIGH, REFERENCE_LOW, summarise
-from experiments.sweep import Run, env_info, find_runs, missing_runs, run_table, step_curves
+from experiments.plots import plot_profile, plot_scores, plot_shares, plot_value
+from experiments.stats import (
+    BEST_HEURISTIC,
+    REFERENCE_HIGH,
+    REFERENCE_LOW,
+    UNIFORM,
+    paired_comparisons,
+    performance_profiles,
+    summarise,
+    with_paired,
+)
+from experiments.sweep import Run, env_info, episode_table, find_runs, missing_runs, run_table, step_curves
+
+#: Bootstrap resamples for the performance profiles' bands at most (rliable's default; each resample
+#: evaluates every tau).
+PROFILE_REPS = 2000
 
 
 def _rel(path: Path, sweep_dir: Path) -> str:
@@ -75,7 +98,7 @@ def markdown_table(summary: pd.DataFrame) -> str:
 
 
 def build_report(sweep_dir: Path, out: Path | None = None, reps: int = 5000) -> dict[str, Any]:
-    """Write ``summary.csv``, ``report.md`` and the figures for the sweep in ``sweep_dir``."""
+    """Write ``summary.csv``, ``paired.csv``, ``profiles.csv``, ``report.md`` and the figures for ``sweep_dir``."""
     sweep_dir = Path(sweep_dir)
     out = Path(out) if out is not None else sweep_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -83,35 +106,145 @@ def build_report(sweep_dir: Path, out: Path | None = None, reps: int = 5000) -> 
     missing = missing_runs(runs, sweep_dir)
     counted = [r for r in runs if r.counted]
     table = run_table(counted)
-    summary = summarise(table, reps)
+    episodes = episode_table(counted)
+    paired = paired_comparisons(episodes, table, reps)
+    summary = with_paired(summarise(table, reps), paired) if not table.empty else summarise(table, reps)
     summary.to_csv(out / "summary.csv", index=False)
-    figures = draw_figures(counted, table, summary, out)
-    (out / "report.md").write_text(report_markdown(sweep_dir, runs, missing, summary, figures))
+    paired.assign(note=paired["note"].str.replace("`", "", regex=False)).to_csv(out / "paired.csv", index=False)
+    profiles = profile_table(episodes, table, min(reps, PROFILE_REPS))
+    profiles.to_csv(out / "profiles.csv", index=False)
+    figures = draw_figures(counted, table, summary, profiles, out)
+    (out / "report.md").write_text(report_markdown(sweep_dir, runs, missing, summary, paired, figures))
     return {
         "runs": runs,
         "failed": [r for r in runs if not r.ok],
         "duplicates": [r for r in runs if r.duplicate_of is not None],
         "missing": missing,
         "summary": summary,
+        "paired": paired,
+        "profiles": profiles,
         "figures": figures,
         "report": out / "report.md",
     }
 
 
-def draw_figures(runs: list[Run], table: pd.DataFrame, summary: pd.DataFrame, out: Path) -> list[Path]:
+def profile_table(episodes: pd.DataFrame, table: pd.DataFrame, reps: int) -> pd.DataFrame:
+    """Performance profiles of every env (and ``all`` with several): env, agent, tau, fraction and its band."""
+    frames = []
+    envs = sorted(episodes["env"].unique()) if not episodes.empty else []
+    for env in [*envs, "all"] if len(envs) > 1 else envs:
+        taus, profiles, bands = performance_profiles(episodes, table, env, reps=reps)
+        for agent, profile in profiles.items():
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "env": env,
+                        "agent": agent,
+                        "tau": taus,
+                        "fraction": profile,
+                        "ci_low": bands[agent][0],
+                        "ci_high": bands[agent][1],
+                    }
+                )
+            )
+    columns = ["env", "agent", "tau", "fraction", "ci_low", "ci_high"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+
+def draw_figures(
+    runs: list[Run], table: pd.DataFrame, summary: pd.DataFrame, profiles: pd.DataFrame, out: Path
+) -> list[Path]:
     """Every env's figures (:mod:`experiments.plots`) from the counted ``runs``, in ``out``."""
     figures: list[Path] = []
     curves = step_curves(runs)
-    for env in sorted(table["env"].unique()) if not table.empty else []:
+
+    def profile_figure(env: str) -> Path | None:
+        mine = profiles[profiles.env == env]
+        if mine.empty:
+            return None
+        by_agent = {a: g for a, g in mine.groupby("agent", sort=False)}
+        taus = next(iter(by_agent.values()))["tau"].to_numpy()
+        return plot_profile(
+            env,
+            taus,
+            {a: g["fraction"].to_numpy() for a, g in by_agent.items()},
+            {a: g[["ci_low", "ci_high"]].to_numpy().T for a, g in by_agent.items()},
+            out,
+        )
+
+    envs = sorted(table["env"].unique()) if not table.empty else []
+    for env in envs:
         steps_per_day, daily_budget = env_info(runs, env)
         figures.append(plot_scores(env, summary, table, out))
         for path in (
+            profile_figure(env),
             plot_shares(env, runs, out),
             plot_value(env, curves.get(env, {}), table, steps_per_day, daily_budget, out),
         ):
             if path is not None:
                 figures.append(path)
+    if len(envs) > 1 and (path := profile_figure("all")) is not None:
+        figures.append(path)
     return figures
+
+
+def _signed(x: float, unit: str) -> str:
+    return _fmt(x, "+,.0f") if unit == "score" else _fmt(x, "+.3f")
+
+
+def paired_sentence(r: pd.Series) -> str:
+    """One comparison in words: who beats whom where the paired interval excludes 0, else "not resolved"."""
+    a, b = r.agent, r.baseline
+    if r.verdict == "not compared":
+        return f"{a} vs {b} ({r.env}): not compared: {r.note}"
+    unit = "score" if r.env != "all" else "normalised"
+    col = "diff" if unit == "score" else "normalised_diff"  # r["diff"]: a Series has a .diff method
+    mid, lo, hi = r[col], r[f"{col}_ci_low"], r[f"{col}_ci_high"]
+    interval = f"{_signed(mid, unit)} [{_signed(lo, unit)}, {_signed(hi, unit)}]"
+    what = "per episode" + (f", {_fmt(r.diff_pct, '+.1%')} of {b}'s score" if unit == "score" else " (normalised)")
+    odds = f"P({a} > {b}) = {_fmt(r.poi, '.2f')} [{_fmt(r.poi_ci_low, '.2f')}, {_fmt(r.poi_ci_high, '.2f')}]"
+    n = f"{int(r.episodes)} paired episodes"
+    if r.verdict == "better":
+        claim = f"**{a} beats {b}** ({r.env}): {a} - {b} = {interval} {what}; {odds}; {n}"
+    elif r.verdict == "worse":
+        claim = f"**{b} beats {a}** ({r.env}): {a} - {b} = {interval} {what}; {odds}; {n}"
+    else:
+        claim = f"{a} vs {b} ({r.env}): not resolved (interval includes 0): {a} - {b} = {interval} {what}; {odds}; {n}"
+    return claim + (f" ({r.note})" if r.note else "")
+
+
+def paired_table(paired: pd.DataFrame) -> str:
+    """Per env and allocator: its paired difference and P(better) against the best heuristic and uniform."""
+    head = (
+        "| env | allocator (A) | best heuristic | A - best [95% CI] | P(A > best) "
+        "| A - uniform [95% CI] | P(A > uniform) |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for (env, agent), g in paired.groupby(["env", "agent"], sort=False):
+        unit = "score" if env != "all" else "normalised"
+        col = "diff" if unit == "score" else "normalised_diff"
+        cells, best = [], "–"
+        for role in (BEST_HEURISTIC, UNIFORM):
+            mine = g[g.role == role]
+            if mine.empty:
+                cells += ["(itself)", "–"]
+                continue
+            r = mine.iloc[0]
+            best = r.baseline if role == BEST_HEURISTIC else best
+            if r.verdict == "not compared":
+                cells += ["not compared", "–"]
+                continue
+            mark = {"better": " ▲", "worse": " ▼"}.get(r.verdict, "")
+            cells += [
+                f"{_signed(r[col], unit)} [{_signed(r[col + '_ci_low'], unit)}, {_signed(r[col + '_ci_high'], unit)}]"
+                f"{mark}",
+                _fmt(r.poi, ".2f"),
+            ]
+        if best == "–":
+            baseline = paired[(paired.env == env) & (paired.role == BEST_HEURISTIC)].baseline
+            best = baseline.iloc[0] if len(baseline) else "–"
+        lines.append(f"| {env} | {agent} | {best} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def report_markdown(
@@ -119,9 +252,11 @@ def report_markdown(
     runs: list[Run],
     missing: list[tuple[str, str, int]],
     summary: pd.DataFrame,
+    paired: pd.DataFrame,
     figures: list[Path],
 ) -> str:
-    """``report.md``: the table and how to read it, the failed, duplicate and missing runs, the figures."""
+    """``report.md``: the tables and how to read them, the paired verdicts, the failed, duplicate and missing runs,
+    the episodes that a pairing left out or refused, the figures."""
     failed = [r for r in runs if not r.ok]
     duplicates = [r for r in runs if r.duplicate_of is not None]
     n_counted = sum(r.counted for r in runs)
@@ -144,6 +279,37 @@ def report_markdown(
         "in the normalised score: the env lacks the uniform or oracle runs.",
         "",
     ]
+    if not paired.empty:
+        md += [
+            "## Paired comparisons",
+            "",
+            "Every allocator played the same episodes (env seeds), so each is compared with the best heuristic (the "
+            "heuristic other than uniform with the highest mean score; oracles are references, not heuristics) "
+            "and with uniform on the "
+            "per-episode difference over the episodes both played: the mean difference with a 95% stratified-"
+            "bootstrap interval (rliable; on `all`: normalised scores, each env's mean difference averaged over "
+            "envs, episodes resampled within env) and the probability of improvement P(A > B): the share of paired "
+            "episodes A scores higher, ties counting half. ▲ / ▼: the interval excludes 0 (A beats B / B beats A); "
+            "otherwise the difference is not resolved by these episodes. Each interval is 95% on its own, not "
+            "corrected for the number of comparisons.",
+            "",
+            paired_table(paired),
+            "",
+        ]
+        md += [f"- {paired_sentence(r)}" for _, r in paired.iterrows()] + [""]
+        flagged = paired[paired.note.fillna("") != ""]
+        if len(flagged):
+            md += (
+                [
+                    "## Episode matching",
+                    "",
+                    "Comparisons refused (episodes that do not match) or made on part of the episodes; episodes are "
+                    "paired only by env, env seed and setup, never by position.",
+                    "",
+                ]
+                + [f"- {r.agent} vs {r.baseline} ({r.env}): {r.note}" for _, r in flagged.iterrows()]
+                + [""]
+            )
     if failed:
         md += (
             ["## Failed runs", "", "Not counted; the sweep's command with the same hydra.sweep.dir reruns them.", ""]
@@ -174,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = build_report(args.sweep_dir, args.out, args.reps)
     print(markdown_table(result["summary"]) if not result["summary"].empty else "no finished run")
+    for _, r in result["paired"].iterrows():
+        print(paired_sentence(r).replace("**", "").replace("`", ""))
     for r in result["failed"]:
         print(f"FAILED {r.path}: {r.error}")
     for r in result["duplicates"]:

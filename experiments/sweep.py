@@ -338,6 +338,38 @@ def run_table(runs: list[Run]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def episode_table(runs: list[Run]) -> pd.DataFrame:
+    """One row per episode of each counted run: who played it, which episode it was, its score.
+
+    An episode is identified by its env, the env seed it was reset with (``env_seed``, as the
+    evaluator records it; NaN in a ``metrics.json`` without one) and the setup it ran under
+    (``setup``: the run's resolved ``env`` config and ``max_steps``, as canonical JSON), so two
+    allocators' rows are the same episode only where all three agree. ``run`` is the run folder.
+    """
+    rows = []
+    for r in runs:
+        if not r.counted:
+            continue
+        setup = json.dumps({"env": r.config.get("env"), "max_steps": r.config.get("max_steps")}, sort_keys=True)
+        for e in r.metrics["per_episode"]:
+            env_seed = e.get("env_seed")
+            rows.append(
+                {
+                    "env": r.env,
+                    "agent": r.agent,
+                    "seed": r.seed,
+                    "episode": e.get("episode"),
+                    "env_seed": env_seed if isinstance(env_seed, int) and not isinstance(env_seed, bool) else None,
+                    "steps": e["steps"],
+                    "score": float(e["score"]),
+                    "setup": setup,
+                    "run": r.path,
+                }
+            )
+    columns = ["env", "agent", "seed", "episode", "env_seed", "steps", "score", "setup", "run"]
+    return pd.DataFrame(rows, columns=columns).astype({"env_seed": "Int64"})
+
+
 def _read_step_columns(path: Path, episode: int | None = None) -> pd.DataFrame:
     if path.suffix == ".parquet":
         filters = [("episode", "==", episode)] if episode is not None else None

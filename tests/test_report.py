@@ -185,7 +185,16 @@ def test_report_aggregates_normalised_scores_over_envs(tmp_path):
     assert set(overall.index) == {"uniform", "oracle", "proportional"}
     assert overall.loc["oracle", "normalised_iqm"] == pytest.approx(1.0, abs=0.25)
     assert not result["failed"] and not result["missing"]
-    assert len(result["figures"]) == 2  # the score plots; no per-step tables, no share or value plots
+    # The score plots and performance profiles (per env and over envs); no per-step tables, no share or value plots.
+    assert sorted(p.name for p in result["figures"]) == [
+        "profile_all.png",
+        "profile_default.png",
+        "profile_small.png",
+        "score_default.png",
+        "score_small.png",
+    ]
+    paired = result["paired"].set_index(["env", "agent", "baseline"])
+    assert paired.loc[("all", "oracle", "uniform"), "episodes"] == 4  # 2 envs x 2 seeds x 1 episode, stratified
 
 
 def test_iqm_is_the_interquartile_mean_and_its_interval_covers_it():

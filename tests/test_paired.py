@@ -1,0 +1,234 @@
+"""Paired comparisons in the report: allocators compared on the episodes they both played.
+
+The run folders are written by hand (what ``experiments.evaluate`` writes, with chosen scores), so
+each case's right answer is known: a small, consistent gap under large episode-to-episode
+variation that only pairing resolves; a gap that pairing must not resolve; runs whose episodes do
+not match; the probability of improvement and the performance profile on cases small enough to
+work out by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from rliable import library as rly
+from rliable import metrics as rly_metrics
+
+from experiments.report import build_report
+from experiments.stats import paired_improvement, performance_profiles, score_distribution
+from experiments.sweep import EPISODE_METRICS, UNDEFINED_WITHOUT_CONVERSIONS
+
+ENV = {"name": "toy", "daily_budget": 10000.0, "plans_per_account": 4}
+
+
+def write_run(
+    sweep: Path, agent: str, seed: int, scores: list[float], *, env: dict | None = None, folder: str | None = None
+) -> Path:
+    """A finished run folder as ``experiments.evaluate`` leaves it (no steps table), with these episode scores.
+
+    Episode ``i`` of seed ``s`` has env seed ``1000 * s + i``, the same for every allocator (as
+    ``experiments.common.episode_seeds`` makes them).
+    """
+    env = env or ENV
+    run_dir = sweep / (folder or f"{env['name']}_{agent}_s{seed}")
+    (run_dir / ".hydra").mkdir(parents=True)
+    config = {"env": env, "agent": {"name": agent, "kind": "heuristic"}, "seed": seed, "episodes": len(scores)}
+    config |= {"max_steps": None, "backend": "numba", "steps_table": "none"}
+    for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
+        path.write_text(yaml.safe_dump(config))
+    episodes = []
+    for i, score in enumerate(scores):
+        metrics = {k: (None if k in UNDEFINED_WITHOUT_CONVERSIONS else 0.0) for k in EPISODE_METRICS}
+        episodes.append({"episode": i, "env_seed": 1000 * seed + i, "steps": 24, **metrics, "score": float(score)})
+    mean = {k: (None if k in UNDEFINED_WITHOUT_CONVERSIONS else 0.0) for k in EPISODE_METRICS}
+    mean["score"] = float(np.mean(scores))
+    metrics_json = {"agent": agent, "kind": "heuristic", "env": env["name"], "seed": seed, "episodes": len(scores)}
+    metrics_json |= {"mean": mean, "per_episode": episodes}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics_json))
+    return run_dir
+
+
+SEEDS, EPISODES = range(4), 6
+
+
+def write_sweep(sweep: Path, gap: dict[str, np.ndarray]) -> np.ndarray:
+    """uniform, oracle, boost and the allocators in ``gap`` on the same episodes; returns boost's scores.
+
+    Episode difficulty varies a lot (boost's score: 100,000 x lognormal with sigma 0.25); each other
+    allocator scores boost's score plus its ``gap`` (one value per episode, seeds x episodes).
+    """
+    rng = np.random.default_rng(7)
+    boost = 100_000 * np.exp(rng.normal(0.0, 0.25, (len(SEEDS), EPISODES)))
+    offsets = {"uniform": -20_000.0, "oracle": 60_000.0, "boost": 0.0, **gap}
+    for agent, offset in offsets.items():
+        scores = boost + np.broadcast_to(offset, boost.shape)
+        for seed in SEEDS:
+            write_run(sweep, agent, seed, list(scores[seed]))
+    return boost
+
+
+def comparison(result: dict, agent: str, baseline: str, env: str = "toy") -> pd.Series:
+    paired = result["paired"]
+    rows = paired[(paired.env == env) & (paired.agent == agent) & (paired.baseline == baseline)]
+    assert len(rows) == 1, paired[["env", "agent", "baseline"]]
+    return rows.iloc[0]
+
+
+def test_pairing_resolves_a_small_consistent_gap_that_marginal_intervals_do_not(tmp_path):
+    # thompson scores 2% of a typical episode more than boost on every episode, give or take 0.5%.
+    gap = 2000.0 + np.random.default_rng(3).normal(0.0, 500.0, (len(SEEDS), EPISODES))
+    write_sweep(tmp_path, {"thompson": gap})
+    result = build_report(tmp_path, reps=1000)
+
+    summary = result["summary"].set_index("agent")
+    thompson, boost = summary.loc["thompson"], summary.loc["boost"]
+    # The premise: the marginal IQM intervals overlap, they cannot tell the two apart.
+    assert thompson.score_ci_low < boost.score_ci_high
+
+    row = comparison(result, "boost", "thompson")  # thompson is the best heuristic now
+    assert row.role == "best heuristic" and row.episodes == len(SEEDS) * EPISODES
+    assert row["diff"] == pytest.approx(-gap.mean())
+    assert row.diff_ci_high < 0 and row.verdict == "worse"
+    assert row.poi == 0.0 and not row.note
+    # The summary carries the same comparison for boost.
+    assert summary.loc["boost", "vs_best"] == "thompson" and summary.loc["boost", "vs_best_verdict"] == "worse"
+    report = result["report"].read_text()
+    assert "**thompson beats boost** (toy): boost - thompson = -" in report
+    assert pd.read_csv(tmp_path / "paired.csv").shape[0] == len(result["paired"])
+
+
+def test_a_gap_that_flips_sign_from_episode_to_episode_is_not_resolved(tmp_path):
+    # thompson wins half the episodes by 10,100 and loses the other half by 9,900: a mean of +100.
+    gap = np.where(np.arange(len(SEEDS) * EPISODES).reshape(len(SEEDS), EPISODES) % 2 == 0, 10_100.0, -9_900.0)
+    write_sweep(tmp_path, {"thompson": gap})
+    result = build_report(tmp_path, reps=1000)
+
+    row = comparison(result, "boost", "thompson")
+    assert row["diff"] == pytest.approx(-100.0)
+    assert row.diff_ci_low < 0 < row.diff_ci_high and row.verdict == "not resolved"
+    assert row.poi == pytest.approx(0.5)
+    report = result["report"].read_text()
+    assert "beats boost" not in report and "boost beats thompson" not in report
+    assert "boost vs thompson (toy): not resolved (interval includes 0): boost - thompson = -100 [" in report
+
+
+def test_runs_whose_episodes_do_not_match_are_refused_naming_the_runs(tmp_path):
+    write_sweep(tmp_path, {})
+    # thompson ran the same seeds on a portfolio with another daily budget: same env seeds, other episodes.
+    for seed in SEEDS:
+        write_run(tmp_path, "thompson", seed, [90_000.0] * EPISODES, env={**ENV, "daily_budget": 20000.0})
+    # proportional ran seeds nobody else ran: no episode in common.
+    write_run(tmp_path, "proportional", 9, [70_000.0] * EPISODES)
+    # static missed seed 3: compared on the rest, seed 3's episodes of the others listed as left out.
+    for seed in SEEDS[:-1]:
+        write_run(tmp_path, "static", seed, [80_000.0] * EPISODES)
+    result = build_report(tmp_path, reps=500)
+
+    refused = comparison(result, "thompson", "uniform")
+    assert refused.verdict == "not compared" and np.isnan(refused["diff"])
+    assert "different setups in `toy_thompson_s0` (thompson) and `toy_uniform_s0` (uniform)" in refused.note
+    assert "env.daily_budget: 20000.0 vs 10000.0" in refused.note
+    none_shared = comparison(result, "proportional", "boost")
+    assert none_shared.verdict == "not compared"
+    assert none_shared.note == (
+        "no episode in common: proportional ran `toy_proportional_s9`, "
+        "boost ran `toy_boost_s0`, `toy_boost_s1`, `toy_boost_s2`, `toy_boost_s3`"
+    )
+    partial = comparison(result, "static", "uniform")
+    assert partial.episodes == 3 * EPISODES and partial.verdict in ("better", "worse", "not resolved")
+    assert partial.note == f"{EPISODES} episodes of uniform have no counterpart in static (`toy_uniform_s3`): left out"
+
+    report = result["report"].read_text()
+    assert "## Episode matching" in report
+    assert "- thompson vs uniform (toy): episodes with the same env seed ran under different setups" in report
+    assert "thompson vs uniform (toy): not compared:" in report and "thompson beats" not in report
+
+
+def test_an_allocator_holding_one_episode_twice_is_not_paired(tmp_path):
+    write_sweep(tmp_path, {})
+    # A second thompson config (other params, same name) over the same seed: which episode is "thompson's"?
+    write_run(tmp_path, "thompson", 0, [1.0] * EPISODES, folder="toy_thompson_s0_a")
+    other = write_run(tmp_path, "thompson", 0, [2.0] * EPISODES, folder="toy_thompson_s0_b")
+    cfg = yaml.safe_load((other / "config.yaml").read_text()) | {"agent": {"name": "thompson", "kind": "x"}}
+    for path in (other / "config.yaml", other / ".hydra" / "config.yaml"):
+        path.write_text(yaml.safe_dump(cfg))
+    result = build_report(tmp_path, reps=200)
+    row = comparison(result, "thompson", "uniform")
+    assert row.verdict == "not compared"
+    assert row.note.startswith("thompson played the episode with env seed 0 more than once")
+    assert "`toy_thompson_s0_a`, `toy_thompson_s0_b`" in row.note
+
+
+def test_probability_of_improvement_on_a_hand_computed_case():
+    x = np.array([3.0, 1.0, 2.0, 2.0])
+    y = np.array([1.0, 2.0, 2.0, 0.0])
+    # Episode by episode: x wins, loses, ties (counts 1/2), wins: (1 + 0 + 0.5 + 1) / 4.
+    assert paired_improvement(x, y) == 0.625
+    assert paired_improvement(y, x) == 0.375
+    # rliable's definition with each paired episode a task played once by each side.
+    assert rly_metrics.probability_of_improvement(x[None, :], y[None, :]) == pytest.approx(0.625)
+
+
+def test_probability_of_improvement_in_the_report_counts_paired_episodes(tmp_path):
+    # thompson beats boost on 18 of 24 episodes by 1,000, loses 6 by 500: P = 0.75 on the pairs,
+    # while across episodes (unpaired) the two score distributions nearly coincide.
+    gap = np.where(np.arange(len(SEEDS) * EPISODES).reshape(len(SEEDS), EPISODES) % 4 == 0, -500.0, 1_000.0)
+    write_sweep(tmp_path, {"thompson": gap})
+    result = build_report(tmp_path, reps=500)
+    row = comparison(result, "boost", "thompson")
+    assert row.poi == pytest.approx(0.25)
+    assert row.poi_ci_low <= row.poi <= row.poi_ci_high
+    assert comparison(result, "thompson", "uniform").poi == 1.0
+
+
+def test_performance_profile_on_a_tiny_case():
+    # References: uniform's mean 0 and oracle's 100, so a score of s is s / 100 normalised.
+    table = pd.DataFrame({"env": "toy", "agent": ["uniform", "oracle"], "score": [0.0, 100.0]})
+    episodes = pd.DataFrame({"env": "toy", "agent": "boost", "score": [0.0, 50.0, 100.0]})
+    taus = np.array([-0.1, 0.0, 0.25, 0.5, 1.0])
+    _, profiles, bands = performance_profiles(episodes, table, "toy", taus, reps=300)
+    # Fraction of episodes with normalised score strictly above tau: {0, 0.5, 1} against each tau.
+    np.testing.assert_allclose(profiles["boost"], [1.0, 2 / 3, 2 / 3, 1 / 3, 0.0])
+    # rliable's own (unvectorised) score distribution agrees, on one env and on a (runs x tasks) matrix.
+    matrix = np.array([[0.0, 0.2], [0.5, 0.9], [1.0, -1.0]])
+    np.testing.assert_allclose(score_distribution(matrix, taus), rly.score_distributions(matrix, taus))
+    assert bands["boost"].shape == (2, len(taus))
+    assert (bands["boost"][0] <= profiles["boost"] + 1e-12).all() and (profiles["boost"] <= bands["boost"][1]).all()
+
+
+def test_the_report_draws_the_profile_and_is_reproducible(tmp_path):
+    write_sweep(tmp_path / "a", {"thompson": 1000.0})
+    first = build_report(tmp_path / "a", reps=300)
+    assert "](profile_toy.png)" in first["report"].read_text()
+    assert (tmp_path / "a" / "profile_toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    profiles = pd.read_csv(tmp_path / "a" / "profiles.csv")
+    assert set(profiles.agent) == {"uniform", "oracle", "boost", "thompson"}
+    again = build_report(tmp_path / "a", reps=300, out=tmp_path / "b")
+    pd.testing.assert_frame_equal(first["paired"], again["paired"])  # the bootstrap is seeded
+
+
+def test_comparisons_over_several_envs_are_stratified_and_need_matching_episode_counts(tmp_path):
+    write_sweep(tmp_path, {"thompson": 2000.0})
+    other = {**ENV, "name": "toy2"}
+    rng = np.random.default_rng(11)
+    for seed in SEEDS:
+        base = 50_000 * np.exp(rng.normal(0.0, 0.25, EPISODES))
+        for agent, offset in {"uniform": -10_000.0, "oracle": 30_000.0, "boost": 0.0, "thompson": 1_000.0}.items():
+            write_run(tmp_path, agent, seed, list(base + offset), env=other)
+    result = build_report(tmp_path, reps=500)
+    row = comparison(result, "boost", "thompson", env="all")
+    # Each env's normalised gap: 2,000 / 80,000 and 1,000 / 40,000 = 0.025; the mean over envs.
+    assert row.normalised_diff == pytest.approx(-0.025) and row.verdict == "worse"
+    assert row.episodes == 2 * len(SEEDS) * EPISODES
+    assert (tmp_path / "profile_all.png").exists()
+
+    (tmp_path / "toy2_thompson_s3" / "metrics.json").unlink()  # a failed run: toy2 has fewer paired episodes
+    result = build_report(tmp_path, reps=200)
+    row = comparison(result, "boost", "thompson", env="all")
+    assert row.verdict == "not compared" and "different numbers of paired episodes" in row.note
+    assert comparison(result, "boost", "thompson", env="toy").verdict == "worse"
