@@ -6,10 +6,10 @@ sweeps' agent list (``conf/sweep/heuristics.yaml``, checked against it by ``test
 follow.
 
 Schemas (structured configs for Hydra's ConfigStore): each heuristic's schema is generated from
-its ``Params`` dataclass (:mod:`agents.heuristics`, :mod:`agents.oracle`), the single source of its
-knobs and defaults, and stored as ``agent/<name>_schema``. ``conf/agent/<name>.yaml`` lists it first
-in its defaults, so a typo'd key or a wrong type (``agent.params.powr=2``,
-``agent.params.power=abc``) fails at compose time naming the key; ranges are checked when
+its ``Params`` dataclass (:mod:`agents.heuristics`, :mod:`agents.oracle`, :mod:`agents.planner`), the
+single source of its knobs and defaults, and stored as ``agent/<name>_schema``.
+``conf/agent/<name>.yaml`` lists it first in its defaults, so a typo'd key or a wrong type
+(``agent.params.powr=2``, ``agent.params.power=abc``) fails at compose time naming the key; ranges are checked when
 :func:`agents.registry.make_allocator` builds the allocator. ``kind: trained`` configs may use
 ``agent/trained_schema`` (``run``, ``deterministic``). ``kind: sb3`` configs (the training side's
 free-form hyperparameters) have no schema here.
@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from agents.heuristics import HEURISTICS
-from agents.oracle import OracleAllocator
+from agents.oracle import OracleRankAllocator
+from agents.planner import OracleAllocator
 
 if TYPE_CHECKING:
     from hydra.core.config_store import ConfigStore
@@ -37,7 +38,11 @@ if TYPE_CHECKING:
 AGENT_KINDS = ("heuristic", "sb3", "trained")
 
 #: Every allocator that ``make_allocator`` builds from ``kind: heuristic``.
-HEURISTIC_ALLOCATORS = {**HEURISTICS, OracleAllocator.name: OracleAllocator}
+HEURISTIC_ALLOCATORS = {
+    **HEURISTICS,
+    OracleRankAllocator.name: OracleRankAllocator,
+    OracleAllocator.name: OracleAllocator,
+}
 #: Their names, in the order of sweeps, tables and plots.
 HEURISTIC_NAMES = tuple(HEURISTIC_ALLOCATORS)
 

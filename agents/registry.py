@@ -1,7 +1,8 @@
 """Build any allocator from its ``conf/agent/<name>.yaml`` node: ``make_allocator(agent_cfg)``.
 
 - ``kind: heuristic``: ``name`` picks the rule in :data:`agents.config.HEURISTIC_ALLOCATORS`
-  (``static``, ``uniform``, ``proportional``, ``cpa_guard``, ``boost``, ``thompson``, ``oracle``);
+  (``static``, ``uniform``, ``proportional``, ``cpa_guard``, ``boost``, ``thompson``, ``oracle_rank``,
+  ``oracle``);
   ``params`` are checked against the rule's ``Params`` dataclass (unknown key, wrong type, value
   out of range: an error naming ``agent.params.<key>``).
 - ``kind: trained``: :class:`agents.trained.TrainedAllocator` loads the policy of the training run

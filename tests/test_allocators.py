@@ -20,7 +20,7 @@ from agents.heuristics import (
     ThompsonParams,
     UniformAllocator,
 )
-from agents.oracle import OracleAllocator
+from agents.oracle import OracleRankAllocator
 from agents.registry import make_allocator
 from envs.features import GOALS, NUMERIC_STATS, STATUSES, VERTICALS, Clock
 from envs.scenario import KIND_POTENTIAL, KIND_REGULAR, KIND_TRAP, PortfolioGenerator, load_scenario
@@ -212,8 +212,8 @@ def test_thompson_concentrates_on_the_plan_with_the_best_posterior_and_is_seeded
     assert not np.array_equal(run(2), shares)
 
 
-def test_oracle_funds_the_truly_best_plan_first_and_moves_on_when_it_is_full():
-    allocator, scenario, portfolio = make("oracle", 6, seed=3)
+def test_oracle_rank_funds_the_truly_best_plan_first_and_moves_on_when_it_is_full():
+    allocator, scenario, portfolio = make("oracle_rank", 6, seed=3)
     portfolio.kind[:] = KIND_REGULAR
     portfolio.vertical[:] = 0  # credit: no cap in the way
     allocator.reset(scenario, portfolio, seed=0)
@@ -230,10 +230,10 @@ def test_oracle_funds_the_truly_best_plan_first_and_moves_on_when_it_is_full():
     assert after[second] > after[best]
 
 
-def test_oracle_values_potential_plans_above_traps():
+def test_oracle_rank_values_potential_plans_above_traps():
     scenario = load_scenario("default")
     portfolio = PortfolioGenerator()(scenario, np.random.default_rng(0))
-    oracle = OracleAllocator()
+    oracle = OracleRankAllocator()
     oracle.reset(scenario, portfolio)
     worth = oracle.plan_worth(0)
     assert worth[portfolio.kind == KIND_POTENTIAL].min() > worth[portfolio.kind == KIND_TRAP].max()
