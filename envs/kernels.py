@@ -80,10 +80,13 @@ N_CHANNEL_FIELDS = 7
 N_PLAN_FIELDS = 9
 # Columns of the platform's per-plan bidding state (n_plans, N_DYN_FIELDS), written before each step by
 # envs/platform.py: the value the platform bids per predicted conversion (the goal's target), the
-# learning level lambda (1 at launch, 0 once learned) and the bid multiplier (cost controller,
-# exploration premium, throttling of failed plans).
-DYN_BID_VALUE, DYN_LEARNING, DYN_BID_MULT = 0, 1, 2
-N_DYN_FIELDS = 3
+# learning level lambda (1 at launch, 0 once learned), the bid multiplier (cost controller,
+# exploration premium) and the delivery rate: the chance that the plan enters an auction at all (1;
+# a failed plan's throttled delivery: it enters fewer auctions at its full bid, never at a discount).
+DYN_BID_VALUE, DYN_LEARNING, DYN_BID_MULT, DYN_DELIVERY = 0, 1, 2, 3
+N_DYN_FIELDS = 4
+# The delivery draw reads the low bits of the bidder's noise hash (the noise uniform reads the high 53).
+DELIVERY_BITS = 11
 # Last axis of the stage tensor (n_plans, n_stages, N_STAGE_FIELDS).
 ST_RATE, ST_VALUE, ST_DELAY_MEDIAN, ST_DELAY_SIGMA = 0, 1, 2, 3
 N_STAGE_FIELDS = 4
@@ -229,6 +232,8 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _S30, _S27, _S31, _S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
 _ONE = np.uint64(1)
 _INV53 = 1.0 / 9007199254740992.0  # 2**-53
+_LOW_MASK = np.uint64((1 << DELIVERY_BITS) - 1)
+_INV_LOW = 1.0 / (1 << DELIVERY_BITS)
 
 
 @nb.njit(inline="always", cache=True)
@@ -303,10 +308,11 @@ def binomial_at(h, slot, n, p):
 
 
 @nb.njit(cache=True)
-def segment_bidders(t, plan, audience, chan_plans, chan_start, base_bid, noise_amp, learning):
+def segment_bidders(t, plan, audience, chan_plans, chan_start, base_bid, noise_amp, learning, delivery):
     """Each channel's bidders grouped by audience segment, in channel order.
 
-    Returns ``(seg_start, bidder_base, bidder_amp, bidder_learning, bidder_offset, bidder_plan)``:
+    Returns ``(seg_start, bidder_base, bidder_amp, bidder_learning, bidder_delivery, bidder_offset,
+    bidder_plan)``:
     the bidders of channel ``c`` in segment ``s`` are entries ``seg_start[c, s]:seg_start[c, s + 1]``
     of the ``bidder_*`` arrays (length ``N_SEGMENTS * P``); ``bidder_offset`` is the hash offset of
     the plan's noise slot (``(SLOT_BIDDER + p + 1) * GOLDEN``, see :func:`hash_at`).
@@ -317,6 +323,7 @@ def segment_bidders(t, plan, audience, chan_plans, chan_start, base_bid, noise_a
     bidder_base = np.empty(cap)
     bidder_amp = np.empty(cap)
     bidder_learning = np.empty(cap)
+    bidder_delivery = np.empty(cap)
     bidder_offset = np.empty(cap, dtype=np.uint64)
     bidder_plan = np.empty(cap, dtype=np.int64)
     k = 0
@@ -329,28 +336,47 @@ def segment_bidders(t, plan, audience, chan_plans, chan_start, base_bid, noise_a
                     bidder_base[k] = base_bid[p]
                     bidder_amp[k] = noise_amp[p]
                     bidder_learning[k] = learning[p]
+                    bidder_delivery[k] = delivery[p]
                     bidder_offset[k] = (np.uint64(SLOT_BIDDER + p) + _ONE) * GOLDEN
                     bidder_plan[k] = p
                     k += 1
         seg_start[c, N_SEGMENTS] = k
-    return seg_start, bidder_base, bidder_amp, bidder_learning, bidder_offset, bidder_plan
+    return seg_start, bidder_base, bidder_amp, bidder_learning, bidder_delivery, bidder_offset, bidder_plan
 
 
 @nb.njit(inline="always", cache=True)
-def auction(h, quality, lo, hi, bidder_base, bidder_amp, bidder_learning, bidder_offset, bidder_plan, remaining, bids):
+def auction(
+    h,
+    quality,
+    lo,
+    hi,
+    bidder_base,
+    bidder_amp,
+    bidder_learning,
+    bidder_delivery,
+    bidder_offset,
+    bidder_plan,
+    remaining,
+    bids,
+):
     """One opportunity's auction among bidders ``lo:hi``: ``(winner entry or -1, best bid, runner-up)``.
 
+    A bidder enters with its delivery rate (1, or a failed plan's throttle): the low
+    ``DELIVERY_BITS`` bits of its noise hash give the delivery draw, the high 53 its noise uniform.
     The first loop computes every bid into ``bids`` (no branch, no gather: it vectorises); the
     second masks unaffordable bids to 0 and keeps the top two without branching. It is the scan
     ``if bid > best: second, best, winner = best, bid, k; elif bid > second: second = bid`` written
     with ``max``/``min``: the same values, ties to the earlier bidder.
     """
     for k in range(lo, hi):
-        u = ((mix64(h + bidder_offset[k]) >> _S11) + 0.5) * _INV53  # uniform_at(h, SLOT_BIDDER + p)
+        x = mix64(h + bidder_offset[k])  # hash_at(h, SLOT_BIDDER + p)
+        u = ((x >> _S11) + 0.5) * _INV53
+        delivered = ((x & _LOW_MASK) + 0.5) * _INV_LOW < bidder_delivery[k]
         # A plan in its learning phase cannot yet tell good users from poor ones: its bid
         # follows user quality only as far as it has learned (1 - lambda).
         targeting = bidder_learning[k] + (1.0 - bidder_learning[k]) * quality
-        bids[k] = bidder_base[k] * targeting * (1.0 + bidder_amp[k] * (2.0 * u - 1.0))
+        bid = bidder_base[k] * targeting * (1.0 + bidder_amp[k] * (2.0 * u - 1.0))
+        bids[k] = bid if delivered else 0.0
     best = 0.0
     second = 0.0
     winner = -1
@@ -401,6 +427,7 @@ def step_kernel(
     learning = np.empty(n_plans)  # lambda: 1 at launch, 0 once out of the learning phase
     click_p = np.empty(n_plans)
     remaining = np.empty(n_plans)
+    delivery = np.empty(n_plans)  # the chance the plan enters an auction (a failed plan's throttle)
     for p in range(n_plans):
         lam = dyn[p, DYN_LEARNING]
         fatigue = plan[p, PL_FATIGUE_FLOOR] + (1.0 - plan[p, PL_FATIGUE_FLOOR]) * np.exp(
@@ -419,10 +446,11 @@ def step_kernel(
         )
         noise_amp[p] = noise_floor + (plan[p, PL_NOISE0] - noise_floor) * lam
         learning[p] = lam
+        delivery[p] = dyn[p, DYN_DELIVERY]
         remaining[p] = step_budget[p]
         out[p, BUDGET] = step_budget[p]
-    seg_start, bidder_base, bidder_amp, bidder_learning, bidder_offset, bidder_plan = segment_bidders(
-        t, plan, audience, chan_plans, chan_start, base_bid, noise_amp, learning
+    seg_start, bidder_base, bidder_amp, bidder_learning, bidder_delivery, bidder_offset, bidder_plan = segment_bidders(
+        t, plan, audience, chan_plans, chan_start, base_bid, noise_amp, learning, delivery
     )
     bids = np.empty(bidder_base.shape[0])
 
@@ -456,6 +484,7 @@ def step_kernel(
                 bidder_base,
                 bidder_amp,
                 bidder_learning,
+                bidder_delivery,
                 bidder_offset,
                 bidder_plan,
                 remaining,
@@ -572,6 +601,7 @@ def auction_bench_kernel(n_auctions, n_bidders, key):
     bidder_base = np.empty(n_bidders)
     bidder_amp = np.empty(n_bidders)
     bidder_learning = np.empty(n_bidders)
+    bidder_delivery = np.ones(n_bidders)
     bidder_offset = np.empty(n_bidders, dtype=np.uint64)
     bidder_plan = np.arange(n_bidders)
     h_setup = hash_at(key, STREAM_COUNT)
@@ -594,6 +624,7 @@ def auction_bench_kernel(n_auctions, n_bidders, key):
             bidder_base,
             bidder_amp,
             bidder_learning,
+            bidder_delivery,
             bidder_offset,
             bidder_plan,
             remaining,

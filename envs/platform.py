@@ -35,7 +35,9 @@ The model, simplified as an auto-bidding engineer would recognise it (each a sce
   ``lambda = max(0, 1 - conversions / learning_conversions)`` (times ``relearn_level`` for a plan
   that learned before), 0 once learned; a failed plan keeps its level. Learning plans bid ``x (1 +
   explore_premium x lambda)`` (exploration; with untargeted, noisy bids this makes learning cost at
-  or above target), failed plans ``x failed_throttle`` (the platform throttles their delivery).
+  or above target). A failed plan's delivery is throttled: it enters only a ``failed_throttle`` share
+  of auctions (kernel field ``DYN_DELIVERY``), at its full bid: fewer impressions, never cheaper ones
+  (a bid multiplier would be a discount on first-price channels).
 - **Significant edits**: at the end of each day, a plan whose budget for the day (the sum of its step
   budgets) moved by more than ``edit_threshold`` against the previous day's (both positive) goes
   back to learning: status and clock reset, its history kept; a plan that had learned restarts at
@@ -53,7 +55,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from envs.kernels import CONVERSIONS, DEEP0, DEEP_VALUE, DYN_BID_MULT, DYN_BID_VALUE, DYN_LEARNING, SPEND
+from envs.kernels import CONVERSIONS, DEEP0, DEEP_VALUE, DYN_BID_MULT, DYN_BID_VALUE, DYN_DELIVERY, DYN_LEARNING, SPEND
 from envs.platform_kernels import after_step_kernel, write_bids_kernel
 from envs.scenario import (
     GOAL_DEEP,
@@ -236,11 +238,12 @@ class Platform:
         level = learning_level(
             self.status, self.learn_conversions, sc.learning_conversions, self.relearning, spec.relearn_level
         )
-        mult = self.mult * np.where(self.status == STATUS_LEARNING, 1.0 + spec.explore_premium * level, 1.0)
-        mult = mult * np.where(self.status == STATUS_FAILED, spec.failed_throttle, 1.0)
         dyn[..., DYN_BID_VALUE] = self.value
         dyn[..., DYN_LEARNING] = level
-        dyn[..., DYN_BID_MULT] = mult
+        dyn[..., DYN_BID_MULT] = self.mult * np.where(
+            self.status == STATUS_LEARNING, 1.0 + spec.explore_premium * level, 1.0
+        )
+        dyn[..., DYN_DELIVERY] = np.where(self.status == STATUS_FAILED, spec.failed_throttle, 1.0)
 
     def after_step(self, t: np.ndarray, out: np.ndarray, budget: np.ndarray) -> None:
         """Update every controller from step ``t`` (E,) of each env: ``out`` (E, P, k), ``budget`` (E, P)."""

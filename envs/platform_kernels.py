@@ -17,7 +17,7 @@ import math
 
 import numba as nb
 
-from envs.kernels import CONVERSIONS, DEEP0, DEEP_VALUE, DYN_BID_MULT, DYN_BID_VALUE, DYN_LEARNING, SPEND
+from envs.kernels import CONVERSIONS, DEEP0, DEEP_VALUE, DYN_BID_MULT, DYN_BID_VALUE, DYN_DELIVERY, DYN_LEARNING, SPEND
 from envs.scenario import GOAL_DEEP, GOAL_VALUE, STATUS_FAILED, STATUS_LEARNED, STATUS_LEARNING
 
 
@@ -72,11 +72,10 @@ def write_bids_kernel(
                 if not level > 0.0:  # np.maximum(0, level); NaN stays NaN as in NumPy
                     level = level if level != level else 0.0
                 level = level * (relearn if relearning[e, p] else 1.0)
-            m = mult[e, p] * ((1.0 + explore_premium * level) if st == STATUS_LEARNING else 1.0)
-            m = m * (failed_throttle if st == STATUS_FAILED else 1.0)
             dyn[e, p, DYN_BID_VALUE] = v
             dyn[e, p, DYN_LEARNING] = level
-            dyn[e, p, DYN_BID_MULT] = m
+            dyn[e, p, DYN_BID_MULT] = mult[e, p] * ((1.0 + explore_premium * level) if st == STATUS_LEARNING else 1.0)
+            dyn[e, p, DYN_DELIVERY] = failed_throttle if st == STATUS_FAILED else 1.0
 
 
 @nb.njit(cache=True)

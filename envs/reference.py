@@ -27,8 +27,10 @@ from envs.kernels import (
     CONVERSIONS,
     DEEP0,
     DEEP_VALUE,
+    DELIVERY_BITS,
     DYN_BID_MULT,
     DYN_BID_VALUE,
+    DYN_DELIVERY,
     DYN_LEARNING,
     IMPRESSIONS,
     OWN_PRICED,
@@ -77,14 +79,16 @@ def uniform(h: int, slot: int) -> float:
     return ((child(h, slot) >> 11) + 0.5) * 2.0**-53
 
 
-def uniforms(h: int, slots: np.ndarray) -> np.ndarray:
-    """Vectorised :func:`uniform` over many slots (NumPy uint64 arithmetic wraps like the kernel's)."""
+def uniforms(h: int, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vectorised :func:`uniform` over many slots (NumPy uint64 arithmetic wraps like the kernel's), and
+    the delivery draws from the same hashes' low ``DELIVERY_BITS`` bits."""
     with np.errstate(over="ignore"):
         x = np.uint64(h) + (slots.astype(np.uint64) + np.uint64(1)) * np.uint64(GOLDEN)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x = x ^ (x >> np.uint64(31))
-    return ((x >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    low = (x & np.uint64((1 << DELIVERY_BITS) - 1)).astype(np.float64)
+    return ((x >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53, (low + 0.5) / (1 << DELIVERY_BITS)
 
 
 def normal_pair(h: int, slot: int) -> tuple[float, float]:
@@ -159,6 +163,7 @@ def step_reference(
     out[:] = 0.0
 
     learning = dyn[:, DYN_LEARNING]
+    delivery = dyn[:, DYN_DELIVERY]
     floor = plan[:, PL_FATIGUE_FLOOR]
     fatigue = floor + (1.0 - floor) * np.exp(-state[:, STATE_IMPRESSIONS] / plan[:, PL_FATIGUE_SCALE])
     channel = plan[:, PL_CHANNEL].astype(np.int64)
@@ -196,9 +201,10 @@ def step_reference(
             z_quality, z_market = normal_pair(h, SLOT_Z1)
             quality = math.exp(quality_sigma * z_quality - 0.5 * quality_sigma * quality_sigma)
             market = market_base * math.exp(chan[c, CH_MARKET_SIGMA] * z_market)
-            u = uniforms(h, SLOT_BIDDER + bidders)
+            u, delivery_draw = uniforms(h, SLOT_BIDDER + bidders)
             targeting = learning[bidders] + (1.0 - learning[bidders]) * quality
             bids = base_bid[bidders] * targeting * (1.0 + noise_amp[bidders] * (2.0 * u - 1.0))
+            bids = np.where(delivery_draw < delivery[bidders], bids, 0.0)  # a failed plan's throttled delivery
             eligible = active[bidders] * targeted_by_segment[segment] * (remaining[bidders] >= bids)
             bids = bids * eligible
             order = np.argsort(-bids, kind="stable")  # ties: the earlier bidder wins, as in the scan

@@ -31,6 +31,7 @@ from envs.kernels import (
     DEEP_VALUE,
     DYN_BID_MULT,
     DYN_BID_VALUE,
+    DYN_DELIVERY,
     DYN_LEARNING,
     IMPRESSIONS,
     N_CHANNEL_FIELDS,
@@ -48,6 +49,7 @@ from envs.kernels import (
     PL_HORIZON,
     PL_LAUNCH,
     PL_NOISE0,
+    SLOT_BIDDER,
     SPEND,
     ST_DELAY_MEDIAN,
     ST_DELAY_SIGMA,
@@ -84,6 +86,7 @@ def _market(
     learning: list[float] | None = None,
     bias0: list[float] | None = None,
     horizon: list[float] | None = None,
+    delivery: list[float] | None = None,
     key: int = 20240611,
 ) -> KernelInputs:
     """One episode of plans on one channel; plan ``p`` bids ``bid_value[p] x cvr x LOT`` per lot.
@@ -115,6 +118,7 @@ def _market(
     dyn[0, :, DYN_BID_VALUE] = bid_value
     dyn[0, :, DYN_LEARNING] = 0.0 if learning is None else learning
     dyn[0, :, DYN_BID_MULT] = 1.0
+    dyn[0, :, DYN_DELIVERY] = 1.0 if delivery is None else delivery
     days = 3
     return KernelInputs(
         hours_per_step=1,
@@ -202,6 +206,24 @@ def test_first_price_pays_the_bid(step_fn, dedup: bool) -> None:
     assert out[0, IMPRESSIONS] == n * LOT
     assert out[0, SPEND] == n * 20.0
     assert out[0, OWN_PRICED] == 0.0  # only second-price lots can be priced by an own plan
+
+
+@BACKENDS
+@pytest.mark.parametrize("first_price", [True, False])
+def test_a_throttled_plan_enters_fewer_auctions_at_its_full_bid(step_fn, first_price: bool) -> None:
+    # Plan 0 (a failed plan, delivery 0.25) bids 20 a lot, plan 1 bids 12.5, the market 10. Plan 0
+    # enters exactly the auctions whose delivery draw (the low bits of its noise hash) is below 0.25 and
+    # wins them at its full price; plan 1 takes the others. Never a discount: first price pays 20.
+    inputs = _market([4.0, 2.5], first_price=first_price, volume=400.0, delivery=[0.25, 1.0])
+    n = _count(inputs, at_least=200)
+    h_chan = reference.child(reference.child(int(inputs.key[0]), 0), 0)
+    draws = np.array([reference.uniforms(reference.child(h_chan, o), np.array([SLOT_BIDDER]))[1][0] for o in range(n)])
+    entered = int((draws < 0.25).sum())
+    assert 0.15 * n < entered < 0.35 * n  # about a quarter of the auctions
+    out = _step(step_fn, inputs, [UNLIMITED, UNLIMITED])
+    assert out[0, IMPRESSIONS] == entered * LOT and out[1, IMPRESSIONS] == (n - entered) * LOT
+    assert out[0, SPEND] == entered * (20.0 if first_price else 10.0)
+    assert out[1, SPEND] == (n - entered) * (12.5 if first_price else 10.0)
 
 
 @BACKENDS

@@ -16,7 +16,15 @@ import numpy as np
 import pytest
 import yaml
 
-from envs.kernels import CONVERSIONS, DYN_BID_MULT, DYN_BID_VALUE, DYN_LEARNING, N_DYN_FIELDS, n_step_fields
+from envs.kernels import (
+    CONVERSIONS,
+    DYN_BID_MULT,
+    DYN_BID_VALUE,
+    DYN_DELIVERY,
+    DYN_LEARNING,
+    N_DYN_FIELDS,
+    n_step_fields,
+)
 from envs.platform import Platform, controller_update, learning_level
 from envs.scenario import (
     MAX_STAGES,
@@ -95,6 +103,7 @@ def test_plans_learn_at_n_conversions_and_fail_when_the_days_run_out(fast: bool)
     np.testing.assert_array_equal(dyn[:, DYN_LEARNING], 1.0)
     np.testing.assert_array_equal(dyn[:, DYN_BID_MULT], 1.0 + PREMIUM)  # exploration at lambda = 1
     np.testing.assert_array_equal(dyn[:, DYN_BID_VALUE], TARGET_CPA)  # shallow goal: the target CPA
+    np.testing.assert_array_equal(dyn[:, DYN_DELIVERY], 1.0)  # every plan enters every auction
 
     # Step 0: plan 3 reaches 4 conversions at once; the others 0, 1, 2.
     _after(platform, 0, [0, 1, 2, 4, 0, 0])
@@ -113,9 +122,10 @@ def test_plans_learn_at_n_conversions_and_fail_when_the_days_run_out(fast: bool)
     assert platform.status[0].tolist() == expected
     dyn = _bids(platform)
     # A failed plan keeps its level (plan 0: 0 conversions, plan 2: 3, plan 5: 3), has no exploration
-    # premium and is throttled.
+    # premium and its delivery is throttled: it enters fewer auctions, at its full bid.
     np.testing.assert_array_equal(dyn[:, DYN_LEARNING], [1.0, 0.0, 0.25, 0.0, 0.0, 0.25])
-    np.testing.assert_array_equal(dyn[:, DYN_BID_MULT], [THROTTLE, 1.0, THROTTLE, 1.0, 1.0, THROTTLE])
+    np.testing.assert_array_equal(dyn[:, DYN_BID_MULT], 1.0)
+    np.testing.assert_array_equal(dyn[:, DYN_DELIVERY], [THROTTLE, 1.0, THROTTLE, 1.0, 1.0, THROTTLE])
     # Conversions after failing do not revive a plan.
     _after(platform, 4, [10, 0, 10, 0, 0, 10])
     assert platform.status[0].tolist() == expected
