@@ -713,11 +713,13 @@ def _notes(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str
         f"- **The step kernel is {100 * kernel_us / step_us:.0f}% of a single-env step.** On `default` it took "
         f"{kernel_us:,.0f} µs of a {step_us:,.0f} µs step at a CPU share of {cpu:.2f}, i.e. about "
         f"{kernel_us * cpu:,.0f} µs of CPU for ~{opportunities:,.0f} opportunities, "
-        f"~{1e3 * kernel_us * cpu / opportunities:.0f} ns each. About half of that is each opportunity's own "
-        "draws: the exact counter-based normal pair (log, sqrt, cos) and the exp of the user quality, which the "
-        "NumPy reference reproduces bit for bit; the auction itself costs a few ns per bidder (kernel table). "
-        "The rest of a step is the Python side (allocation, books, features: some 45 NumPy calls for the "
-        "observation alone).",
+        f"~{1e3 * kernel_us * cpu / opportunities:.0f} ns each. Part of that is each opportunity's own draws "
+        "(the exact counter-based normal pair and the exps of user quality and market bid, which the NumPy "
+        "reference reproduces bit for bit), but not most: replacing all of them by plain uniforms (a "
+        "throw-away experiment, 2026-11-29) cut a `default` step by about 23% only, so a cheaper normal "
+        "alone cannot double the speed. The rest of a step is the Python side: share projection, caps, "
+        "pacing and books in NumPy; the platform layer and the observation are Numba kernels "
+        "(envs/platform_kernels.py, envs/observation_kernel.py).",
     ]
     if any(name.startswith("batched") for name in missed) or "ppo_env_share_max" in missed:
         lines.append(
