@@ -34,6 +34,11 @@ planner uses that to plan in hindsight on a private copy of the episode (an
    draws, same shares), so its score is the best score of every plan it tried. In particular it
    never scores below ``oracle_rank``.
 
+The replays run on the numba backend and score with the scenario's :class:`envs.objective.DeepValueScore`:
+an env built with ``backend="reference"`` (whose controller may differ in the last bit) or a custom
+``objective`` is not what the planner replays, so its guarantees (the replay's score, never below
+``oracle_rank``) hold for the default env only.
+
 Cost: ``1 + candidates`` replays in one batched kernel call, then ``lp_plans`` more; large
 portfolios replay fewer rows (at most ``max_replay_plans`` plan-rows per batch, and never fewer than
 the ranker and one LP plan).

@@ -12,14 +12,16 @@ One step, per channel:
 2. Each opportunity (a lot of ``lot`` impressions) draws an audience segment, a user quality
    ``q = exp(sigma_q z - sigma_q^2/2)`` and the highest competing bid
    ``market_bid * market_hour * market_day * exp(sigma_m z')`` (per impression).
-3. Each plan of the channel bids ``target_cpa * pCTR * pCVR * (lambda + (1 - lambda) q) * lot``
-   (a learning plan cannot yet target good users), where the platform's
+3. Each plan of the channel bids ``value * multiplier * pCTR * pCVR * (lambda + (1 - lambda) q) * lot``
+   (the platform's bidding state ``dyn``: the goal's value per conversion, the controller's multiplier
+   with any exploration premium; a learning plan cannot yet target good users), where the platform's
    ``pCTR * pCVR = CTR * fatigue * CVR * exp(bias0 * lambda)`` times per-bidder noise
    ``1 + amp * (2u - 1)``; ``lambda = max(0, 1 - conversions / learning_conversions)`` is the
    learning phase, ``amp`` shrinks from ``noise0`` to ``noise_floor`` with it. A plan is eligible
-   when it exists, targets the segment and has at least its bid left of its step budget, so spend
-   never exceeds the budget it was given. The bid vector is computed and masked without branching,
-   then scanned for the top two.
+   when it exists, targets the segment, is delivered (its delivery draw, the low ``DELIVERY_BITS``
+   bits of its noise hash, is below ``DYN_DELIVERY``: 1, or a failed plan's throttle) and has at
+   least its bid left of its step budget, so spend never exceeds the budget it was given. The bid
+   vector is computed and masked without branching, then scanned for the top two.
 4. The top bid wins if it beats the market; it pays the runner-up (plan or market) on second-price
    channels, its own bid on first-price ones.
 5. Clicks ~ Binomial(lot, CTR * fatigue * ctr_mult), conversions ~ Binomial(clicks,

@@ -547,13 +547,16 @@ def _check_size(
             f"<= {MAX_LOTS_PER_EPISODE:.0e} (lower a channel's volume or days)",
             source,
         )
-    pending_steps = days * steps_per_day + int(round(attribution_window_days * steps_per_day))
+    # The pending tensor holds the episode's steps and one slot for every event maturing after it
+    # (attribution windows no longer size it): within MAX_PLANS and MAX_DAYS at most 0.98 GiB, so this
+    # guard binds only if those limits are raised.
+    pending_steps = days * steps_per_day + 1
     pending_bytes = n_plans * MAX_STAGES * pending_steps * 4
     if pending_bytes > MAX_PENDING_BYTES:
         raise _fail(
-            "plans x stages x (days + attribution_window_days) x steps_per_day",
+            "plans x stages x (days x steps_per_day + 1)",
             f"{pending_bytes / 2**30:.3g} GiB of pending deep events per episode",
-            f"<= {MAX_PENDING_BYTES / 2**30:.0f} GiB (fewer plans, days or attribution days)",
+            f"<= {MAX_PENDING_BYTES / 2**30:.0f} GiB (fewer plans, days or steps a day)",
             source,
         )
 
@@ -748,7 +751,9 @@ def _platform(cfg: Any, source: str | None) -> PlatformSpec:
         )
     out["explore_premium"] = num("explore_premium", lo=0.0, hi=10.0)
     out["learning_days"] = num("learning_days", lo=0.0, lo_open=True, hi=float(MAX_DAYS))
-    for key in ("failed_throttle", "edit_threshold", "relearn_level", "compensation_threshold"):
+    # A failed plan's delivery draw has DELIVERY_BITS of resolution: a throttle is at least one step of it.
+    out["failed_throttle"] = num("failed_throttle", lo=2.0**-11, hi=1.0)
+    for key in ("edit_threshold", "relearn_level", "compensation_threshold"):
         out[key] = num(key, lo=0.0, lo_open=True, hi=1.0)
     out["deep_switch_events"] = num("deep_switch_events", lo=0.0, hi=1e6)
     out["prior_strength"] = num("prior_strength", lo=0.0, lo_open=True, hi=1e6)

@@ -393,10 +393,12 @@ def bench_baseline(seconds: float, baseline: Path, rounds: int = 2) -> dict[str,
                 [sys.executable, "-c", _SIDE_BY_SIDE, str(root), str(seconds)],
                 capture_output=True,
                 text=True,
-                check=True,
                 cwd=root,
                 env={**os.environ, "PYTHONPATH": str(root)},
             )
+            if done.returncode != 0:
+                tail = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "no error output"
+                raise RuntimeError(f"the {name} checkout ({root}) failed its side-by-side run: {tail}")
             run = json.loads(done.stdout.strip().splitlines()[-1])
             if Path(run["envs"]).resolve().parent.parent != root.resolve():
                 raise RuntimeError(f"the {name} process imported {run['envs']}, not {root}'s envs")

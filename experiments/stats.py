@@ -96,13 +96,14 @@ def iqm_interval(samples: list[np.ndarray], reps: int = 5000, seed: int = 0) -> 
 def references(table: pd.DataFrame) -> dict[str, tuple[float, float]]:
     """Per env, the normalised score's references: the mean uniform and oracle scores over seeds (runs).
 
-    An env without both, or where they are equal, has none (its normalised scores are NaN).
+    An env without both, or where the oracle does not score above uniform, has none (its normalised
+    scores are NaN: a flipped scale would flip every difference's sign).
     """
     refs = {}
     for env, group in table.groupby("env") if not table.empty else []:
         low = group.loc[group.agent == REFERENCE_LOW, "score"].mean()
         high = group.loc[group.agent == REFERENCE_HIGH, "score"].mean()
-        if np.isfinite(low) and np.isfinite(high) and high != low:
+        if np.isfinite(low) and np.isfinite(high) and high > low:
             refs[env] = (float(low), float(high))
     return refs
 

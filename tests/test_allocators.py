@@ -243,7 +243,7 @@ def test_oracle_rank_values_potential_plans_above_traps():
 # The ranking on the default portfolio
 # --------------------------------------------------------------------------------------------
 
-RANKING_SEEDS = episode_seeds(0, 6)
+RANKING_SEEDS = episode_seeds(0, 16)
 
 
 @pytest.fixture(scope="module")
@@ -266,9 +266,18 @@ def test_oracle_scores_at_least_as_high_as_every_heuristic_on_default(default_sc
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("learner", "baseline"),
-    # What 6 paired episodes resolve on the platform-layer economics (budget churn sends plans back
-    # into learning, so proportional and thompson are level with uniform there; see the README).
-    [("boost", "static"), ("boost", "uniform"), ("proportional", "static"), ("thompson", "static")],
+    # What 16 paired episodes resolve on the platform-layer economics (6 did not: one episode where
+    # static does well and one outlier leave the t-interval across 0; boost - proportional stays
+    # unresolved at 16: +23k, lower bound -33k).
+    [
+        ("boost", "static"),
+        ("boost", "uniform"),
+        ("proportional", "static"),
+        ("thompson", "static"),
+        ("proportional", "uniform"),
+        ("thompson", "uniform"),
+        ("boost", "thompson"),
+    ],
 )
 def test_adaptive_heuristics_beat_static_and_uniform_on_default(default_scores, learner, baseline):
     # "A beats B" on paired episodes: the 95% t-interval of the mean paired difference excludes 0.

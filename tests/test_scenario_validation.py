@@ -132,11 +132,6 @@ BAD_SCENARIOS = [
         r"verticals\.credit\.stages\[0\]\.name must be a non-empty string, got None",
         id="stage-name-null",
     ),
-    pytest.param(
-        _many(accounts=100, plans_per_account=100, max_plans=10_000, days=366, attribution_window_days=366),
-        r"GiB of pending deep events per episode",
-        id="pending-too-big",
-    ),
     # The platform layer and market events (issue 11).
     pytest.param(
         _at("platform.bid_mult_max", 0.8),
@@ -144,6 +139,11 @@ BAD_SCENARIOS = [
         id="controller-cannot-reach-target",
     ),
     pytest.param(_at("platform.edit_threshold", 1.5), r"platform\.edit_threshold must be <= 1", id="threshold>1"),
+    pytest.param(
+        _at("platform.failed_throttle", 1e-4),
+        r"platform\.failed_throttle must be >= 0\.000488",
+        id="throttle-below-draw",
+    ),
     pytest.param(_at("platform.compensation_threshold", 0), r"compensation_threshold must be > 0", id="threshold=0"),
     pytest.param(_at("platform.goal_mix", {"shallow": 1, "roas": 1}), r"unknown goal 'roas'", id="unknown-goal"),
     pytest.param(_at("platform.dedup", "yes"), r"platform\.dedup must be true or false, got 'yes'", id="dedup-str"),
