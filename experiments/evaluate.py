@@ -50,7 +50,7 @@ from envs.kernels import CONVERSIONS, DEEP0, SPEND
 from envs.scenario import KIND_NAMES, KIND_POTENTIAL, KIND_TRAP, Scenario
 from experiments import provenance
 from experiments.common import agent_seed, check_run_config, episode_seeds, register_configs
-from experiments.sweep import EPISODE_METRICS, load_run, read_yaml
+from experiments.sweep import CHURN_METRICS, EPISODE_METRICS, load_run, read_yaml
 
 log = logging.getLogger(__name__)
 register_configs()
@@ -124,6 +124,7 @@ def run_episode(
         "spend_share_potential": float(spend_by_plan[pf.kind == KIND_POTENTIAL].sum() / spend) if spend else 0.0,
         "spend_share_trap": float(spend_by_plan[pf.kind == KIND_TRAP].sum() / spend) if spend else 0.0,
         "return": float(episode_return),
+        **budget_churn(cols["budget"], sc.steps_per_day, int(env.sim.platform.edits[0].sum())),
     }
     if not record_steps:
         return metrics, None
@@ -142,6 +143,20 @@ def run_episode(
         **{k: v.ravel() for k, v in cols.items()},
     }
     return metrics, table
+
+
+def budget_churn(budget: np.ndarray, steps_per_day: int, learning_resets: int) -> dict[str, float | int | None]:
+    """:data:`experiments.sweep.CHURN_METRICS` of an episode from its step budgets ``(steps, plans)``:
+    ``budget_change``, the mean over plans and consecutive whole days both funded of ``|b_d - b_{d-1}| /
+    max(b_d, b_{d-1})`` (b: the plan's day budget; symmetric and in [0, 1), so a plan raised from almost
+    nothing does not outweigh the rest; null with fewer than two whole days), and the platform's
+    ``learning_resets`` (significant edits) of the episode."""
+    days = budget.shape[0] // steps_per_day
+    daily = budget[: days * steps_per_day].reshape(days, steps_per_day, budget.shape[1]).sum(axis=1)
+    previous, current = daily[:-1], daily[1:]
+    funded = (previous > 0) & (current > 0)
+    change = np.abs(current - previous)[funded] / np.maximum(current, previous)[funded]
+    return {"budget_change": float(change.mean()) if change.size else None, "learning_resets": learning_resets}
 
 
 def evaluate_allocator(
@@ -176,7 +191,7 @@ def evaluate_allocator(
 def summarise(episodes: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
     """Mean and standard deviation over episodes of every :data:`EPISODE_METRICS` entry."""
     mean, std = {}, {}
-    for key in EPISODE_METRICS:
+    for key in (*EPISODE_METRICS, *CHURN_METRICS):
         values = np.array([e[key] if e.get(key) is not None else np.nan for e in episodes], dtype=float)
         finite = values[np.isfinite(values)]
         mean[key] = float(finite.mean()) if len(finite) else None

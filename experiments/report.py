@@ -74,7 +74,7 @@ def _fmt(x: Any, spec: str) -> str:
 def markdown_table(summary: pd.DataFrame) -> str:
     head = (
         "| env | allocator | seeds | IQM score [95% CI] | normalised [95% CI] | deep CPA / target | billing ratio "
-        "| budget used | cap violations | potential / trap spend |"
+        "| budget used | cap violations | potential / trap spend | budget change / day | learning resets |"
     )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for _, r in summary.iterrows():
@@ -92,7 +92,8 @@ def markdown_table(summary: pd.DataFrame) -> str:
             f"| {r.env} | {r.agent} | {r.seeds} | {score} | {norm} | {_fmt(r.get('cpa_ratio'), '.2f')} | "
             f"{_fmt(r.get('billing_ratio'), '.2f')} | {_fmt(r.get('budget_utilisation'), '.1%')} | "
             f"{_fmt(r.get('cap_violation_steps'), '.1f')} | {_fmt(r.get('spend_share_potential'), '.0%')} / "
-            f"{_fmt(r.get('spend_share_trap'), '.0%')} |"
+            f"{_fmt(r.get('spend_share_trap'), '.0%')} | {_fmt(r.get('budget_change'), '.0%')} | "
+            f"{_fmt(r.get('learning_resets'), '.1f')} |"
         )
     return "\n".join(lines)
 
@@ -276,6 +277,9 @@ def report_markdown(
         "over conversions x each plan's target CPA. Budget used: spend / (days x daily budget). Cap violations: "
         "steps where a compliance cap withheld budget. Potential / trap spend: share of spend on plans that are "
         "truly good but new, and on cheap-lead plans with poor deep rates (hidden truth, for analysis). "
+        "Budget change / day: a plan's day budget against its previous day's, |change| / the larger of the two, "
+        "mean over plans and days both funded; learning resets: significant edits per episode (the platform "
+        "sends the plan back into learning); a dash: runs written before these were recorded. "
         "A dash in deep CPA or billing ratio: undefined in every run (no deep conversion, or no conversion); "
         "in the normalised score: the env lacks the uniform or oracle runs.",
         "",

@@ -147,6 +147,8 @@ def summarise(table: pd.DataFrame, reps: int = 5000) -> pd.DataFrame:
                 "cap_violation_steps": g["cap_violation_steps"].mean(),
                 "spend_share_potential": g["spend_share_potential"].mean(),
                 "spend_share_trap": g["spend_share_trap"].mean(),
+                "budget_change": g["budget_change"].mean() if "budget_change" in g else np.nan,
+                "learning_resets": g["learning_resets"].mean() if "learning_resets" in g else np.nan,
             }
         )
     summary = pd.DataFrame(rows)

@@ -47,6 +47,11 @@ EPISODE_METRICS = (
     "spend_share_trap",
     "return",
 )
+#: Budget churn per episode (the platform sends a plan whose day budget moved by more than its edit
+#: threshold back into learning): the mean relative change of a plan's day budget against its previous
+#: day's, and the learning resets (significant edits) the allocation caused. Optional: run folders
+#: written before they existed stay readable (NaN in the tables).
+CHURN_METRICS = ("budget_change", "learning_resets")
 #: Ratios that are undefined without a (deep) conversion: JSON has no inf, so the evaluator writes null.
 UNDEFINED_WITHOUT_CONVERSIONS = ("cpa", "cpa_ratio", "billing_ratio")
 
@@ -147,6 +152,11 @@ def metrics_problem(metrics: Any) -> str | None:
             )
             if problem:
                 return problem
+        for key in CHURN_METRICS:
+            if key in episode:
+                problem = _number_problem(episode[key], f"per_episode[{i}].{key}", nullable=key == "budget_change")
+                if problem:
+                    return problem
     mean = metrics["mean"]
     for key in EPISODE_METRICS:
         if key not in mean:
@@ -331,11 +341,18 @@ def run_table(runs: list[Run]) -> pd.DataFrame:
             "seed": r.seed,
             "episodes": r.metrics["episodes"],
             **{k: (np.nan if r.metrics["mean"][k] is None else r.metrics["mean"][k]) for k in EPISODE_METRICS},
+            **{k: _optional_mean(r, k) for k in CHURN_METRICS},
         }
         for r in runs
         if r.counted
     ]
     return pd.DataFrame(rows)
+
+
+def _optional_mean(run: Run, key: str) -> float:
+    """The run's mean of an optional metric over the episodes that recorded it (NaN if none did)."""
+    values = [e[key] for e in run.metrics["per_episode"] if isinstance(e.get(key), int | float)]
+    return float(np.mean(values)) if values else np.nan
 
 
 def episode_table(runs: list[Run]) -> pd.DataFrame:

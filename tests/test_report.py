@@ -65,6 +65,8 @@ def test_report_builds_from_a_multirun_with_a_failed_run(sweep_with_a_failure, c
         r = rows.loc[agent]
         assert r.score_ci_low <= r.score_iqm <= r.score_ci_high
         assert 0 < r.budget_utilisation <= 1.0 + 1e-9
+        # Churn: 36 steps hold one whole day, so no day-to-day change yet; no edit can have happened.
+        assert np.isnan(r.budget_change) and r.learning_resets == 0
 
     report = (sweep / "report.md").read_text()
     assert "## Failed runs" in report and "thompson_s0" in report and "plans_per_account must be >= 1" in report
@@ -211,3 +213,15 @@ def test_stratified_interval_resamples_within_each_stratum():
     _, lo, hi = iqm_interval([low_env, high_env], reps=2000)
     # Pooled resampling would swing the IQM with the mix of the two envs; stratified keeps it ~5.
     assert 4.0 < lo < hi < 6.0
+
+
+def test_budget_churn_compares_whole_funded_days():
+    from experiments.evaluate import budget_churn
+
+    # Two steps a day, three plans: day budgets [10, 10, 0] then [15, 10, 5]; plan 2 was not funded on
+    # day 0, so only plans 0 (5 of the larger 15: 1/3) and 1 (0) count. The trailing half day is left out.
+    budget = np.array([[5.0, 5.0, 0.0], [5.0, 5.0, 0.0], [7.5, 5.0, 2.5], [7.5, 5.0, 2.5], [99.0, 99.0, 99.0]])
+    churn = budget_churn(budget, 2, 3)
+    assert churn["budget_change"] == pytest.approx(1 / 6) and churn["learning_resets"] == 3
+    assert budget_churn(budget[:3], 2, 0)["budget_change"] is None  # one whole day: nothing to compare
+    assert budget_churn(budget[:1], 2, 0)["budget_change"] is None  # not even one (a few-steps run)
