@@ -45,6 +45,7 @@ from envs.scenario import (
     Scenario,
     ScenarioError,
     _draw_audience,
+    draw_market_day,
     load_yaml,
     market_conditions,
     preset_path,
@@ -200,10 +201,7 @@ class CalibratedGenerator:
         static_share = np.array([s.static_share for s in state])
         static_share = static_share / static_share.sum() if static_share.sum() > 0 else np.full(n, 1.0 / n)
         audience = _draw_audience(n, sc.plans.audience_coverage, np.random.default_rng(cal.audience_seed))
-        market_day = np.exp(
-            np.array([c.market_day_sigma for c in sc.channels])[None, :]
-            * rng.standard_normal((sc.days, len(sc.channels)))
-        )
+        market_day = draw_market_day(sc, rng)
         key = int(rng.integers(0, 2**63 - 1, dtype=np.int64))
         market_day, demand_day = market_conditions(sc, market_day)
         return Portfolio(

@@ -1080,10 +1080,7 @@ class PortfolioGenerator:
         audience = _draw_audience(sc.n_plans, sc.plans.audience_coverage, rng)
         funnel = _draw_funnel(sc, vertical, deep_mult, rng)
         static_share = _draw_static_share(sc.plans, kind, is_new, rng)
-        market_day = np.exp(
-            np.array([c.market_day_sigma for c in sc.channels])[None, :]
-            * rng.standard_normal((sc.days, len(sc.channels)))
-        )
+        market_day = draw_market_day(sc, rng)
         key = int(rng.integers(0, 2**63 - 1, dtype=np.int64))
         goal = rng.choice(len(GOALS), size=sc.n_plans, p=np.asarray(sc.platform.goal_mix))
         market_day, demand_day = market_conditions(sc, market_day)
@@ -1217,6 +1214,13 @@ def _draw_static_share(mix: PlanMix, kind: np.ndarray, is_new: np.ndarray, rng: 
     weight = np.where(is_new, mix.static_weight_new, np.where(kind == KIND_TRAP, mix.static_weight_trap, 1.0))
     weight = weight * np.exp(0.3 * rng.standard_normal(len(weight)))
     return weight / weight.sum()
+
+
+def draw_market_day(scenario: Scenario, rng: np.random.Generator) -> np.ndarray:
+    """(days, C) the episode's day-level competitor pressure: log-normal with each channel's
+    ``market_day_sigma`` (before :func:`market_conditions` adds drift and events)."""
+    sigma = np.array([c.market_day_sigma for c in scenario.channels])
+    return np.exp(sigma[None, :] * rng.standard_normal((scenario.days, len(scenario.channels))))
 
 
 def market_conditions(scenario: Scenario, market_day: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -494,18 +494,17 @@ def markdown(results: dict[str, Any]) -> str:
     lines = _header(results)
     if rows:
         lines += _targets_table(rows)
-    if "baseline" in results:
-        lines += _baseline_paragraph(results["baseline"])
-    if "kernel" in results:
-        lines += _kernel_table(results["kernel"])
-    if "env" in results:
-        lines += _env_table(results["env"])
-    if "vector" in results:
-        lines += _vector_table(results["vector"])
-    if "scaling" in results:
-        lines += _scaling_tables(results["scaling"])
-    if "ppo" in results:
-        lines += _ppo_paragraph(results["ppo"])
+    sections: tuple[tuple[str, Callable[[Any], list[str]]], ...] = (
+        ("baseline", _baseline_paragraph),
+        ("kernel", _kernel_table),
+        ("env", _env_table),
+        ("vector", _vector_table),
+        ("scaling", _scaling_tables),
+        ("ppo", _ppo_paragraph),
+    )
+    for key, render in sections:
+        if key in results:
+            lines += render(results[key])
     lines += _notes(results, rows)
     if "memory" in results:
         lines += _memory_paragraph(results["memory"])
