@@ -12,6 +12,7 @@ the database password lands in no file. The cluster and the server come from ``t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -21,9 +22,11 @@ import optuna
 import pytest
 from cluster import SlurmCluster, ensure_installed, postgres_server, slurm_cluster
 from optuna.trial import TrialState
+from test_tune import HEARTBEAT, TINY
 
 from envs.jit import warm_up
 from experiments.train import RUN_ARTIFACTS
+from experiments.tune_study import make_storage
 from hydra_plugins.budgetshift_slurm_launcher.slurm_launcher import GONE, SqueueWatcher
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,3 +140,72 @@ def test_a_job_slurm_has_forgotten_counts_as_ended_without_sacct(slurm):
     assert done.returncode != 0 and "accounting storage is disabled" in done.stderr  # the case under test
     assert watcher.is_done("999999_0", mode="force")
     assert watcher.get_state("999999_0", mode="cache") == GONE and watcher.sacct_works is False
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    with postgres_server() as server:
+        yield server
+
+
+def job_pids(task: str) -> set[int]:
+    """The PIDs of a running array task's processes (``scontrol listpids`` wants the task's own job id)."""
+    job_id = subprocess.run(["squeue", "-h", "-j", task, "-o", "%A"], capture_output=True, text=True).stdout.strip()
+    out = subprocess.run(["scontrol", "listpids", job_id], capture_output=True, text=True).stdout
+    return {int(line.split()[0]) for line in out.splitlines()[1:] if line.split() and line.split()[0].isdigit()}
+
+
+def kill_worker_mid_trial(slurm: SlurmCluster, study_name: str, url: str, timeout_s: float = 180) -> tuple[str, int]:
+    """``scancel`` worker 0's SLURM job while a trial of it runs; returns the job id and that trial's number."""
+    storage = make_storage(url, HEARTBEAT)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+        except KeyError:  # not created yet
+            continue
+        trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        running = {int(t.user_attrs["worker"].rsplit(":", 1)[1]): t.number for t in trials if "worker" in t.user_attrs}
+        victims = [job for job, state in slurm.squeue_states().items() if job.endswith("_0") and state == "RUNNING"]
+        for job in victims:
+            mine = [number for pid, number in running.items() if pid in job_pids(job)]
+            if mine:
+                subprocess.run(["scancel", job], check=True)
+                return job, mine[0]
+    raise AssertionError(f"worker 0 never ran a trial within {timeout_s} s")
+
+
+def test_tuning_workers_on_slurm_share_a_postgres_study_and_a_killed_workers_trial_is_retried(
+    slurm, postgres, tmp_path
+):
+    sweep = tmp_path / "tune"
+    env = {**os.environ, "BUDGETSHIFT_TEST_DB_PASSWORD": postgres.password}
+    storage = postgres.url(password="${oc.env:BUDGETSHIFT_TEST_DB_PASSWORD}")  # resolved in the job only
+    command = [sys.executable, "-m", "experiments.tune", "-m", "worker_id=0,1", *TINY, f"storage={storage}"]
+    command += ["study_name=cluster", "n_trials=6", "total_timesteps=960", "eval.freq=480", *SLURM]
+    command += [f"hydra.sweep.dir={sweep}"]
+    workers = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        victim, killed = kill_worker_mid_trial(slurm, "cluster", postgres.url())
+        _, stderr = workers.communicate(timeout=300)
+    finally:
+        if workers.poll() is None:
+            workers.kill()
+    assert workers.returncode != 0 and f"SLURM job {victim} #0 (worker_id=0" in stderr, stderr[-3000:]
+
+    study = optuna.load_study(study_name="cluster", storage=make_storage(postgres.url(), HEARTBEAT))
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    assert trials[killed].state == TrialState.FAIL
+    (retry,) = [t for t in trials.values() if t.system_attrs.get("failed_trial") == killed]
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED) and retry.params == trials[killed].params
+    finished = [t for t in trials.values() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(finished) == 6 and not [t for t in trials.values() if t.state == TrialState.RUNNING]
+    survivor = json.loads((sweep / "worker_1" / "summary.json").read_text())
+    assert survivor["finished"] == 6 and survivor["storage"] == postgres.url(password="***")
+
+    written = [p for folder in (sweep, slurm.logs) for p in folder.rglob("*") if p.is_file()]
+    assert len(written) > 20
+    leaks = [str(p) for p in written if postgres.password.encode() in p.read_bytes()]
+    assert not leaks, f"the database password is written in {leaks}"
+    assert "tuner:***@" in (sweep / "worker_1" / "config.yaml").read_text()
