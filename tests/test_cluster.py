@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -52,6 +53,24 @@ def slurm(tmp_path_factory) -> SlurmCluster:
         yield cluster
 
 
+def recipe(module: str) -> list[str]:
+    """The arguments of README's *Beyond one machine* command for ``python -m <module>`` (the tested recipe)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Beyond one machine", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    for line in block.splitlines():
+        words = shlex.split(line, comments=True)
+        if words[:3] == ["python", "-m", module]:
+            return words[3:]
+    raise AssertionError(f"README's Beyond one machine section has no python -m {module} command")
+
+
+def with_folder(args: list[str], key: str, folder: Path) -> list[str]:
+    """``args`` with ``key=...`` pointing at ``folder`` (the recipe's folders are relative to the project)."""
+    assert any(a.startswith(f"{key}=") for a in args), f"the recipe sets no {key}"
+    return [f"{key}={folder}" if a.startswith(f"{key}=") else a for a in args]
+
+
 def cli(module: str, *args: str, ok: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     done = subprocess.run(
         [sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env
@@ -60,10 +79,13 @@ def cli(module: str, *args: str, ok: bool = True, env: dict | None = None) -> su
     return done
 
 
-def test_a_sweep_on_slurm_reports_exactly_what_the_basic_launcher_reports(slurm, tmp_path):
-    grid = ["-m", "agent=uniform,boost,oracle", "seed=0,1", *QUICK]
-    cli("experiments.evaluate", *grid, *SLURM, f"hydra.sweep.dir={tmp_path / 'slurm'}")
-    cli("experiments.evaluate", *grid, f"hydra.sweep.dir={tmp_path / 'basic'}")
+def test_the_readme_sweep_on_slurm_reports_exactly_what_the_basic_launcher_reports(slurm, tmp_path):
+    sweep = recipe("experiments.evaluate") + QUICK  # later overrides win: tiny runs on the small preset
+    cli("experiments.evaluate", *with_folder(sweep, "hydra.sweep.dir", tmp_path / "slurm"), *SLURM)
+    basic = [a for a in sweep if not a.lstrip("+").startswith(("hydra/launcher", "hydra.launcher"))]
+    cli("experiments.evaluate", *with_folder(basic, "hydra.sweep.dir", tmp_path / "basic"))
+    (report_dir,) = recipe("experiments.report")
+    assert f"hydra.sweep.dir={report_dir}" in sweep, "the recipe reports the folder its sweep wrote"
     for sweep in ("slurm", "basic"):
         cli("experiments.report", str(tmp_path / sweep), "--reps", "200")
     runs = sorted(p.parent.name for p in (tmp_path / "slurm").glob("*/metrics.json"))
@@ -156,7 +178,7 @@ def job_pids(task: str) -> set[int]:
 
 
 def kill_worker_mid_trial(slurm: SlurmCluster, study_name: str, url: str, timeout_s: float = 180) -> tuple[str, int]:
-    """``scancel`` worker 0's SLURM job while a trial of it runs; returns the job id and that trial's number."""
+    """SIGKILL worker 0's SLURM job while a trial of it runs; returns the job id and that trial's number."""
     storage = make_storage(url, HEARTBEAT)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -166,12 +188,16 @@ def kill_worker_mid_trial(slurm: SlurmCluster, study_name: str, url: str, timeou
         except KeyError:  # not created yet
             continue
         trials = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        running = {int(t.user_attrs["worker"].rsplit(":", 1)[1]): t.number for t in trials if "worker" in t.user_attrs}
+        # A trial that has not reached its first evaluation still has half its training ahead.
+        young = [t for t in trials if "worker" in t.user_attrs and not t.intermediate_values]
+        running = {int(t.user_attrs["worker"].rsplit(":", 1)[1]): t.number for t in young}
         victims = [job for job, state in slurm.squeue_states().items() if job.endswith("_0") and state == "RUNNING"]
         for job in victims:
             mine = [number for pid, number in running.items() if pid in job_pids(job)]
             if mine:
-                subprocess.run(["scancel", job], check=True)
+                # SIGKILL at once: a plain scancel's SIGTERM is ignored by submitit's jobs for KillWait
+                # seconds, long enough for a tiny trial to finish.
+                subprocess.run(["scancel", "--signal=KILL", "--full", job], check=True)
                 return job, mine[0]
     raise AssertionError(f"worker 0 never ran a trial within {timeout_s} s")
 
@@ -180,11 +206,12 @@ def test_tuning_workers_on_slurm_share_a_postgres_study_and_a_killed_workers_tri
     slurm, postgres, tmp_path
 ):
     sweep = tmp_path / "tune"
-    env = {**os.environ, "BUDGETSHIFT_TEST_DB_PASSWORD": postgres.password}
-    storage = postgres.url(password="${oc.env:BUDGETSHIFT_TEST_DB_PASSWORD}")  # resolved in the job only
-    command = [sys.executable, "-m", "experiments.tune", "-m", "worker_id=0,1", *TINY, f"storage={storage}"]
-    command += ["study_name=cluster", "n_trials=6", "total_timesteps=960", "eval.freq=480", *SLURM]
-    command += [f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "OPTUNA_DB_PASSWORD": postgres.password}  # the recipe's ${oc.env:...}, in jobs only
+    args = with_folder(recipe("experiments.tune"), "hydra.sweep.dir", sweep)
+    args = [a.replace("@db.example:5432/", f"@{postgres.host}:{postgres.port}/") for a in args]
+    assert f"storage={postgres.url(password='${oc.env:OPTUNA_DB_PASSWORD}')}" in args and "worker_id=0,1" in args
+    command = [sys.executable, "-m", "experiments.tune", *args, *TINY, "study_name=cluster", "n_trials=6"]
+    command += ["total_timesteps=960", "eval.freq=480", *SLURM]
     workers = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         victim, killed = kill_worker_mid_trial(slurm, "cluster", postgres.url())
