@@ -67,6 +67,8 @@ def test_wheel_ships_every_preset_and_config(installed) -> None:
     in_tree = {p.relative_to(ROOT).as_posix() for p in (ROOT / "conf").rglob("*.yaml")}
     assert in_tree, "no configs found in the source tree"
     assert in_tree <= names, f"missing from the wheel: {sorted(in_tree - names)[:10]}"
+    # conf/hydra/launcher/submitit_slurm.yaml's launcher: Hydra loads launchers from hydra_plugins only.
+    assert "hydra_plugins/budgetshift_slurm_launcher/slurm_launcher.py" in names
 
 
 @pytest.mark.slow
