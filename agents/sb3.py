@@ -41,6 +41,7 @@ loaders and the ONNX export use it like any VecNormalize.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import re
@@ -66,6 +67,7 @@ from agents.config import env_mapping
 from agents.policies import ACTIVE, SET_POLICIES
 from agents.vec_env import make_sb3_vec_env
 from envs.budget_env import BudgetShiftEnv
+from envs.family import FamilyEnv, ScenarioFamily, load_family
 from envs.features import N_GLOBAL_FEATURES, N_PLAN_FEATURES, OBS_HIGH, OBS_LOW, observation_size
 from envs.scenario import Scenario, load_scenario
 
@@ -168,26 +170,59 @@ def build_vec_normalize(venv: VecEnv, agent: Mapping[str, Any], max_plans: int, 
 # -------------------------------------------------------------------------------------------------
 
 
-def make_envs(scenario: Scenario, n_envs: int, seed: int, vec_env: str = "native") -> VecEnv:
+def make_envs(
+    scenario: Scenario, n_envs: int, seed: int, vec_env: str = "native", family: ScenarioFamily | None = None
+) -> VecEnv:
     """``n_envs`` copies of the env with episode statistics; copy ``i`` is first reset with ``seed + i``.
 
     ``native``: :class:`envs.vector_env.BudgetShiftVectorEnv` (every copy in one kernel call) behind
     its SB3 adapter; ``dummy``/``subproc``: SB3's vector envs of single Monitor-wrapped envs. All three
-    give the same episodes for the same seed.
+    give the same episodes for the same seed. With ``family``, the copies are
+    :class:`envs.family.FamilyEnv` (a new scenario every episode; ``scenario`` is then unused), which
+    only SB3's vector envs can hold: the native batch runs one scenario in one kernel call.
     """
     if vec_env not in VEC_ENVS:
         raise AgentSpecError(f"vec_env must be one of {list(VEC_ENVS)}, got {vec_env!r}")
+    if family is not None and vec_env == "native":
+        raise AgentSpecError(
+            f"vec_env=native runs one scenario for all copies; family {family.name!r} draws a scenario per "
+            "episode: use vec_env=dummy (or subproc)"
+        )
     if vec_env == "native":
         return VecMonitor(make_sb3_vec_env(scenario, n_envs=n_envs, seed=seed))
     kwargs = {"start_method": "fork"} if vec_env == "subproc" else None
+    env_cls, env_kwargs = (
+        (BudgetShiftEnv, {"scenario": scenario}) if family is None else (FamilyEnv, {"family": family})
+    )
     return make_vec_env(
-        BudgetShiftEnv,
+        env_cls,
         n_envs=n_envs,
         seed=seed,
-        env_kwargs={"scenario": scenario},
+        env_kwargs=env_kwargs,
         vec_env_cls=VEC_ENVS[vec_env],
         vec_env_kwargs=kwargs,
     )
+
+
+def run_family(config: Mapping[str, Any]) -> ScenarioFamily | None:
+    """The scenario family a run trained on (its config's ``family`` node), or None."""
+    node = config.get("family")
+    return None if node is None else load_family(dict(node))
+
+
+def run_scenario(config: Mapping[str, Any]) -> Scenario:
+    """The scenario a run's networks are sized for and evaluated on: its ``env``, and for a run trained
+    on a family, that env padded to the family's ``max_plans`` (the observation width it trained on)."""
+    scenario = load_scenario(env_mapping(config["env"]))
+    family = run_family(config)
+    if family is None:
+        return scenario
+    if scenario.n_plans > family.max_plans:
+        raise AgentSpecError(
+            f"env {scenario.name!r} has {scenario.n_plans} plans, more than family {family.name!r}'s "
+            f"max_plans={family.max_plans}: evaluate during training on a smaller preset"
+        )
+    return dataclasses.replace(scenario, max_plans=family.max_plans)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -498,7 +533,7 @@ def load_run(
     config = yaml.safe_load((run_dir / RUN_CONFIG).read_text()) or {}
     if not isinstance(config.get("env"), Mapping) or not isinstance(config.get("agent"), Mapping):
         raise RunFolderError(f"{run_dir / RUN_CONFIG} needs the resolved 'env' and 'agent' nodes of the run")
-    scenario = load_scenario(env_mapping(config["env"]))
+    scenario = run_scenario(config)
     model = load_model(config["agent"], run_dir / model_file, scenario, device=device)
     vec_normalize = load_vec_normalize(run_dir / stats_file, DummyVecEnv([lambda: BudgetShiftEnv(scenario)]))
     return config, scenario, model, vec_normalize

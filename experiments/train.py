@@ -74,6 +74,8 @@ from agents.sb3 import (
     load_model,
     load_vec_normalize,
     make_envs,
+    run_family,
+    run_scenario,
     save_vec_normalize,
     write_run_manifest,
 )
@@ -299,14 +301,16 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
     """
     agent = plain(cfg.agent)
     check_agent(agent)
-    scenario: Scenario = scenario_from_config(cfg.env)
+    scenario_from_config(cfg.env)  # a ScenarioError naming the field first
+    scenario: Scenario = run_scenario(plain(cfg))
+    family = run_family(plain(cfg))
     torch.set_num_threads(cfg.torch_threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     prepare_run_dir(run_dir, plain(cfg))
 
     # Environments: training copies seeded seed + i; evaluation copies (one per evaluation episode)
     # reseeded eval.seed + i before every evaluation, with frozen statistics and raw rewards.
-    train_env = make_envs(scenario, agent["n_envs"], cfg.seed, cfg.vec_env)
+    train_env = make_envs(scenario, agent["n_envs"], cfg.seed, cfg.vec_env, family)
     eval_env = build_vec_normalize(
         make_envs(scenario, cfg.eval.n_episodes, cfg.eval.seed), agent, scenario.max_plans, training=False
     )

@@ -136,6 +136,9 @@ EPISODES = {
     "default_shock": 12,
     "credit_payday": 6,
     "large": 2,
+    "heldout_search": 8,
+    "heldout_lean": 8,
+    "heldout_wide": 2,
 }
 CHALLENGERS = {name: {"name": name, "kind": "heuristic"} for name in HEURISTICS} | {
     "oracle_rank(observed)": {"name": "oracle_rank", "kind": "heuristic", "params": {"price": "observed"}},

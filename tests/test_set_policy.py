@@ -147,3 +147,25 @@ def test_pooled_normalisation_is_shared_by_plans_and_widens():
     active_rows = obs[:, :-N_GLOBAL_FEATURES].reshape(-1, N_PLAN_FEATURES)
     active_rows = active_rows[active_rows[:, 0] > 0.5]
     np.testing.assert_allclose(rms.plan_rms.mean[1:], active_rows.mean(axis=0)[1:], rtol=1e-3, atol=1e-3)
+
+
+def test_logprob_plans_weighs_every_portfolio_as_that_many_plans():
+    """logprob_plans=R: log-probability and entropy are the exact sums times R / active plans, so a
+    portfolio of R plans keeps its exact values; the saved policy keeps the setting."""
+    exact = untrained(SetActorCriticPolicy)
+    th.manual_seed(0)
+    obs_space, action_space = spaces_for(MAX_PLANS)
+    for plans in (6, 3):
+        scaled = SetActorCriticPolicy(obs_space, action_space, lambda _: 3e-4, ortho_init=False, logprob_plans=plans)
+        scaled.load_state_dict(exact.state_dict())
+        env = played_env()  # `small`: 6 plans
+        obs = obs_tensor(env, MAX_PLANS)
+        action = th.as_tensor(np.random.default_rng(1).uniform(-1, 1, (1, MAX_PLANS)), dtype=th.float32)
+        with th.no_grad():
+            d_exact, d_scaled = exact.get_distribution(obs), scaled.get_distribution(obs)
+            ratio = plans / env.n_plans
+            th.testing.assert_close(d_scaled.log_prob(action), d_exact.log_prob(action) * ratio)
+            th.testing.assert_close(d_scaled.entropy(), d_exact.entropy() * ratio)
+        assert scaled._get_constructor_parameters()["logprob_plans"] == plans
+    with pytest.raises(ValueError, match="logprob_plans must be a positive number"):
+        SetActorCriticPolicy(obs_space, action_space, lambda _: 3e-4, logprob_plans=0)
