@@ -15,19 +15,24 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The main job: train PPO (set policy) on `default`, evaluate it beside every heuristic on the same
-# seeds, print the report. Everything lands in $(RESULTS): train/ (model, VecNormalize stats,
-# production bundle, TensorBoard logs), eval/ (run folders), report.md, summary.csv and the plots.
+# The main job: train the generalist (PPO, set policy) on the scenario family conf/family/finance.yaml,
+# a new portfolio shape every episode; evaluate it beside every heuristic and the oracles on the same
+# env seeds of `default`, the vertical presets and the held-out presets; print the paired report.
+# Everything lands in $(RESULTS): train/ (model, VecNormalize stats, production bundle, TensorBoard
+# logs), eval/ (run folders), report.md, summary.csv, paired.csv and the plots.
 RESULTS ?= results/main
-MAIN_STEPS ?= 200000
+MAIN_STEPS ?= 100000
 MAIN_SEEDS ?= 0,1,2,3,4
+MAIN_ENVS ?= default,credit,insurance,securities,heldout_search,heldout_lean,heldout_wide
 
 run: $(STAMP)
 	rm -rf $(RESULTS)
-	$(PY) -m experiments.train agent=ppo env=default seed=0 total_timesteps=$(MAIN_STEPS) hydra.run.dir=$(RESULTS)/train
-	$(PY) -m experiments.evaluate -m experiment=main hydra/launcher=joblib hydra.sweep.dir=$(RESULTS)/eval/heuristics
-	$(PY) -m experiments.evaluate -m agent=trained agent.run=$(RESULTS)/train env=default episodes=4 \
-		seed=$(MAIN_SEEDS) hydra.sweep.dir=$(RESULTS)/eval/ppo
+	$(PY) -m experiments.train agent=generalist family=finance env=default vec_env=dummy seed=0 \
+		total_timesteps=$(MAIN_STEPS) hydra.run.dir=$(RESULTS)/train
+	$(PY) -m experiments.evaluate -m experiment=main hydra/launcher=joblib hydra.sweep.dir=$(RESULTS)/eval/heuristics \
+		env=$(MAIN_ENVS)
+	$(PY) -m experiments.evaluate -m agent=trained agent.name=generalist agent.run=$(RESULTS)/train env=$(MAIN_ENVS) \
+		episodes=4 seed=$(MAIN_SEEDS) hydra/launcher=joblib hydra.sweep.dir=$(RESULTS)/eval/generalist
 	$(PY) -m experiments.report $(RESULTS)/eval --out $(RESULTS)
 
 test: $(STAMP)

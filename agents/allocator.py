@@ -138,6 +138,11 @@ FUNNEL: tuple[tuple[str, str], ...] = (
 )
 #: Heuristics usable without a bundle (``allocate`` from the current stats alone).
 FALLBACKS: tuple[str, ...] = ("proportional", "uniform")
+#: Bundles that ship with the package (``agents/bundles/<name>``), by name, with their pinned digest:
+#: ``load_allocator("generalist")`` loads one and refuses it if its manifest or graph differs from what
+#: was shipped. ``python -m experiments.ship`` writes a bundle there and prints the digest to pin here.
+SHIPPED_DIR = Path(__file__).resolve().parent / "bundles"
+SHIPPED_BUNDLES: dict[str, str] = {"generalist": "47ea6cbdcb554517b19dd3b0ddbece35b62ed8fecbbd5903f6dea437ff200022"}
 
 
 class BundleError(ValueError):
@@ -873,12 +878,18 @@ class Bundle(TableAllocator):
 
 
 def load_allocator(spec: str | Path | None, expected_digest: str | None = None) -> TableAllocator:
-    """A bundle folder (see :meth:`Bundle.load`), or the name of a fallback heuristic (:data:`FALLBACKS`;
+    """A bundle folder (see :meth:`Bundle.load`), the name of a shipped bundle (:data:`SHIPPED_BUNDLES`,
+    loaded against its pinned digest), or the name of a fallback heuristic (:data:`FALLBACKS`;
     ``None``: ``proportional``), which has no digest to pin."""
     if spec is None or str(spec) in FALLBACKS:
         if expected_digest is not None:
             raise BundleError(f"an expected digest pins a bundle; {spec or 'proportional'!r} is a fallback heuristic")
         return Heuristic("proportional" if spec is None else str(spec))
+    if isinstance(spec, str) and spec in SHIPPED_BUNDLES:
+        pinned = SHIPPED_BUNDLES[spec]
+        if expected_digest is not None and expected_digest.strip().lower() != pinned:
+            raise BundleError(f"the shipped bundle {spec!r} is pinned to {pinned}, not {expected_digest}")
+        return Bundle.load(SHIPPED_DIR / spec, expected_digest=pinned)
     return Bundle.load(spec, expected_digest=expected_digest)
 
 
@@ -1012,7 +1023,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "('python -m agents.allocator digest BUNDLE' prints a bundle's digest).",
     )
     parser.add_argument(
-        "bundle", help=f"bundle folder (policy.onnx + manifest.json), or a fallback: {', '.join(FALLBACKS)}"
+        "bundle",
+        help="bundle folder (policy.onnx + manifest.json), a shipped bundle "
+        f"({', '.join(SHIPPED_BUNDLES) or 'none'}) or a fallback: {', '.join(FALLBACKS)}",
     )
     parser.add_argument("stats", help=f"CSV, one row per plan, columns {', '.join(INPUT_COLUMNS)} (+ optional active)")
     parser.add_argument("--budget", type=float, required=True, help="daily budget, currency")

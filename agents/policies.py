@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.distributions import DiagGaussianDistribution
@@ -50,6 +51,7 @@ ACTIVE = 0  # index of the plan feature `active` (1: the plan exists and runs, 0
 assert PLAN_FEATURES[ACTIVE].name == "active", "the set policies read the plan mask from plan feature 0"
 
 _EPS_TANH = 1e-6  # SB3's epsilon in the log-det of the tanh squashing
+_LOG_SIZE = float(np.log1p(100.0))  # the size column of the pooled summary is ~1 at 100 plans
 _NEG = -1e9  # a finite stand-in for -inf in the masked max (keeps ONNX graphs free of inf)
 
 
@@ -64,13 +66,19 @@ def split_observation(obs: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
 
 
 def masked_pool(embedding: th.Tensor, mask: th.Tensor) -> th.Tensor:
-    """Mean and max over the plans where ``mask`` holds: ``(B, P, E), (B, P) -> (B, 2E)``; zeros if none."""
+    """Mean and max over the plans where ``mask`` holds, and the portfolio's size:
+    ``(B, P, E), (B, P) -> (B, 2E + 1)``; zeros if no plan is active.
+
+    Mean and max forget how many plans there are; the last column, ``log1p(active plans) /
+    log1p(100)``, keeps it, so a policy trained on portfolios of many sizes can tell a 4-plan
+    portfolio from a 96-plan one (a scenario family).
+    """
     m = mask.unsqueeze(-1).to(embedding.dtype)
     count = m.sum(dim=1)
     mean = (embedding * m).sum(dim=1) / count.clamp(min=1.0)
     top = th.where(mask.unsqueeze(-1), embedding, th.full_like(embedding, _NEG)).max(dim=1).values
     top = th.where(count > 0, top, th.zeros_like(top))
-    return th.cat([mean, top], dim=-1)
+    return th.cat([mean, top, th.log1p(count) / _LOG_SIZE], dim=-1)
 
 
 def mlp(in_dim: int, arch: list[int], activation_fn: type[nn.Module], out_dim: int | None = None) -> nn.Sequential:
@@ -104,7 +112,7 @@ class PlanScorer(nn.Module):
     ) -> None:
         super().__init__()
         self.embed = mlp(N_PLAN_FEATURES, embed_arch, activation_fn)
-        context_dim = 2 * _out_dim(N_PLAN_FEATURES, embed_arch) + N_GLOBAL_FEATURES
+        context_dim = 2 * _out_dim(N_PLAN_FEATURES, embed_arch) + 1 + N_GLOBAL_FEATURES
         first = head_arch[0] if head_arch else n_outputs
         self.plan_in = nn.Linear(N_PLAN_FEATURES, first)
         self.context_in = nn.Linear(context_dim, first, bias=False)
@@ -137,7 +145,7 @@ class PooledValue(nn.Module):
         super().__init__()
         plan_in = N_PLAN_FEATURES + int(with_actions)
         self.embed = mlp(plan_in, embed_arch, activation_fn)
-        in_dim = 2 * _out_dim(plan_in, embed_arch) + N_GLOBAL_FEATURES
+        in_dim = 2 * _out_dim(plan_in, embed_arch) + 1 + N_GLOBAL_FEATURES
         self.net = mlp(in_dim, arch, activation_fn, out_dim)
         self.latent_dim = out_dim if out_dim is not None else _out_dim(in_dim, arch)
 

@@ -235,7 +235,9 @@ def load_run(run_dir: Path) -> Run:
     run = Run(
         path=run_dir,
         env=choices.get("env") or _mapping(cfg, "env").get("name"),
-        agent=choices.get("agent") or _mapping(cfg, "agent").get("name"),
+        # The agent's name before its config group: `agent=trained agent.name=generalist` is "generalist",
+        # so several trained runs in one report stay apart.
+        agent=_mapping(cfg, "agent").get("name") or choices.get("agent"),
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
         config=cfg,
     )

@@ -9,6 +9,7 @@ compiles (slow).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -97,3 +98,17 @@ def test_installed_wheel_makes_every_preset_and_evaluates_outside_the_repository
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "out" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_installed_wheel_allocates_with_the_shipped_generalist(installed, tmp_path: Path) -> None:
+    """`python -m agents.allocator generalist ...` on a fresh install, without training: the bundle ships
+    in the wheel and loads against its pinned digest."""
+    _, site = installed
+    example = ROOT / "agents" / "bundles" / "generalist" / "example_stats.csv"
+    run = _run_outside(
+        site, tmp_path, ["-m", "agents.allocator", "generalist", str(example), "--budget", "36000", "--hour", "14"]
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    allocation = json.loads(run.stdout)
+    assert abs(sum(p["share"] for p in allocation["plans"]) - 1.0) < 1e-6

@@ -163,3 +163,20 @@ def test_evaluate_serves_a_trained_agent_from_a_moved_training_run(tmp_path):
     cli("experiments.evaluate", "agent=trained", f"agent.run={moved}", *QUICK, f"hydra.run.dir={out}", cwd=tmp_path)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["agent"] == "trained" and metrics["episodes"] == 1 and metrics["mean"]["score"] > 0
+
+
+def test_a_trained_run_is_reported_under_its_agent_name(tmp_path):
+    """`agent=trained agent.name=generalist`: the report's agent is the name, not the config group, so
+    several trained runs (training seeds, algorithms) in one sweep stay apart."""
+    import yaml
+
+    from experiments.sweep import load_run
+
+    for name in ("generalist_s1", "trained"):
+        run_dir = tmp_path / name
+        (run_dir / ".hydra").mkdir(parents=True)
+        config = {"env": {"name": "default"}, "agent": {"name": name, "kind": "trained"}, "seed": 0}
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+        choices = {"hydra": {"runtime": {"choices": {"agent": "trained", "env": "default"}}}}
+        (run_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(choices))
+        assert load_run(run_dir).agent == name

@@ -1,0 +1,94 @@
+"""Shipping a bundle with the package (experiments/ship.py) and loading it by name (agents.allocator)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from bundle_runs import make_run
+
+from agents.allocator import (
+    DIGEST_FILE,
+    MANIFEST_FILE,
+    SHIPPED_BUNDLES,
+    SHIPPED_DIR,
+    Bundle,
+    BundleError,
+    load_allocator,
+    read_stats_csv,
+)
+from agents.export import export_bundle
+from envs.features import Clock
+from experiments.ship import ShipError, ship
+
+
+def _results(root: Path) -> Path:
+    """A main-job results folder: a trained run's bundle and a report naming the agent ``generalist``."""
+    results = root / "results"
+    run = make_run(root / "runs", "ppo", "set", "small")
+    export_bundle(run, results / "train" / "bundle")
+    summary = pd.DataFrame(
+        [{"env": e, "agent": "generalist", "seeds": 5, "episodes": 20, "score_iqm": s, "score_ci_low": s - 1,
+          "score_ci_high": s + 1, "normalised_iqm": 0.1} for e, s in (("default", 700.0), ("credit", 600.0))]
+    )  # fmt: skip
+    paired = pd.DataFrame(
+        [{"env": "default", "agent": "generalist", "baseline": "boost", "role": "best heuristic", "episodes": 20,
+          "diff": -8.0, "diff_ci_low": -80.0, "diff_ci_high": 70.0, "diff_pct": -0.01, "poi": 0.5,
+          "verdict": "not resolved"}]
+    )  # fmt: skip
+    summary.to_csv(results / "summary.csv", index=False)
+    paired.to_csv(results / "paired.csv", index=False)
+    return results
+
+
+def test_ship_records_the_scores_and_pins_a_new_digest(tmp_path):
+    results = _results(tmp_path)
+    out = tmp_path / "shipped"
+    digest = ship(results, "generalist", out)
+    assert (out / DIGEST_FILE).read_text().strip() == digest
+    Bundle.load(out, expected_digest=digest)
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    evaluation = manifest["training"]["evaluation"]
+    assert evaluation["agent"] == "generalist" and set(evaluation["per_env"]) == {"default", "credit"}
+    default = evaluation["per_env"]["default"]
+    assert default["score_iqm"] == 700.0 and default["vs_best_heuristic"]["baseline"] == "boost"
+    assert "run_dir" not in manifest["training"]  # no path of the training machine
+    (out / MANIFEST_FILE).write_text(json.dumps({**manifest, "algorithm": "edited"}))
+    with pytest.raises(BundleError, match="expected the pinned"):
+        Bundle.load(out, expected_digest=digest)
+
+
+def test_ship_refuses_an_agent_the_report_does_not_hold(tmp_path):
+    results = _results(tmp_path)
+    with pytest.raises(ShipError, match=r"agent 'nobody' is not in .*summary.csv; agents there: \['generalist'\]"):
+        ship(results, "nobody", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_BUNDLES))
+def test_a_shipped_bundle_loads_by_name_and_reproduces_its_example(name):
+    """What `python -m agents.allocator generalist stats.csv ...` relies on after a fresh install."""
+    allocator = load_allocator(name)
+    manifest = json.loads((SHIPPED_DIR / name / MANIFEST_FILE).read_text())
+    example = manifest["example"]
+    stats = read_stats_csv(SHIPPED_DIR / name / example["file"])
+    allocation = allocator.allocate(stats, Clock(**example["clock"]))
+    expected = np.array([example["expected_policy_shares"][p] for p in allocation.plan_ids])
+    assert np.abs(allocation.shares - expected).max() <= 1e-5
+    assert manifest["training"]["evaluation"]["per_env"], "a shipped bundle records how it scored"
+    assert manifest["training"]["config"]["family"]["name"] == "finance"
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_BUNDLES))
+def test_a_changed_shipped_bundle_is_refused(name, tmp_path):
+    copy = tmp_path / name
+    shutil.copytree(SHIPPED_DIR / name, copy)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    manifest["temperature"] = manifest["temperature"] * 2
+    (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="expected the pinned"):
+        Bundle.load(copy, expected_digest=SHIPPED_BUNDLES[name])
