@@ -1,17 +1,22 @@
-"""A real single-node SLURM cluster and a throwaway PostgreSQL server for the cluster tests.
+"""A real single-node SLURM cluster, with or without an accounting database, and a throwaway PostgreSQL server.
 
 :func:`slurm_cluster` starts munged, slurmctld and slurmd (each in the foreground, as a child whose PID
 this process holds) from a ``slurm.conf`` generated in a temporary folder: free ports, the node line
-from ``slurmd -C``, state, spool and logs in that folder, no cgroups (containers rarely delegate them)
-and no accounting database (``sacct`` disabled: the common case on small clusters). It exports
-``SLURM_CONF`` so that ``sbatch``, ``squeue`` and ``scancel`` (and submitit) talk to it, waits for the
-node to be idle, and stops every daemon by its PID on the way out, also after a failure.
+from ``slurmd -C``, state, spool and logs in that folder, no cgroups (containers rarely delegate them).
+By default there is no accounting database (``sacct`` disabled: the common case on small clusters);
+``accounting=True`` adds what sites with one run: a throwaway MariaDB (:func:`mariadb_server`) and
+slurmdbd storing job records in it, the cluster registered with ``sacctmgr``, and a ``MinJobAge`` of
+seconds so that the controller forgets ended jobs quickly and ``sacct`` is left to tell their states.
+It waits for the node to be idle (and ``sacct`` to answer), and stops every daemon by its PID on the
+way out, also after a failure. :meth:`SlurmCluster.exported` points ``SLURM_CONF`` at a cluster so that
+``sbatch``, ``squeue``, ``scancel``, ``sacct`` (and submitit) talk to it.
 :func:`postgres_server` does the same for PostgreSQL (``initdb`` and ``pg_ctl`` as the ``postgres``
 user, 127.0.0.1 on a free port, a password-protected role, stopped by the postmaster's PID).
 
-Missing programs are installed once per machine with apt (Debian's ``slurm-wlm``, ``munge`` and
-``postgresql``) under a file lock, as CI does as root with the package registries; where that is not
-possible (no root, no apt, no registry) the fixtures skip, naming what is missing.
+Missing programs are installed once per machine with apt (Debian's ``slurm-wlm``, ``munge``,
+``slurmdbd``, ``mariadb-server-core``, ``mariadb-client-core`` and ``postgresql``) under a file lock, as
+CI does as root with the package registries; where that is not possible (no root, no apt, no registry)
+the fixtures skip, naming what is missing.
 """
 
 from __future__ import annotations
@@ -36,7 +41,12 @@ import pytest
 
 APT_LOCK = Path("/tmp/budgetshift-apt.lock")
 SLURM_PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo")
+SLURM_PACKAGES = ("slurm-wlm", "munge")
+#: slurmdbd 22.05 stores job records in MySQL or MariaDB only (accounting_storage/mysql).
+ACCOUNTING_PROGRAMS = ("slurmdbd", "sacctmgr", "sacct", "mariadbd", "mariadb-install-db", "mariadb")
+ACCOUNTING_PACKAGES = ("slurmdbd", "mariadb-server-core", "mariadb-client-core")
 PARTITION = "debug"
+CLUSTER_NAME = "budgetshift-test"
 
 
 def free_port() -> int:
@@ -91,27 +101,70 @@ def _wait_for(check, timeout_s: float, what: str, logs: list[Path]) -> None:
         time.sleep(0.2)
 
 
+class _Daemons:
+    """Foreground daemons started in turn and stopped in reverse order, each by its PID (``stack``'s callbacks)."""
+
+    def __init__(self, stack: contextlib.ExitStack, log_dir: Path, env: dict[str, str]) -> None:
+        self.stack, self.log_dir, self.env = stack, log_dir, env
+        self.running: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, command: list[str]) -> None:
+        with open(self.log_dir / f"{name}.out", "w") as out:  # the child keeps its own descriptor
+            process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=self.env)
+        self.stack.callback(_stop, process, name)
+        self.running.append((name, process))
+
+    def check(self) -> None:
+        """Raise if one of them has exited (a daemon that cannot start exits at once; its log says why)."""
+        for name, process in self.running:
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}; logs in {self.log_dir}")
+
+
 @dataclass(frozen=True)
 class SlurmCluster:
-    """A running cluster: its config (exported as ``SLURM_CONF``), partition and folders."""
+    """A running cluster: its config, partition and folders."""
 
     conf: Path
     partition: str
     node: str
     logs: Path
 
+    @contextlib.contextmanager
+    def exported(self) -> Iterator[SlurmCluster]:
+        """``SLURM_CONF`` pointing at this cluster (for SLURM's commands and submitit) until the block ends."""
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("SLURM_CONF", str(self.conf))
+            yield self
+
     def squeue_states(self) -> dict[str, str]:
         """Job id (``<array>_<task>`` for array tasks) -> state, for every job slurmctld still holds."""
         out = subprocess.run(
-            ["squeue", "-h", "-r", "--states=all", "-o", "%i|%T"], capture_output=True, text=True, check=True
+            ["squeue", "-h", "-r", "--states=all", "-o", "%i|%T"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "SLURM_CONF": str(self.conf)},
         ).stdout
         return dict(line.split("|", 1) for line in out.split())
 
 
-def _slurm_conf(root: Path, node_line: str, node: str, munge_socket: Path) -> str:
-    """A single-node cluster without accounting or cgroups; jobs may use the node's CPUs and memory."""
+def _slurm_conf(root: Path, node_line: str, node: str, munge_socket: Path, dbd_port: int | None) -> str:
+    """A single-node cluster without cgroups; jobs may use the node's CPUs and memory.
+
+    With slurmdbd on ``dbd_port``, ended jobs are forgotten after 2 s (purged every 10 s, slurmctld's
+    shortest interval), so that ``sacct`` is soon the only one to know them. Commands reach slurmdbd
+    through the munged named by ``AccountingStoragePass`` (``AuthInfo`` serves slurmctld and slurmd only).
+    """
+    if dbd_port is None:
+        accounting = "AccountingStorageType=accounting_storage/none\nMinJobAge=300"
+    else:
+        accounting = (
+            "AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=127.0.0.1\n"
+            f"AccountingStoragePort={dbd_port}\nAccountingStoragePass={munge_socket}\nMinJobAge=2"
+        )
     return f"""\
-ClusterName=budgetshift-test
+ClusterName={CLUSTER_NAME}
 SlurmctldHost={node}(127.0.0.1)
 SlurmctldPort={free_port()}
 SlurmdPort={free_port()}
@@ -129,7 +182,7 @@ SlurmdLogFile={root / "log" / "slurmd.log"}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
+{accounting}
 JobCompType=jobcomp/none
 MpiDefault=none
 SchedulerType=sched/backfill
@@ -137,10 +190,28 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
 KillWait=2
-MinJobAge=300
 SlurmdTimeout=60
 {node_line} NodeAddr=127.0.0.1 State=UNKNOWN
 PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP
+"""
+
+
+def _slurmdbd_conf(root: Path, munge_socket: Path, dbd_port: int, database: MariaDB) -> str:
+    return f"""\
+AuthType=auth/munge
+AuthInfo=socket={munge_socket}
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort={dbd_port}
+SlurmUser=root
+PidFile={root / "slurmdbd.pid"}
+LogFile={root / "log" / "slurmdbd.log"}
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort={database.port}
+StorageUser={database.user}
+StoragePass={database.password}
+StorageLoc={database.database}
 """
 
 
@@ -151,9 +222,14 @@ def _node_line() -> tuple[str, str]:
     return line, line.split()[0].split("=", 1)[1]
 
 
+def _answers(command: list[str], env: dict[str, str]) -> bool:
+    return subprocess.run(command, capture_output=True, env=env).returncode == 0
+
+
 @contextlib.contextmanager
-def slurm_cluster(root: Path) -> Iterator[SlurmCluster]:
-    """munged, slurmctld and slurmd serving ``root``'s ``slurm.conf`` until the block ends."""
+def slurm_cluster(root: Path, accounting: bool = False) -> Iterator[SlurmCluster]:
+    """munged, slurmctld and slurmd (and, with ``accounting``, MariaDB and slurmdbd) serving ``root``'s
+    ``slurm.conf`` until the block ends."""
     for folder in ("state", "spool", "log", "munge"):
         (root / folder).mkdir(parents=True, exist_ok=True)
     (root / "munge").chmod(0o700)
@@ -161,51 +237,54 @@ def slurm_cluster(root: Path) -> Iterator[SlurmCluster]:
     subprocess.run(["mungekey", "-c", "-k", str(key)], check=True, capture_output=True)
     node_line, node = _node_line()
     conf = root / "slurm.conf"
-    conf.write_text(_slurm_conf(root, node_line, node, munge_socket))
-    logs = [root / "log" / name for name in ("munged.log", "slurmctld.log", "slurmd.log")]
-    previous_conf = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(conf)
-    daemons: list[tuple[str, subprocess.Popen]] = []
-    try:
-        munged = [
+    dbd_port = free_port() if accounting else None
+    conf.write_text(_slurm_conf(root, node_line, node, munge_socket, dbd_port))
+    env = {**os.environ, "SLURM_CONF": str(conf)}  # slurmdbd reads slurmdbd.conf from the same folder
+    logs = [root / "log" / name for name in ("munged.log", "slurmdbd.log", "slurmctld.log", "slurmd.log")]
+    with contextlib.ExitStack() as stack:
+        daemons = _Daemons(stack, root / "log", env)
+        daemons.start("munged", [
             "munged", "-F", "--force", f"--key-file={key}", f"--socket={munge_socket}",
             f"--pid-file={root / 'munge' / 'munged.pid'}", f"--seed-file={root / 'munge' / 'seed'}",
             f"--log-file={logs[0]}",
-        ]  # fmt: skip
-        daemons.append(("munged", subprocess.Popen(munged, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)))
+        ])  # fmt: skip
         _wait_for(munge_socket.exists, 20, "munged's socket", logs)
-        for name, command in (("slurmctld", ["slurmctld", "-D", "-i"]), ("slurmd", ["slurmd", "-D", "-N", node])):
-            out = open(root / "log" / f"{name}.out", "w")  # noqa: SIM115 (closed with the process)
-            daemons.append((name, subprocess.Popen([*command, "-f", str(conf)], stdout=out, stderr=subprocess.STDOUT)))
+        if dbd_port is not None:
+            database = stack.enter_context(mariadb_server(root / "mariadb"))
+            dbd_conf = root / "slurmdbd.conf"
+            dbd_conf.write_text(_slurmdbd_conf(root, munge_socket, dbd_port, database))
+            dbd_conf.chmod(0o600)  # slurmdbd refuses a config others can read (it holds the password)
+
+            def dbd_answers() -> bool:
+                daemons.check()
+                return _answers(["sacctmgr", "-n", "list", "cluster"], env)
+
+            daemons.start("slurmdbd", ["slurmdbd", "-D"])
+            _wait_for(dbd_answers, 60, "slurmdbd answering", [*logs, root / "log" / "slurmdbd.out"])
+            subprocess.run(["sacctmgr", "-i", "add", "cluster", CLUSTER_NAME], env=env, capture_output=True, check=True)
+        stack.callback(_kill_lost_steps, logs[3])  # runs after slurmd has stopped
+        daemons.start("slurmctld", ["slurmctld", "-D", "-i", "-f", str(conf)])
+        daemons.start("slurmd", ["slurmd", "-D", "-N", node, "-f", str(conf)])
+        stack.callback(_drain_jobs, env)  # runs first
 
         def node_idle() -> bool:
-            for name, process in daemons:
-                if process.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {process.returncode}; logs in {root / 'log'}")
-            out = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%t"], capture_output=True, text=True).stdout
-            return out.strip() == "idle"
+            daemons.check()
+            out = subprocess.run(["sinfo", "-h", "-n", node, "-o", "%t"], capture_output=True, text=True, env=env)
+            return out.stdout.strip() == "idle"
 
         _wait_for(node_idle, 60, f"node {node} idle", [*logs, root / "log" / "slurmd.out"])
+        if accounting:
+            _wait_for(lambda: _answers(["sacct", "-n", "-X"], env), 30, "sacct answering", logs)
         yield SlurmCluster(conf=conf, partition=PARTITION, node=node, logs=root / "log")
-    finally:
-        if daemons:
-            _drain_jobs()
-        for name, process in reversed(daemons):
-            _stop(process, name)
-        _kill_lost_steps(logs[2])
-        if previous_conf is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = previous_conf
 
 
-def _drain_jobs(timeout_s: float = 30) -> None:
+def _drain_jobs(env: dict[str, str], timeout_s: float = 30) -> None:
     """Cancel what is left and let every job finish ending: a slurmstepd whose slurmd is gone never exits."""
-    subprocess.run(["scancel", "--me"], capture_output=True)
+    subprocess.run(["scancel", "--me"], capture_output=True, env=env)
     active = ["squeue", "--me", "-h", "--states=PENDING,CONFIGURING,RUNNING,COMPLETING,SUSPENDED", "-o", "%i"]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        done = subprocess.run(active, capture_output=True, text=True)
+        done = subprocess.run(active, capture_output=True, text=True, env=env)
         if done.returncode != 0 or not done.stdout.strip():
             return
         time.sleep(0.5)
@@ -221,6 +300,50 @@ def _kill_lost_steps(slurmd_log: Path) -> None:
                 os.kill(int(proc.name), signal.SIGKILL)
         except OSError:
             continue  # gone meanwhile, or not ours to read
+
+
+@dataclass(frozen=True)
+class MariaDB:
+    """A running MariaDB server on 127.0.0.1 where ``user`` (password ``password``) owns ``database``."""
+
+    port: int
+    user: str
+    password: str
+    database: str
+
+
+@contextlib.contextmanager
+def mariadb_server(root: Path) -> Iterator[MariaDB]:
+    """A throwaway MariaDB (datadir, socket and logs in ``root``, a free port) until the block ends.
+
+    Small and fast rather than durable: a 32 MiB buffer pool, no doublewrite, the log flushed once a second.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    data, sock, port = root / "data", root / "mariadbd.sock", free_port()
+    as_root = ["--user=root"] if os.geteuid() == 0 else []  # mariadbd refuses to run as root unless told
+    install = ["mariadb-install-db", "--no-defaults", f"--datadir={data}", *as_root, "--skip-test-db"]
+    subprocess.run([*install, "--auth-root-authentication-method=normal"], check=True, capture_output=True)
+    server = [
+        "mariadbd", "--no-defaults", f"--datadir={data}", *as_root, f"--socket={sock}", f"--port={port}",
+        "--bind-address=127.0.0.1", "--skip-name-resolve", f"--pid-file={root / 'mariadbd.pid'}",
+        f"--log-error={root / 'error.log'}", "--innodb-buffer-pool-size=32M", "--innodb-doublewrite=0",
+        "--innodb-flush-log-at-trx-commit=0",
+    ]  # fmt: skip
+    client = ["mariadb", "--no-defaults", f"--socket={sock}", "-u", "root", "-e"]
+    with contextlib.ExitStack() as stack:
+        daemons = _Daemons(stack, root, dict(os.environ))
+        daemons.start("mariadbd", server)
+
+        def ready() -> bool:
+            daemons.check()
+            return sock.exists() and _answers([*client, "SELECT 1"], dict(os.environ))
+
+        _wait_for(ready, 60, "MariaDB answering", [root / "error.log"])
+        database = MariaDB(port=port, user="slurm", password=secrets.token_hex(16), database="slurm_acct_db")
+        user = f"'{database.user}'@'127.0.0.1'"
+        sql = f"CREATE USER {user} IDENTIFIED BY '{database.password}'; GRANT ALL ON {database.database}.* TO {user}"
+        subprocess.run([*client, sql], check=True, capture_output=True)
+        yield database
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,12 @@ study: what a user reaches for when one machine is not enough (README, "Beyond o
 
 A sweep through ``hydra/launcher=submitit_slurm`` reports exactly what the same sweep reports on the
 basic launcher; a training job leaves its whole run folder; a job killed with ``scancel`` fails the
-sweep promptly, naming the job, while the others' results stay; tuning workers submitted as SLURM
-jobs share one PostgreSQL study, a worker killed mid-trial has its trial retried by the other, and
-the database password lands in no file. The cluster and the server come from ``tests/cluster.py``
-(skipped, naming what is missing, where the machine cannot run them).
+sweep promptly, naming the job, while the others' results stay, with or without an accounting
+database (a second cluster with slurmdbd, where a job the controller has forgotten gets its state
+from ``sacct``); tuning workers submitted as SLURM jobs share one PostgreSQL study, a worker killed
+mid-trial has its trial retried by the other, and the database password lands in no file. The
+clusters and the server come from ``tests/cluster.py`` (skipped, naming what is missing, where the
+machine cannot run them).
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ from pathlib import Path
 
 import optuna
 import pytest
-from cluster import SlurmCluster, ensure_installed, postgres_server, slurm_cluster
+from cluster import (
+    ACCOUNTING_PACKAGES,
+    ACCOUNTING_PROGRAMS,
+    SLURM_PACKAGES,
+    SLURM_PROGRAMS,
+    SlurmCluster,
+    ensure_installed,
+    postgres_server,
+    slurm_cluster,
+)
 from optuna.trial import TrialState
 from test_tune import HEARTBEAT, TINY
 
@@ -47,9 +58,25 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory) -> SlurmCluster:
-    ensure_installed(("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo"), ("slurm-wlm", "munge"))
+    ensure_installed(SLURM_PROGRAMS, SLURM_PACKAGES)
     warm_up()  # jobs load the kernels from the cache instead of each compiling them
-    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as cluster, cluster.exported():
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def accounting_cluster(tmp_path_factory) -> SlurmCluster:
+    """A second cluster, with slurmdbd and MariaDB: started only if a test asks for it."""
+    ensure_installed(SLURM_PROGRAMS + ACCOUNTING_PROGRAMS, SLURM_PACKAGES + ACCOUNTING_PACKAGES)
+    warm_up()
+    with slurm_cluster(tmp_path_factory.mktemp("slurm-accounting"), accounting=True) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def slurm_with_sacct(accounting_cluster) -> SlurmCluster:
+    """The cluster with accounting, for this test only (the one without may be up meanwhile)."""
+    with accounting_cluster.exported() as cluster:
         yield cluster
 
 
@@ -133,8 +160,8 @@ def wait_for_running(slurm: SlurmCluster, suffix: str, timeout_s: float = 120) -
     raise AssertionError(f"no task {suffix} running after {timeout_s} s: {slurm.squeue_states()}")
 
 
-def test_a_job_killed_with_scancel_fails_the_sweep_naming_it_and_the_others_stay(slurm, tmp_path):
-    sweep = tmp_path / "sweep"
+def cancel_one_job_of_a_sweep(slurm: SlurmCluster, sweep: Path) -> None:
+    """Run a sweep of three jobs, ``scancel`` the long one, and check what the user is told and left with."""
     # Job 2 plays 20000 short episodes (minutes); jobs 0 and 1 end in seconds.
     command = [sys.executable, "-m", "experiments.evaluate", "-m", "agent=uniform", "seed=0", "episodes=1,2,20000"]
     command += ["env=small", "max_steps=24", "steps_table=none", *SLURM, f"hydra.sweep.dir={sweep}"]
@@ -153,6 +180,10 @@ def test_a_job_killed_with_scancel_fails_the_sweep_naming_it_and_the_others_stay
     assert "1 of 3 jobs ended without a result" in stderr and "CANCELLED" in stderr
     finished = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
     assert finished == ["0_small_uniform_s0", "1_small_uniform_s0"]
+
+
+def test_a_job_killed_with_scancel_fails_the_sweep_naming_it_and_the_others_stay(slurm, tmp_path):
+    cancel_one_job_of_a_sweep(slurm, tmp_path / "sweep")
 
 
 def test_a_job_slurm_has_forgotten_counts_as_ended_without_sacct(slurm):
@@ -236,3 +267,37 @@ def test_tuning_workers_on_slurm_share_a_postgres_study_and_a_killed_workers_tri
     leaks = [str(p) for p in written if postgres.password.encode() in p.read_bytes()]
     assert not leaks, f"the database password is written in {leaks}"
     assert "tuner:***@" in (sweep / "worker_1" / "config.yaml").read_text()
+
+
+def test_with_accounting_a_job_killed_with_scancel_fails_the_sweep_naming_it_and_the_others_stay(
+    slurm_with_sacct, tmp_path
+):
+    done = subprocess.run(["sacct", "-n", "-X", "-o", "JobID"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr  # the case under test: sacct answers
+    # Ended jobs leave squeue within seconds here (MinJobAge=2): the sweep's may reach sacct's path too.
+    cancel_one_job_of_a_sweep(slurm_with_sacct, tmp_path / "sweep")
+
+
+def sbatch(*command: str) -> str:
+    done = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", shlex.join(command)],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    return done.stdout.strip().split(";")[0]
+
+
+def test_a_job_slurm_has_forgotten_gets_its_state_from_sacct(slurm_with_sacct):
+    """Past MinJobAge a job is in sacct only: its real state, not GONE."""
+    completed, cancelled = sbatch("true"), sbatch("sleep", "600")
+    subprocess.run(["scancel", cancelled], check=True)
+    deadline = time.monotonic() + 60  # slurmctld purges every 10 s at the shortest
+    while {completed, cancelled} & set(slurm_with_sacct.squeue_states()):
+        assert time.monotonic() < deadline, f"squeue still lists them: {slurm_with_sacct.squeue_states()}"
+        time.sleep(0.5)
+    watcher = SqueueWatcher(delay_s=1)
+    for job in (completed, cancelled, "999999"):
+        watcher.register_job(job)
+    watcher.update()
+    assert watcher.sacct_works is True
+    assert watcher.get_state(completed, mode="cache") == "COMPLETED"
+    assert watcher.get_state(cancelled, mode="cache") == "CANCELLED"
+    assert watcher.get_state("999999", mode="cache") == GONE  # in neither: ended long ago, as without sacct
+    assert all(watcher.is_done(job, mode="cache") for job in (completed, cancelled, "999999"))
