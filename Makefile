@@ -30,7 +30,7 @@ run: $(STAMP)
 	$(PY) -m experiments.train agent=generalist family=finance env=default vec_env=dummy seed=0 \
 		total_timesteps=$(MAIN_STEPS) hydra.run.dir=$(RESULTS)/train
 	$(PY) -m experiments.evaluate -m experiment=main hydra/launcher=joblib hydra.sweep.dir=$(RESULTS)/eval/heuristics \
-		env=$(MAIN_ENVS)
+		env=$(MAIN_ENVS) seed=$(MAIN_SEEDS)
 	$(PY) -m experiments.evaluate -m agent=trained agent.name=generalist agent.run=$(RESULTS)/train env=$(MAIN_ENVS) \
 		episodes=4 seed=$(MAIN_SEEDS) hydra/launcher=joblib hydra.sweep.dir=$(RESULTS)/eval/generalist
 	$(PY) -m experiments.report $(RESULTS)/eval --out $(RESULTS)

@@ -142,7 +142,7 @@ FALLBACKS: tuple[str, ...] = ("proportional", "uniform")
 #: ``load_allocator("generalist")`` loads one and refuses it if its manifest or graph differs from what
 #: was shipped. ``python -m experiments.ship`` writes a bundle there and prints the digest to pin here.
 SHIPPED_DIR = Path(__file__).resolve().parent / "bundles"
-SHIPPED_BUNDLES: dict[str, str] = {"generalist": "47ea6cbdcb554517b19dd3b0ddbece35b62ed8fecbbd5903f6dea437ff200022"}
+SHIPPED_BUNDLES: dict[str, str] = {"generalist": "1ce881b033ec2ddc8a007d6a55002230cdc3be1227191e2a5a91080465f861f0"}
 
 
 class BundleError(ValueError):
@@ -886,6 +886,11 @@ def load_allocator(spec: str | Path | None, expected_digest: str | None = None) 
             raise BundleError(f"an expected digest pins a bundle; {spec or 'proportional'!r} is a fallback heuristic")
         return Heuristic("proportional" if spec is None else str(spec))
     if isinstance(spec, str) and spec in SHIPPED_BUNDLES:
+        if Path(spec).is_dir():
+            raise BundleError(
+                f"{spec!r} names both the shipped bundle and a folder here: pass ./{spec} for the folder, "
+                f"or run from another folder for the shipped one"
+            )
         pinned = SHIPPED_BUNDLES[spec]
         if expected_digest is not None and expected_digest.strip().lower() != pinned:
             raise BundleError(f"the shipped bundle {spec!r} is pinned to {pinned}, not {expected_digest}")

@@ -305,6 +305,16 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
+def _compliance_caps(run: TrainedRun) -> dict[str, float]:
+    """The training scenario's caps; none for a run trained on a scenario family, whose caps changed with
+    each portfolio (a vertical's cap is lifted where it holds more plans than its cap, envs/family.py):
+    a fixed cap would withhold budget the policy never saw withheld. A deployment bound by a
+    compliance cap enforces it downstream of the allocation."""
+    if run.config.get("family") is not None:
+        return {}
+    return {v.name: v.max_spend_share for v in run.scenario.verticals if v.max_spend_share < 1.0}
+
+
 def build_manifest(run: TrainedRun, policy_path: Path, parity: dict[str, Any]) -> dict[str, Any]:
     sc = run.scenario
     limits = None
@@ -350,7 +360,7 @@ def build_manifest(run: TrainedRun, policy_path: Path, parity: dict[str, Any]) -
             },
             "temperature": sc.temperature,
             "action_limits": limits,
-            "compliance_caps": {v.name: v.max_spend_share for v in sc.verticals if v.max_spend_share < 1.0},
+            "compliance_caps": _compliance_caps(run),
             "training": {
                 "run_dir": str(run.run_dir.resolve()),
                 "model": run.which,

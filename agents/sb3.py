@@ -286,6 +286,17 @@ def policy_kwargs(agent: Mapping[str, Any]) -> dict[str, Any]:
         kwargs["activation_fn"] = ACTIVATIONS[name]
     if agent["policy"] == "mlp" and "embed_arch" in kwargs:
         raise AgentSpecError("agent.policy_kwargs.embed_arch belongs to policy: set, not policy: mlp")
+    if "logprob_plans" in kwargs:
+        value = kwargs["logprob_plans"]
+        if agent["policy"] != "set" or agent["algo"] not in ("PPO", "A2C"):
+            raise AgentSpecError(
+                "agent.policy_kwargs.logprob_plans belongs to policy: set with PPO or A2C (its Gaussian), "
+                f"not {agent['algo']} with policy: {agent['policy']}"
+            )
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not value > 0):
+            raise AgentSpecError(
+                f"agent.policy_kwargs.logprob_plans must be a positive number of plans or null, got {value!r}"
+            )
     return kwargs
 
 
@@ -380,9 +391,15 @@ def load_model(
     try:
         return algo.load(path, env=env, device=device, custom_objects=trusted, **kwargs)
     except (RuntimeError, ValueError) as exc:
+        hint = (
+            " (a set policy saved before the pooled summary carried the portfolio's size, commit dc3f7be, "
+            "has one input fewer: retrain it, or load it with a checkout before that commit)"
+            if agent["policy"] == "set" and "size mismatch" in str(exc)
+            else ""
+        )
         raise RunFolderError(
             f"{path} does not fit agent {agent['algo']}/{agent['policy']} on scenario {scenario.name!r} "
-            f"(max_plans {scenario.max_plans}): {exc}"
+            f"(max_plans {scenario.max_plans}){hint}: {exc}"
         ) from exc
 
 

@@ -39,6 +39,7 @@ Its spaces are those of ``max_plans`` plans; episodes all last ``days x steps_pe
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -294,7 +295,27 @@ def family_from_mapping(cfg: Mapping[str, Any], source: str | None = None) -> Sc
         )
     if family.potential_fraction[1] + family.trap_fraction[1] + family.new_fraction[1] > 1.0:
         raise ScenarioError(f"family fields potential_, trap_ and new_fraction may add up to more than 1 ({src})")
+    _check_corners(family, src)
     return family
+
+
+def _check_corners(family: ScenarioFamily, src: str) -> None:
+    """Build the family's extreme scenarios (every range at its low end, then at its high end) so that a
+    family that would fail at some episode's reset, hours into training, fails here naming its fields."""
+    for end in (0, 1):
+        corner = dataclasses.replace(
+            family,
+            **{key: (getattr(family, key)[end],) * 2 for key in _RANGE_BOUNDS},
+            single_vertical_prob=1.0,
+        )
+        try:
+            scenario_from_mapping(corner.draw(np.random.default_rng(0)))
+        except ScenarioError as exc:
+            fields_ = ", ".join(f"{key}={getattr(family, key)}" for key in _RANGE_BOUNDS)
+            raise ScenarioError(
+                f"family {family.name!r} draws a scenario that cannot be built at its {('low', 'high')[end]} "
+                f"ends ({fields_}): {exc} ({src})"
+            ) from exc
 
 
 def load_family(spec: str | Path | Mapping[str, Any] | ScenarioFamily) -> ScenarioFamily:

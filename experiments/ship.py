@@ -23,9 +23,17 @@ from typing import Any
 
 import pandas as pd
 
-from agents.allocator import DIGEST_FILE, EXAMPLE_FILE, MANIFEST_FILE, POLICY_FILE, Bundle, bundle_digest
+from agents.allocator import (
+    DIGEST_FILE,
+    EXAMPLE_FILE,
+    MANIFEST_FILE,
+    POLICY_FILE,
+    SHIPPED_DIR,
+    Bundle,
+    BundleError,
+    bundle_digest,
+)
 
-SHIP_DIR = Path(__file__).resolve().parent.parent / "agents" / "bundles"
 SUMMARY_FIELDS = ("seeds", "episodes", "score_iqm", "score_ci_low", "score_ci_high", "normalised_iqm")
 PAIRED_FIELDS = ("baseline", "episodes", "diff", "diff_ci_low", "diff_ci_high", "diff_pct", "poi", "verdict")
 
@@ -45,8 +53,15 @@ def evaluation(results: Path, agent: str) -> dict[str, Any]:
     try:
         summary = pd.read_csv(results / "summary.csv")
         paired = pd.read_csv(results / "paired.csv")
-    except (OSError, pd.errors.ParserError) as exc:
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ShipError(f"{results} has no readable report (summary.csv, paired.csv): {exc}") from exc
+    for name, table, columns in (
+        ("summary.csv", summary, ("env", "agent")),
+        ("paired.csv", paired, ("env", "agent", "role")),
+    ):
+        missing = [c for c in columns if c not in table]
+        if missing:
+            raise ShipError(f"{results / name} lacks the column(s) {missing}: not a report of experiments.report")
     rows = summary[summary["agent"] == agent]
     if rows.empty:
         known = sorted(summary["agent"].unique())
@@ -64,9 +79,16 @@ def evaluation(results: Path, agent: str) -> dict[str, Any]:
 def ship(results: Path, agent: str, out: Path) -> str:
     """Copy ``results/train/bundle`` to ``out`` with ``training.evaluation``; returns the new digest."""
     source = results / "train" / "bundle"
-    Bundle.load(source)  # refuse a broken bundle before copying it anywhere
+    try:
+        plans_served = Bundle.load(source).manifest["plans_served"]  # refuse a broken bundle before copying
+    except (BundleError, OSError) as exc:
+        raise ShipError(f"{source} is not a usable bundle: {exc}") from exc
     scores = evaluation(results, agent)
     if out.exists():
+        if out.resolve() == source.resolve():
+            raise ShipError(f"--out {out} is the bundle being shipped")
+        if not (out / MANIFEST_FILE).is_file():
+            raise ShipError(f"{out} exists and is not a bundle (no {MANIFEST_FILE}): refusing to replace it")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     for name in (POLICY_FILE, EXAMPLE_FILE):
@@ -77,6 +99,8 @@ def ship(results: Path, agent: str, out: Path) -> str:
         "report": "python -m experiments.report <results>/eval (make run); paired on the same env seeds",
         "agent": agent,
         "per_env": scores,
+        "note": f"envs with more plans than this bundle serves ({plans_served}) were scored by the training "
+        "run's set policy on the full width (agents.trained), not by this graph",
     }
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, allow_nan=False))
     digest = bundle_digest(out)
@@ -91,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agent", default="generalist", help="the agent's name in the report (default generalist)")
     parser.add_argument("--out", type=Path, default=None, help="bundle folder (default agents/bundles/<agent>)")
     args = parser.parse_args(argv)
-    out = args.out if args.out is not None else SHIP_DIR / args.agent
+    out = args.out if args.out is not None else SHIPPED_DIR / args.agent
     try:
         digest = ship(args.results, args.agent, out)
     except (ShipError, OSError) as exc:

@@ -135,6 +135,8 @@ def study_setup(cfg: DictConfig) -> dict[str, Any]:
     return {
         "agent": resolved["agent"],
         "env": resolved["env"],
+        "family": resolved.get("family"),  # trained on one preset or on a family: different studies
+        "vec_env": resolved.get("vec_env"),
         "seed": resolved["seed"],
         "total_timesteps": resolved["total_timesteps"],
         "eval": resolved["eval"],

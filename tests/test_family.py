@@ -98,6 +98,7 @@ def test_step_before_reset_is_refused():
         ({"single_vertical_prob": 2}, r"single_vertical_prob must be a number in \[0.0, 1.0\]"),
         ({"potential_fraction": [0.4, 0.5], "trap_fraction": [0.3, 0.5]}, "may add up to more than 1"),
         ({"name": ""}, "name must be a non-empty string"),
+        ({"reference_plans": 1, "volume_factor": [100, 100]}, "cannot be built at its high ends .*volume"),
     ],
 )
 def test_a_broken_family_is_refused_naming_the_field(change, message):
@@ -156,6 +157,7 @@ def test_a_run_trained_on_a_family_serves_presets_and_exports_at_the_family_widt
     manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
     assert manifest["max_plans"] == FAMILY.max_plans and manifest["policy_kind"] == "set"
     assert manifest["training"]["config"]["family"]["name"] == "finance"
+    assert manifest["compliance_caps"] == {}  # caps changed with each drawn portfolio: none fixed in the bundle
     Bundle.load(tmp_path / "bundle")
     allocator = TrainedAllocator(tmp_path)
     assert allocator.max_plans == FAMILY.max_plans
@@ -168,3 +170,17 @@ def test_the_native_batch_cannot_hold_a_family():
 
     with pytest.raises(AgentSpecError, match="vec_env=native runs one scenario .* use vec_env=dummy"):
         make_envs(load_scenario("small"), 2, 0, "native", FAMILY)
+
+
+def test_logprob_plans_is_refused_where_it_has_no_meaning():
+    from agents.sb3 import AgentSpecError, policy_kwargs
+
+    with pytest.raises(AgentSpecError, match=r"belongs to policy: set with PPO or A2C \(its Gaussian\), not SAC"):
+        policy_kwargs({"algo": "SAC", "policy": "set", "policy_kwargs": {"logprob_plans": 24}})
+    with pytest.raises(AgentSpecError, match=r"\(its Gaussian\), not PPO with policy: mlp"):
+        policy_kwargs({"algo": "PPO", "policy": "mlp", "policy_kwargs": {"logprob_plans": 24}})
+    with pytest.raises(AgentSpecError, match="must be a positive number of plans or null, got True"):
+        policy_kwargs({"algo": "PPO", "policy": "set", "policy_kwargs": {"logprob_plans": True}})
+    assert policy_kwargs({"algo": "A2C", "policy": "set", "policy_kwargs": {"logprob_plans": 24}}) == {
+        "logprob_plans": 24
+    }

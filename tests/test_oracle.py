@@ -127,18 +127,18 @@ def test_the_episode_follows_the_replay_and_never_scores_below_the_ranker():
 #: Paired episodes per preset: enough for the mean difference (the oracle's lead is 15-50% of its
 #: score on the 24-plan presets, and a large portfolio's 500 plans average out most of an episode's
 #: noise), within the file's time budget.
-EPISODES = {
+EPISODES = {  # the oracle's margin is wide (normalised ~1 against <= 0.3): few episodes resolve it
     "small": 24,
     "default": 12,
-    "credit": 12,
-    "insurance": 12,
-    "securities": 12,
-    "default_shock": 12,
-    "credit_payday": 6,
-    "large": 2,
+    "credit": 8,
+    "insurance": 8,
+    "securities": 8,
+    "default_shock": 6,
+    "credit_payday": 4,
+    "large": 1,  # 500 plans: the planner's replays dominate the suite's time
     "heldout_search": 8,
     "heldout_lean": 8,
-    "heldout_wide": 2,
+    "heldout_wide": 1,
 }
 CHALLENGERS = {name: {"name": name, "kind": "heuristic"} for name in HEURISTICS} | {
     "oracle_rank(observed)": {"name": "oracle_rank", "kind": "heuristic", "params": {"price": "observed"}},

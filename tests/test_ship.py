@@ -92,3 +92,25 @@ def test_a_changed_shipped_bundle_is_refused(name, tmp_path):
     (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="expected the pinned"):
         Bundle.load(copy, expected_digest=SHIPPED_BUNDLES[name])
+
+
+def test_ship_never_replaces_a_folder_that_is_not_a_bundle_nor_the_source(tmp_path):
+    results = _results(tmp_path)
+    keep = tmp_path / "keep"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    with pytest.raises(ShipError, match="exists and is not a bundle"):
+        ship(results, "generalist", keep)
+    assert (keep / "notes.txt").read_text() == "mine"
+    with pytest.raises(ShipError, match="is the bundle being shipped"):
+        ship(results, "generalist", results / "train" / "bundle")
+    (results / "paired.csv").write_text("env,agent\ndefault,generalist\n")
+    with pytest.raises(ShipError, match=r"paired.csv lacks the column\(s\) \['role'\]"):
+        ship(results, "generalist", tmp_path / "out")
+
+
+def test_a_folder_named_like_a_shipped_bundle_is_not_silently_shadowed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "generalist").mkdir()
+    with pytest.raises(BundleError, match="names both the shipped bundle and a folder here"):
+        load_allocator("generalist")
