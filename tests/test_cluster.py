@@ -50,6 +50,7 @@ SLURM = [
     "hydra.launcher.mem_gb=1",
     "+hydra.launcher.state_poll_s=2",
     "+hydra.launcher.result_grace_s=2",
+    "+hydra.launcher.max_wait_min=10",  # a broken cluster fails the test instead of holding CI
 ]
 QUICK = ["env=small", "episodes=1", "max_steps=24", "steps_table=csv"]
 
@@ -301,3 +302,19 @@ def test_a_job_slurm_has_forgotten_gets_its_state_from_sacct(slurm_with_sacct):
     assert watcher.get_state(cancelled, mode="cache") == "CANCELLED"
     assert watcher.get_state("999999", mode="cache") == GONE  # in neither: ended long ago, as without sacct
     assert all(watcher.is_done(job, mode="cache") for job in (completed, cancelled, "999999"))
+
+
+def test_a_controller_that_stays_down_ends_the_wait_naming_it(monkeypatch):
+    """squeue failing without a break for squeue_outage_min: the sweep gives up instead of waiting forever."""
+    watcher = SqueueWatcher(delay_s=0, outage_s=0.2)
+    watcher.register_job("4242_0")
+
+    def down() -> None:
+        watcher._last_error = "slurm_load_jobs error: Unable to contact slurm controller"
+        return None
+
+    monkeypatch.setattr(watcher, "_squeue", down)
+    watcher.update()  # the first failure starts the clock
+    time.sleep(0.3)
+    with pytest.raises(RuntimeError, match=r"squeue has failed for \d+ s .*Unable to contact .*\['4242_0'\]"):
+        watcher.update()

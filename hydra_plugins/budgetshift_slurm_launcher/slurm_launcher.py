@@ -1,4 +1,4 @@
-"""Hydra's SLURM launcher (hydra-submitit-launcher) that learns job states without ``sacct`` and never hangs.
+"""Hydra's SLURM launcher (hydra-submitit-launcher) that learns job states without ``sacct`` and ends its wait.
 
 ``hydra/launcher=submitit_slurm`` (``conf/hydra/launcher/submitit_slurm.yaml``) runs each job of a
 sweep as a task of one SLURM job array through submitit, as the plugin does. The plugin then waits
@@ -17,7 +17,9 @@ leaves the sweep waiting forever. This launcher differs in two ways:
 Settings beyond the plugin's schema are added with ``+``: ``+hydra.launcher.state_poll_s=10``
 (most seconds between two ``squeue`` calls, default 60; sooner while the jobs are young),
 ``+hydra.launcher.result_grace_s=30`` (how long an ended job's result file may take to appear on a
-shared filesystem, default 15), ``+hydra.launcher.max_wait_min=600`` (give up waiting, default none).
+shared filesystem, default 15), ``+hydra.launcher.max_wait_min=600`` (give up waiting, default none:
+a queue may hold jobs for days), ``+hydra.launcher.squeue_outage_min=10`` (give up when ``squeue`` has
+failed for this long without a break: the controller is down or unreachable, default 10).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ ENDED = frozenset(
     {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", GONE}
 )
 #: This launcher's own settings (added with ``+hydra.launcher.<name>=``) and their defaults.
-DEFAULTS = {"state_poll_s": 60.0, "result_grace_s": 15.0, "max_wait_min": None}
+DEFAULTS = {"state_poll_s": 60.0, "result_grace_s": 15.0, "max_wait_min": None, "squeue_outage_min": 10.0}
 
 
 class SqueueWatcher(SlurmInfoWatcher):
@@ -55,9 +57,12 @@ class SqueueWatcher(SlurmInfoWatcher):
     One watcher serves every job of a sweep: each update is one ``squeue`` call for all of them.
     """
 
-    def __init__(self, delay_s: float) -> None:
+    def __init__(self, delay_s: float, outage_s: float = 600.0) -> None:
         super().__init__(delay_s=int(delay_s))
         self.sacct_works: bool | None = None  # learnt from the first call
+        self.outage_s = outage_s
+        self._failing_since: float | None = None  # monotonic time of the first squeue failure in a row
+        self._last_error = ""
 
     def update(self) -> None:
         waiting = self._registered - self._finished
@@ -65,6 +70,17 @@ class SqueueWatcher(SlurmInfoWatcher):
             return
         self._num_calls += 1
         live = self._squeue()
+        if live is None:
+            now = time.monotonic()
+            self._failing_since = self._failing_since if self._failing_since is not None else now
+            if now - self._failing_since >= self.outage_s:
+                raise RuntimeError(
+                    f"squeue has failed for {now - self._failing_since:.0f} s without a break (last: "
+                    f"{self._last_error}); the SLURM controller is down or unreachable, so the states of jobs "
+                    f"{sorted(waiting)} are unknown: giving up waiting (squeue_outage_min)"
+                )
+        else:
+            self._failing_since = None
         if live is not None:  # the controller answered: anything it does not hold has ended
             self._info_dict.update({job_id: info for job_id, info in live.items() if job_id in waiting})
             forgotten = sorted(job_id for job_id in waiting if job_id not in live)
@@ -84,6 +100,7 @@ class SqueueWatcher(SlurmInfoWatcher):
         try:
             out = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True).stdout
         except (OSError, subprocess.SubprocessError) as exc:
+            self._last_error = " ".join(str(exc).split())
             log.warning("squeue failed (%s); job states unchanged until the next call", exc)
             return None
         rows = (line.split("|", 1) for line in out.splitlines() if "|" in line)
@@ -117,10 +134,11 @@ class SlurmLauncher(submitit_launcher.SlurmLauncher):
         self.state_poll_s = float(own["state_poll_s"])
         self.result_grace_s = float(own["result_grace_s"])
         self.max_wait_min = None if own["max_wait_min"] is None else float(own["max_wait_min"])
+        self.squeue_outage_min = float(own["squeue_outage_min"])
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         jobs = self._submit(job_overrides, initial_job_idx)
-        watcher = SqueueWatcher(delay_s=self.state_poll_s)
+        watcher = SqueueWatcher(delay_s=self.state_poll_s, outage_s=60 * self.squeue_outage_min)
         for job in jobs:
             job.watcher = watcher  # this sweep's jobs only; submitit's class-wide watcher stays as it is
             job._results_timeout_s = self.result_grace_s
