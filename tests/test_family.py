@@ -184,3 +184,13 @@ def test_logprob_plans_is_refused_where_it_has_no_meaning():
     assert policy_kwargs({"algo": "A2C", "policy": "set", "policy_kwargs": {"logprob_plans": 24}}) == {
         "logprob_plans": 24
     }
+
+
+def test_family_env_passes_gymnasiums_checker_without_warnings():
+    import warnings
+
+    from gymnasium.utils.env_checker import check_env
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(FamilyEnv(FAMILY), skip_render_check=True)
