@@ -243,7 +243,9 @@ def test_tuning_workers_on_slurm_share_a_postgres_study_and_a_killed_workers_tri
     args = [a.replace("@db.example:5432/", f"@{postgres.host}:{postgres.port}/") for a in args]
     assert f"storage={postgres.url(password='${oc.env:OPTUNA_DB_PASSWORD}')}" in args and "worker_id=0,1" in args
     command = [sys.executable, "-m", "experiments.tune", *args, *TINY, "study_name=cluster", "n_trials=6"]
-    command += ["total_timesteps=960", "eval.freq=480", *SLURM]
+    # Five evaluations a trial: a trial killed before its first still had 4/5 of its training ahead, seconds
+    # on a loaded machine (at 960 steps, half a trial, a CI run once saw it finish before the SIGKILL landed).
+    command += ["total_timesteps=2400", "eval.freq=480", *SLURM]
     workers = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         victim, killed = kill_worker_mid_trial(slurm, "cluster", postgres.url())
