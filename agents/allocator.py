@@ -142,7 +142,7 @@ FALLBACKS: tuple[str, ...] = ("proportional", "uniform")
 #: ``load_allocator("generalist")`` loads one and refuses it if its manifest or graph differs from what
 #: was shipped. ``python -m experiments.ship`` writes a bundle there and prints the digest to pin here.
 SHIPPED_DIR = Path(__file__).resolve().parent / "bundles"
-SHIPPED_BUNDLES: dict[str, str] = {"generalist": "1ce881b033ec2ddc8a007d6a55002230cdc3be1227191e2a5a91080465f861f0"}
+SHIPPED_BUNDLES: dict[str, str] = {"generalist": "72f33605185d6e9a31167581fc421b098935c2e036f5f3f849ccb2517fbae21e"}
 
 
 class BundleError(ValueError):
