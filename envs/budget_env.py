@@ -151,7 +151,7 @@ class BudgetShiftEnv(gym.Env):
         inputs = sim.inputs
         self.vertical_cap = sim.vertical_cap
         self.plan, self.stage, self.audience = inputs.plan[0], inputs.stage[0], inputs.audience[0]
-        self.state, self.pending = inputs.state[0], inputs.pending[0]
+        self.state = inputs.state[0]
         self.plan_channel_vocab, self.plan_vertical_vocab = sim.plan_channel_vocab[0], sim.plan_vertical_vocab[0]
         self.last, self.total, self.ring = sim.last[0], sim.total[0], sim.ring[0]
         self.portfolio: Portfolio | None = None
@@ -160,6 +160,12 @@ class BudgetShiftEnv(gym.Env):
     def t(self) -> int:
         """The next step to simulate (the number of steps taken this episode)."""
         return int(self.sim.t[0])
+
+    @property
+    def pending(self) -> np.ndarray:
+        """(n_plans, n_stages, horizon + 1) int64 deep events by the step they mature at, matured ones
+        included; the last slot counts those maturing after the episode (a fresh array each call)."""
+        return self.sim.pending(0)
 
     @property
     def key(self) -> np.uint64:

@@ -27,11 +27,22 @@ One step, per channel:
 5. Clicks ~ Binomial(lot, CTR * fatigue * ctr_mult), conversions ~ Binomial(clicks,
    min(1, CVR * cvr_mult * q)); each conversion walks the deep funnel: stage ``s`` happens with its
    rate, after a discretised log-normal delay (at least one step) from the previous stage, and is
-   scheduled in ``pending[plan, s, step]``; events beyond the plan's attribution horizon
-   (``PL_HORIZON``: the episode plus its vertical's window) are dropped. Events that mature after the
-   episode are only ever settled as a total, so they share ``pending``'s last slot (index
-   ``horizon``): the tensor has ``horizon + 1`` steps whatever the attribution window (a 45-day
-   insurance window would otherwise multiply it by seven).
+   scheduled for that step; events beyond the plan's attribution horizon (``PL_HORIZON``: the
+   episode plus its vertical's window) are dropped. Events that mature after the episode are only
+   ever settled as a total, so they are counted per (plan, stage) in ``late``.
+
+Scheduled deep events are a sparse list, not a dense (plan, stage, step) tensor: each event of the
+episode is one record (``ev_code = plan * n_stages + stage``, ``ev_step`` its maturity step, 8 bytes)
+in a per-episode pool of ``ev_code.shape[-1]`` records, ``ev_count`` of them in use. An episode
+schedules a few deep events per plan and day, so the pool is a small fraction of the dense tensor it
+replaced (an episode of ``large``: ~8.6k records in a pool grown to 16k, 128 KiB, against 1 MiB for
+500 plans x 3 stages x 169 steps of int32). A step appends its events after the used records and
+commits them only at its end (the late ones folded into ``late``), so a step that runs out of room
+returns ``False`` having changed nothing but ``out``: :func:`step_episodes` then doubles the pool
+(:func:`grow_events`) and runs the step again, with the same draws. At the end of a step the records
+maturing at ``t`` are counted into ``out[:, DEEP0 + s]`` (a scan of the records in use: a few
+hundred on ``default``); :func:`pending_after` sums what settlement counts and
+:func:`pending_counts` rebuilds the dense view for tests and tools.
 
 Fatigue and the learning state are read at the start of the step and updated at its end.
 
@@ -95,6 +106,8 @@ N_STAGE_FIELDS = 4
 # Columns of the dynamic plan state (n_plans, N_STATE_FIELDS).
 STATE_CONVERSIONS, STATE_IMPRESSIONS = 0, 1
 N_STATE_FIELDS = 2
+# Records of an episode's deep-event pool at the start; the pool doubles when a step needs more.
+EVENT_CAPACITY = 1024
 
 # Hash slots of one opportunity's draws. Bidder noise uses SLOT_BIDDER + plan index; deep-funnel
 # draws use SLOT_DEEP + 4 * (conversion * n_stages + stage) + {0: happens?, 1, 2: delay normal}.
@@ -115,6 +128,7 @@ class KernelInputs(NamedTuple):
 
     hours_per_step: int
     steps_per_day: int
+    horizon: int  # the episode's steps; deep events maturing later are counted in ``late``
     lot: int  # impressions per opportunity
     quality_sigma: float  # log-sd of an opportunity's user quality
     noise_floor: float  # bid noise amplitude of a mature plan
@@ -132,7 +146,10 @@ class KernelInputs(NamedTuple):
     chan_plans: np.ndarray  # (E, P) int64 plan indices sorted by channel
     chan_start: np.ndarray  # (E, C + 1) int64 offsets of each channel's plans in chan_plans
     state: np.ndarray  # (E, P, N_STATE_FIELDS) float64, updated in place by each step
-    pending: np.ndarray  # (E, P, S, horizon + 1) int32 deep events by maturity step; the last slot: after the episode
+    ev_code: np.ndarray  # (E, R) int32 scheduled deep events: plan * S + stage (R: the pool's capacity)
+    ev_step: np.ndarray  # (E, R) int32 the step each record matures at (< horizon)
+    ev_count: np.ndarray  # (E, 1) int64 records in use
+    late: np.ndarray  # (E, P, S) int64 deep events maturing after the episode, within attribution
 
 
 _N_SHARED_INPUTS = KernelInputs._fields.index("key")
@@ -140,7 +157,7 @@ _N_SHARED_INPUTS = KernelInputs._fields.index("key")
 
 def pack_inputs(scenario: Scenario, n_envs: int) -> KernelInputs:
     """The kernel inputs of ``n_envs`` episodes of ``scenario``: its channels packed, every episode
-    empty until :func:`load_portfolio`. ``H`` is the horizon plus the attribution window."""
+    empty until :func:`load_portfolio`."""
     sc, e, n, c = scenario, n_envs, scenario.n_plans, len(scenario.channels)
     chan = np.zeros((c, N_CHANNEL_FIELDS))
     for row, spec in zip(chan, sc.channels, strict=True):
@@ -154,6 +171,7 @@ def pack_inputs(scenario: Scenario, n_envs: int) -> KernelInputs:
     return KernelInputs(
         hours_per_step=sc.hours_per_step,
         steps_per_day=sc.steps_per_day,
+        horizon=sc.horizon,
         lot=sc.impressions_per_opportunity,
         quality_sigma=sc.user_quality_sigma,
         noise_floor=sc.noise_floor,
@@ -171,8 +189,52 @@ def pack_inputs(scenario: Scenario, n_envs: int) -> KernelInputs:
         chan_plans=np.zeros((e, n), dtype=np.int64),
         chan_start=np.zeros((e, c + 1), dtype=np.int64),
         state=np.zeros((e, n, N_STATE_FIELDS)),
-        pending=np.zeros((e, n, MAX_STAGES, sc.horizon + 1), dtype=np.int32),
+        **empty_events(e, n, EVENT_CAPACITY),
     )
+
+
+def empty_events(n_envs: int, n_plans: int, capacity: int) -> dict[str, np.ndarray]:
+    """The deep-event fields of :class:`KernelInputs` for ``n_envs`` empty episodes, by name."""
+    return {
+        "ev_code": np.zeros((n_envs, capacity), dtype=np.int32),
+        "ev_step": np.zeros((n_envs, capacity), dtype=np.int32),
+        "ev_count": np.zeros((n_envs, 1), dtype=np.int64),
+        "late": np.zeros((n_envs, n_plans, MAX_STAGES), dtype=np.int64),
+    }
+
+
+def grow_events(inputs: KernelInputs) -> KernelInputs:
+    """``inputs`` with every episode's event pool doubled (records in use kept)."""
+    e, capacity = inputs.ev_code.shape
+    code = np.zeros((e, 2 * capacity), dtype=np.int32)
+    step = np.zeros((e, 2 * capacity), dtype=np.int32)
+    code[:, :capacity] = inputs.ev_code
+    step[:, :capacity] = inputs.ev_step
+    return inputs._replace(ev_code=code, ev_step=step)
+
+
+def pending_after(inputs: KernelInputs, env_index: int, t: int) -> np.ndarray:
+    """(P, S) int64 episode ``env_index``'s deep events maturing at step ``t`` or later (those after
+    the episode included): what settlement counts."""
+    i = env_index
+    n_plans, n_stages = inputs.late.shape[1:]
+    count = int(inputs.ev_count[i, 0])
+    code = inputs.ev_code[i, :count][inputs.ev_step[i, :count] >= t]
+    after = np.bincount(code, minlength=n_plans * n_stages).reshape(n_plans, n_stages)
+    return after + inputs.late[i]
+
+
+def pending_counts(inputs: KernelInputs, env_index: int) -> np.ndarray:
+    """(P, S, horizon + 1) int64 episode ``env_index``'s deep events by maturity step, matured ones
+    included; the last slot counts those maturing after the episode (the dense view of the pool)."""
+    i = env_index
+    n_plans, n_stages = inputs.late.shape[1:]
+    dense = np.zeros((n_plans, n_stages, inputs.horizon + 1), dtype=np.int64)
+    count = int(inputs.ev_count[i, 0])
+    code, step = inputs.ev_code[i, :count], inputs.ev_step[i, :count]
+    np.add.at(dense, (code // n_stages, code % n_stages, step), 1)
+    dense[:, :, inputs.horizon] = inputs.late[i]
+    return dense
 
 
 def load_portfolio(inputs: KernelInputs, env_index: int, pf: Portfolio) -> None:
@@ -202,7 +264,8 @@ def load_portfolio(inputs: KernelInputs, env_index: int, pf: Portfolio) -> None:
     inputs.chan_start[i] = np.concatenate([[0], np.cumsum(np.bincount(pf.channel, minlength=n_channels))])
     inputs.state[i, :, STATE_CONVERSIONS] = pf.prior_conversions
     inputs.state[i, :, STATE_IMPRESSIONS] = pf.prior_impressions
-    inputs.pending[i] = 0
+    inputs.ev_count[i] = 0
+    inputs.late[i] = 0
 
 
 def _steps_per_day(inputs: KernelInputs) -> int:
@@ -211,21 +274,39 @@ def _steps_per_day(inputs: KernelInputs) -> int:
 
 def step_episodes(
     inputs: KernelInputs, t: np.ndarray, step_budget: np.ndarray, out: np.ndarray, step_fn: Callable | None = None
-) -> None:
+) -> KernelInputs:
     """Simulate step ``t[e]`` of every episode ``e`` of ``inputs``: one :func:`step_batch_kernel` call
     when ``step_fn`` is None, else ``step_fn`` (:func:`step_kernel`, or ``envs.reference.step_reference``)
-    episode by episode.
+    episode by episode. Episodes whose event pool ran out of room are run again, one by one, after
+    :func:`grow_events`; the inputs to keep using are returned (``inputs`` itself unless the pool grew).
 
     :param t: (E,) int64 the step each episode simulates.
     :param step_budget: (E, P) float64 budget given to each plan for this step.
     :param out: (E, P, DEEP0 + S) float64, overwritten with the step's per-plan results.
     """
-    shared, per_env = inputs[:_N_SHARED_INPUTS], inputs[_N_SHARED_INPUTS:]
+    n_envs = t.shape[0]
+    done = np.ones(n_envs, dtype=np.bool_)
+    shared = inputs[:_N_SHARED_INPUTS]
     if step_fn is None:
-        step_batch_kernel(t, *shared, *per_env, step_budget, out)
-        return
-    for e in range(t.shape[0]):
-        step_fn(int(t[e]), *shared, *(a[e] for a in per_env), step_budget[e], out[e])
+        step_batch_kernel(t, *shared, *inputs[_N_SHARED_INPUTS:], step_budget, out, done)
+        step_fn = step_kernel
+    else:
+        for e in range(n_envs):
+            done[e] = _run_step(step_fn, inputs, e, t, step_budget, out)
+    while not done.all():
+        inputs = grow_events(inputs)
+        for e in np.flatnonzero(~done):
+            done[e] = _run_step(step_fn, inputs, e, t, step_budget, out)
+    return inputs
+
+
+def _run_step(step_fn: Callable, inputs: KernelInputs, e: int, t: np.ndarray, step_budget, out) -> bool:
+    per_env = (a[e] for a in inputs[_N_SHARED_INPUTS:])
+    done = step_fn(int(t[e]), *inputs[:_N_SHARED_INPUTS], *per_env, step_budget[e], out[e])
+    if not isinstance(done, bool | np.bool_):  # a wrapper that drops the result would grow the pool forever
+        name = getattr(step_fn, "__name__", step_fn)
+        raise TypeError(f"{name!r} must return True, or False when the event pool is full; got {done!r}")
+    return bool(done)
 
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -396,6 +477,7 @@ def step_kernel(
     t,  # int: the step being simulated, 0-based
     hours_per_step,  # the fields of KernelInputs, one episode's rows ...
     steps_per_day,
+    horizon,
     lot,
     quality_sigma,
     noise_floor,
@@ -413,13 +495,20 @@ def step_kernel(
     chan_plans,
     chan_start,
     state,
-    pending,  # ... up to here
+    ev_code,
+    ev_step,
+    ev_count,
+    late,  # ... up to here
     step_budget,  # (P,) float64 budget given to each plan for this step
     out,  # (P, DEEP0 + S) float64, overwritten with this step's per-plan results
 ):
+    """One step of one episode; ``False`` when its deep events do not fit the pool (nothing but ``out``
+    changed: grow the pool and run the step again)."""
     n_plans = plan.shape[0]
     n_stages = stage.shape[1]
-    horizon = pending.shape[2] - 1  # the episode's steps; pending's last slot holds every later event
+    committed = ev_count[0]  # records before this step's
+    n_records = committed
+    capacity = ev_code.shape[0]
     hour = (t % steps_per_day) * hours_per_step
     day = t // steps_per_day
     out[:, :] = 0.0
@@ -525,16 +614,35 @@ def step_kernel(
                     t_event += max(1, int(delay))
                     if t_event >= attributed:
                         break
-                    pending[winner, s, min(t_event, horizon)] += 1
+                    if n_records == capacity:
+                        return False  # out of room: nothing committed, the step is run again
+                    ev_code[n_records] = winner * n_stages + s
+                    ev_step[n_records] = t_event
+                    n_records += 1
 
+    # Commit: events after the episode to their (plan, stage) total, the others kept in order.
+    kept = committed
+    for k in range(committed, n_records):
+        code = ev_code[k]
+        if ev_step[k] >= horizon:
+            late[code // n_stages, code % n_stages] += 1
+        else:
+            ev_code[kept] = code
+            ev_step[kept] = ev_step[k]
+            kept += 1
+    ev_count[0] = kept
     for p in range(n_plans):
         state[p, STATE_CONVERSIONS] += out[p, CONVERSIONS]
         state[p, STATE_IMPRESSIONS] += out[p, IMPRESSIONS]
-        if t < horizon:
+    if t < horizon:
+        for k in range(kept):
+            if ev_step[k] == t:
+                code = ev_code[k]
+                out[code // n_stages, DEEP0 + code % n_stages] += 1.0
+        for p in range(n_plans):
             for s in range(n_stages):
-                matured = pending[p, s, t]
-                out[p, DEEP0 + s] = matured
-                out[p, DEEP_VALUE] += matured * stage[p, s, ST_VALUE]
+                out[p, DEEP_VALUE] += out[p, DEEP0 + s] * stage[p, s, ST_VALUE]
+    return True
 
 
 @nb.njit(cache=True, parallel=True)
@@ -542,6 +650,7 @@ def step_batch_kernel(
     t,
     hours_per_step,
     steps_per_day,
+    horizon,
     lot,
     quality_sigma,
     noise_floor,
@@ -559,17 +668,23 @@ def step_batch_kernel(
     chan_plans,
     chan_start,
     state,
-    pending,
+    ev_code,
+    ev_step,
+    ev_count,
+    late,
     step_budget,
     out,
+    done,
 ):
     """:func:`step_kernel` over a batch of environments (leading axis ``E`` on every per-episode
-    array: ``t``, ``key`` ... ``pending``, ``step_budget``, ``out``), one ``prange`` iteration each."""
+    array: ``t``, ``key`` ... ``late``, ``step_budget``, ``out``), one ``prange`` iteration each;
+    ``done[e]`` (E,) bool is what the step of episode ``e`` returned."""
     for e in nb.prange(key.shape[0]):
-        step_kernel(
+        done[e] = step_kernel(
             t[e],
             hours_per_step,
             steps_per_day,
+            horizon,
             lot,
             quality_sigma,
             noise_floor,
@@ -587,7 +702,10 @@ def step_batch_kernel(
             chan_plans[e],
             chan_start[e],
             state[e],
-            pending[e],
+            ev_code[e],
+            ev_step[e],
+            ev_count[e],
+            late[e],
             step_budget[e],
             out[e],
         )

@@ -134,6 +134,7 @@ def step_reference(
     t,
     hours_per_step,
     steps_per_day,
+    horizon,
     lot,
     quality_sigma,
     noise_floor,
@@ -151,13 +152,16 @@ def step_reference(
     chan_plans,
     chan_start,
     state,
-    pending,
+    ev_code,
+    ev_step,
+    ev_count,
+    late,
     step_budget,
     out,
 ):
     key = int(key)
     n_stages = stage.shape[1]
-    horizon = pending.shape[2] - 1  # the episode's steps; pending's last slot holds every later event
+    scheduled = []  # this step's deep events: (plan, stage, step it matures at)
     hour = (t % steps_per_day) * hours_per_step
     day = t // steps_per_day
     out[:] = 0.0
@@ -240,11 +244,24 @@ def step_reference(
                     t_event += max(1, math.floor(median * math.exp(sigma * z_delay) + 0.5))
                     if t_event >= attributed:
                         break
-                    pending[winner, s, min(t_event, horizon)] += 1
+                    scheduled.append((winner, s, t_event))
 
+    count = int(ev_count[0])
+    if count + len(scheduled) > ev_code.shape[0]:
+        return False  # the pool is too small for this step's events: nothing committed
+    for plan_index, s, t_event in scheduled:
+        if t_event >= horizon:  # after the episode: only its total is ever settled
+            late[plan_index, s] += 1
+        else:
+            ev_code[count], ev_step[count] = plan_index * n_stages + s, t_event
+            count += 1
+    ev_count[0] = count
     state[:, STATE_CONVERSIONS] += out[:, CONVERSIONS]
     state[:, STATE_IMPRESSIONS] += out[:, IMPRESSIONS]
     if t < horizon:
-        matured = pending[:, :, t].astype(np.float64)
+        matured = np.zeros((out.shape[0], n_stages))
+        now = ev_step[:count] == t
+        np.add.at(matured, (ev_code[:count][now] // n_stages, ev_code[:count][now] % n_stages), 1.0)
         out[:, DEEP0 : DEEP0 + n_stages] = matured
         out[:, DEEP_VALUE] = (matured * stage[:, :, ST_VALUE]).sum(axis=1)
+    return True

@@ -49,7 +49,6 @@ MAX_ATTRIBUTION_DAYS = 366  # pending deep events are kept this long after the e
 MAX_DELAY_HOURS = 24.0 * 366  # median delay of a deep stage
 MAX_VOLUME = 1e6  # opportunity lots per hour on one channel (the feed's default is 700)
 MAX_LOTS_PER_EPISODE = 1e9  # expected auction lots of one episode, all channels (~100 s of kernel time)
-MAX_PENDING_BYTES = 2**30  # one episode's pending deep-event tensor (plans x stages x steps, int32)
 MAX_MONEY = 1e12  # budgets, targets, values and bids, currency units
 MIN_DAILY_BUDGET = 1.0  # currency units; below it the observation's money features (x 100 / budget) overflow
 MAX_MULT = 1e3  # multipliers of rates, CPAs and budget weights
@@ -530,33 +529,15 @@ def _number(
     return int(value) if integer else float(value)
 
 
-def _check_size(
-    channels: list[ChannelSpec],
-    n_plans: int,
-    days: int,
-    steps_per_day: int,
-    attribution_window_days: float,
-    source: str | None,
-) -> None:
-    """Refuse a scenario whose episode would take unbounded time or memory, before allocating."""
+def _check_size(channels: list[ChannelSpec], days: int, source: str | None) -> None:
+    """Refuse a scenario whose episode would take unbounded time, before allocating. (Memory: the
+    plans, days and windows are bounded field by field; deep events are kept as a sparse pool.)"""
     lots = sum(c.volume for c in channels) * 24 * days
     if lots > MAX_LOTS_PER_EPISODE:
         raise _fail(
             "sum of channels.*.volume x 24 x days",
             f"{lots:.3g} auction lots per episode",
             f"<= {MAX_LOTS_PER_EPISODE:.0e} (lower a channel's volume or days)",
-            source,
-        )
-    # The pending tensor holds the episode's steps and one slot for every event maturing after it
-    # (attribution windows no longer size it): within MAX_PLANS and MAX_DAYS at most 0.98 GiB, so this
-    # guard binds only if those limits are raised.
-    pending_steps = days * steps_per_day + 1
-    pending_bytes = n_plans * MAX_STAGES * pending_steps * 4
-    if pending_bytes > MAX_PENDING_BYTES:
-        raise _fail(
-            "plans x stages x (days x steps_per_day + 1)",
-            f"{pending_bytes / 2**30:.3g} GiB of pending deep events per episode",
-            f"<= {MAX_PENDING_BYTES / 2**30:.0f} GiB (fewer plans, days or steps a day)",
             source,
         )
 
@@ -881,8 +862,7 @@ def scenario_from_mapping(cfg: Mapping[str, Any], source: str | None = None) -> 
     min_share, max_share, max_change = _share_limits(cfg, accounts * plans_per_account, source)
     days = num("days", integer=True, lo=1, hi=MAX_DAYS)
     attribution_window_days = num("attribution_window_days", 7.0, lo=0.0, hi=MAX_ATTRIBUTION_DAYS)
-    longest_window = max([attribution_window_days, *(v.attribution_window_days or 0.0 for v in verticals)])
-    _check_size(channels, accounts * plans_per_account, days, steps_per_day, longest_window, source)
+    _check_size(channels, days, source)
     return Scenario(
         name=name,
         accounts=accounts,

@@ -180,7 +180,7 @@ class PortfolioBatch:
 
         out = np.empty((self.n_envs, self.n_plans, self.last.shape[-1]))
         self.platform.write_bids(self.inputs.dyn)
-        kernels.step_episodes(self.inputs, t, step_budget, out, self._step_fn)
+        self.inputs = kernels.step_episodes(self.inputs, t, step_budget, out, self._step_fn)
         self.platform.after_step(t, out, step_budget)
 
         self.spent_today += np.add.reduce(out[..., SPEND], axis=-1)
@@ -222,10 +222,16 @@ class PortfolioBatch:
             matured_deep=total[:, DEEP0],
             spend=total[:, SPEND],
             compensation=self.platform.compensation[i],
-            pending=self.inputs.pending[i, :, :, t:],
+            pending=kernels.pending_after(self.inputs, i, t)[:, :, None],
             stage_value=self.inputs.stage[i, :, :, kernels.ST_VALUE],
             cpa_target=self.scenario.cpa_target,
         )
+
+    def pending(self, env_index: int) -> np.ndarray:
+        """(P, S, horizon + 1) int64 env ``env_index``'s deep events by the step they mature at (matured
+        ones included; the last slot: after the episode, within attribution), a fresh array
+        (:func:`envs.kernels.pending_counts`)."""
+        return kernels.pending_counts(self.inputs, env_index)
 
     def active_mask(self, env_index: int | None = None) -> np.ndarray:
         """(E, P) bool, or (P,) for one env: plans launched by the step about to be decided."""

@@ -134,8 +134,9 @@ def _bench_step_kernel(n_bidders: int, seconds: float, all_threads: int) -> dict
     opportunities = _opportunities(sim, 12)
 
     def run_once() -> int:
-        # A fresh copy of the learning state each call keeps it fixed between calls.
-        kernels.step_episodes(inputs._replace(state=inputs.state.copy()), t, budget, out)
+        # A fresh copy of the learning state and an empty event pool each call keep them fixed between calls.
+        fresh = inputs._replace(state=inputs.state.copy(), ev_count=np.zeros_like(inputs.ev_count))
+        kernels.step_episodes(fresh._replace(late=np.zeros_like(inputs.late)), t, budget, out)
         return opportunities
 
     row = {}
@@ -186,11 +187,12 @@ def _kernel_us_per_step(preset: str, seconds: float) -> float:
     kernel = env.sim._step_fn
     spent = {"s": 0.0, "calls": 0}
 
-    def timed(*args: Any) -> None:
+    def timed(*args: Any) -> bool:
         start = time.perf_counter()
-        kernel(*args)
+        done = kernel(*args)
         spent["s"] += time.perf_counter() - start
         spent["calls"] += 1
+        return done
 
     env.sim._step_fn = timed
     _env_rate(env, seconds)
@@ -337,14 +339,18 @@ def bench_memory(n_envs: int, preset: str = "large", steps: int = 2) -> dict[str
     tracemalloc.stop()
     sim, inputs = venv.sim, venv.sim.inputs
     books = (sim.ring, sim.last, sim.total)
-    state_bytes = sum(a.nbytes for a in (inputs.pending, inputs.plan, inputs.stage, inputs.state, *books))
+    events = (inputs.ev_code, inputs.ev_step, inputs.ev_count, inputs.late)
+    state_bytes = sum(a.nbytes for a in (*events, inputs.plan, inputs.stage, inputs.state, *books))
     return {
         "n_envs": n_envs,
         "preset": preset,
+        "steps": steps,
         "peak_mib": peak / 2**20,
         "held_mib": current / 2**20,
         "state_arrays_mib": state_bytes / 2**20,
-        "pending_mib": inputs.pending.nbytes / 2**20,
+        "pending_mib": sum(a.nbytes for a in events) / 2**20,
+        "event_records": int(inputs.ev_count.sum()),
+        "event_capacity": int(inputs.ev_code.shape[1]),
         "env_steps_per_s": steps * n_envs / elapsed,
     }
 
@@ -676,7 +682,8 @@ def _memory_paragraph(memory: dict[str, Any]) -> list[str]:
         f"### Memory (batched env, {memory['n_envs']} x `{memory['preset']}`)",
         "",
         f"Peak traced memory {memory['peak_mib']:,.0f} MiB (state arrays {memory['state_arrays_mib']:,.0f} MiB, "
-        f"of which the pending deep-event tensor {memory['pending_mib']:,.0f} MiB); "
+        f"of which the deep-event pool {memory['pending_mib']:,.1f} MiB: {memory.get('event_records', 0):,} records "
+        f"in use, room for {memory.get('event_capacity', 0):,} an env) after {memory.get('steps', 2)} steps; "
         f"{_fmt(memory['env_steps_per_s'])} env steps / s.",
         "",
     ]
@@ -760,6 +767,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="another checkout of the project (e.g. a git worktree of an earlier commit): its single `default` "
         "env is measured side by side with this one's",
     )
+    parser.add_argument(
+        "--memory-steps",
+        type=int,
+        default=2,
+        help="steps of the memory figure (the deep-event pool grows over an episode: 168 steps is a whole "
+        "episode of `large`, about 2-3 minutes at 256 copies)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench_results" / "bench.json", help="JSON output")
     parser.add_argument(
         "--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md", help="Markdown output ('-' to skip)"
@@ -790,7 +804,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ),
         ),
         ("ppo", lambda: bench_ppo(4_096 if args.quick else 32_768, n_envs=32)),
-        ("memory", lambda: bench_memory(64 if args.quick else 256)),
+        ("memory", lambda: bench_memory(64 if args.quick else 256, steps=args.memory_steps)),
     ]
     if args.baseline is not None:
         steps.insert(0, ("baseline", lambda: bench_baseline(max(seconds, 3.0), args.baseline)))

@@ -1,8 +1,8 @@
 """Alignment (envpool-style): the Numba kernel and the NumPy reference agree step by step.
 
 Both draw every random number from the same counter-based hash, so counts must be exactly equal and
-money equal up to floating-point summation order (1e-9 relative). The hidden pending-event tensor is
-compared too: a deep event scheduled at the wrong step would otherwise only show up days later; and
+money equal up to floating-point summation order (1e-9 relative). The hidden pending deep events (their
+dense view) are compared too: a deep event scheduled at the wrong step would otherwise only show up days later; and
 so is the platform's state (the numba backend runs envs.platform_kernels, the reference the NumPy
 methods of envs.platform.Platform).
 """
@@ -93,3 +93,37 @@ def test_coarse_steps_are_aligned(steps_per_day: int, tmp_path) -> None:
     path = tmp_path / f"small_{steps_per_day}_steps.yaml"
     path.write_text(yaml.safe_dump(cfg))
     _assert_aligned(str(path), seed=5, n_steps=None)
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+def test_a_full_event_pool_grows_without_changing_the_episode(backend: str, monkeypatch) -> None:
+    # Scheduled deep events live in a pool that doubles when a step finds it full; the step is then
+    # run again with the same draws. Starting from room for 4 events, every step of a `small` episode
+    # must give what a roomy pool gives, in a single env and in a batch (where one env's growth grows all).
+    from envs import kernels
+    from envs.vector_env import BudgetShiftVectorEnv
+
+    roomy = BudgetShiftEnv("small", backend=backend)
+    roomy_batch = BudgetShiftVectorEnv(3, scenario="small", backend=backend)
+    monkeypatch.setattr(kernels, "EVENT_CAPACITY", 4)
+    tight = BudgetShiftEnv("small", backend=backend)
+    tight_batch = BudgetShiftVectorEnv(3, scenario="small", backend=backend)
+    assert tight.sim.inputs.ev_code.shape[-1] == 4
+    np.testing.assert_array_equal(roomy.reset(seed=2)[0], tight.reset(seed=2)[0])
+    np.testing.assert_array_equal(roomy_batch.reset(seed=5)[0], tight_batch.reset(seed=5)[0])
+    actions = random_actions(roomy.max_plans, roomy.horizon, seed=2)
+    for t, action in enumerate(actions):
+        obs_roomy, reward_roomy, _, _, info_roomy = roomy.step(action)
+        obs_tight, reward_tight, _, _, info_tight = tight.step(action)
+        np.testing.assert_array_equal(obs_roomy, obs_tight, err_msg=f"step {t}")
+        assert reward_roomy == reward_tight, t
+        np.testing.assert_array_equal(info_roomy["deep_events"], info_tight["deep_events"], err_msg=f"step {t}")
+        batch_actions = np.stack([action, action[::-1], -action])
+        obs_roomy, reward_roomy, *_ = roomy_batch.step(batch_actions)
+        obs_tight, reward_tight, *_ = tight_batch.step(batch_actions)
+        np.testing.assert_array_equal(obs_roomy, obs_tight, err_msg=f"batch step {t}")
+        np.testing.assert_array_equal(reward_roomy, reward_tight, err_msg=f"batch step {t}")
+    np.testing.assert_array_equal(roomy.pending, tight.pending)
+    assert roomy.settle() == tight.settle()
+    assert tight.sim.inputs.ev_code.shape[-1] > 4, "the pool never grew: the test proves nothing"
+    assert int(tight.sim.inputs.ev_count[0, 0]) > 4

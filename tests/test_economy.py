@@ -57,7 +57,9 @@ from envs.kernels import (
     ST_VALUE,
     STREAM_COUNT,
     KernelInputs,
+    empty_events,
     n_step_fields,
+    pending_counts,
     step_episodes,
     step_kernel,
 )
@@ -67,7 +69,7 @@ from envs.shares import pacing, step_budgets
 
 LOT = 10  # impressions per opportunity
 STEPS_PER_DAY = 24
-PENDING_STEPS = 48  # the pending tensor's horizon
+PENDING_STEPS = 48  # the episode's steps + 1: pending_counts' slots, the last one after the episode
 EVERY_SEGMENT = (1 << N_SEGMENTS) - 1
 UNLIMITED = 1e9  # a step budget no plan can exhaust
 
@@ -123,6 +125,7 @@ def _market(
     return KernelInputs(
         hours_per_step=1,
         steps_per_day=STEPS_PER_DAY,
+        horizon=PENDING_STEPS - 1,
         lot=LOT,
         quality_sigma=0.0,
         noise_floor=0.0,
@@ -140,7 +143,7 @@ def _market(
         chan_plans=np.arange(n, dtype=np.int64)[None],
         chan_start=np.array([[0, n]], dtype=np.int64),
         state=np.zeros((1, n, N_STATE_FIELDS)),
-        pending=np.zeros((1, n, MAX_STAGES, PENDING_STEPS), dtype=np.int32),
+        **empty_events(1, n, 1 << 16),
     )
 
 
@@ -153,7 +156,8 @@ def _opportunities(inputs: KernelInputs, t: int) -> int:
 def _step(step_fn, inputs: KernelInputs, budget: list[float], t: int = 0) -> np.ndarray:
     """(P, k) the per-plan output of step ``t`` with the given step budgets."""
     out = np.zeros((1, inputs.plan.shape[1], n_step_fields(MAX_STAGES)))
-    step_episodes(inputs, np.array([t], dtype=np.int64), np.array([budget], dtype=np.float64), out, step_fn)
+    kept = step_episodes(inputs, np.array([t], dtype=np.int64), np.array([budget], dtype=np.float64), out, step_fn)
+    assert kept is inputs, "the test's event pool had to grow: give it more room"
     return out[0]
 
 
@@ -303,7 +307,7 @@ def test_deep_stages_are_chained_with_their_delays(step_fn, delay_steps, expecte
     out = _step(step_fn, inputs, [UNLIMITED], t=t)
     conversions = n * LOT
     assert out[0, CONVERSIONS] == conversions
-    pending = inputs.pending[0, 0]
+    pending = pending_counts(inputs, 0)[0]
     first, second = t + expected[0], t + expected[1]  # stage 1 counts from stage 0, not the conversion
     assert pending[0, first] == conversions and pending[0].sum() == conversions
     assert pending[1, second] == conversions and pending[1].sum() == conversions
@@ -324,7 +328,7 @@ def test_a_deep_event_past_the_attribution_horizon_is_dropped(step_fn, horizon: 
     inputs = _funnel((3.0, 5.0), horizon=horizon)
     n = _count(inputs, t, at_least=1)
     _step(step_fn, inputs, [UNLIMITED], t=t)
-    pending = inputs.pending[0, 0]
+    pending = pending_counts(inputs, 0)[0]
     assert pending[0, 5] == n * LOT and pending[0].sum() == n * LOT
     assert pending[1, 10] == (n * LOT if second_kept else 0)
     assert pending[1].sum() == (n * LOT if second_kept else 0)
@@ -341,7 +345,7 @@ def test_events_after_the_episode_share_the_last_slot_until_the_attribution_hori
         inputs = _funnel((5.0, 5.0), horizon=horizon)
         n = _count(inputs, t, at_least=1) * LOT
         _step(step_fn, inputs, [UNLIMITED], t=t)
-        pending = inputs.pending[0, 0]
+        pending = pending_counts(inputs, 0)[0]
         assert pending[0, 45] == kept[0] * n and pending[0].sum() == kept[0] * n, horizon
         assert pending[1, last] == kept[1] * n and pending[1].sum() == kept[1] * n, horizon
 
