@@ -124,6 +124,39 @@ class PortfolioBatch:
         self._vertical_scratch = np.zeros(len(VERTICALS))
         self._observe_args: dict[int | None, tuple] = {}
         self._obs_size = observation_size(self.max_plans)
+        # The kernels' arguments that never change object (envs.step_kernels' signatures, in order).
+        self._allocate_arguments = (
+            self.active,
+            self.shares,
+            self.t,
+            self.spent_today,
+            self.has_limits,
+            float(sc.min_share),
+            float(sc.max_share),
+            sc.max_change is not None,
+            0.0 if sc.max_change is None else float(sc.max_change),
+            self.plan_vertical_vocab,
+            self.vertical_cap,
+            self.plan_channel,
+            self.day_share,
+            self.rest_share,
+            sc.steps_per_day,
+            float(sc.daily_budget),
+            self._scratch,
+            self._vertical_scratch,
+        )
+        self._books_arguments = (
+            self.t,
+            self.last,
+            self.total,
+            self.ring,
+            self.spent_today,
+            self.active,
+            self.launch_step,
+            _WINDOW_INDEX,
+            SPEND,
+            self.horizon,
+        )
         # The kernel for a single episode (or the reference, env by env); None: one batched call.
         self._step_fn = None
         if backend == "reference":
@@ -193,12 +226,12 @@ class PortfolioBatch:
         kernels.step_episodes(self.inputs, self.t, step_budget, out, self._step_fn)
         self.platform.after_step(self.t, out, step_budget)
         if self.backend == "numba":
-            t, terminated = self._keep_books_fast(out)
+            t, terminated, ended = self._keep_books_fast(out)
         else:
-            t, terminated = self._keep_books(out)
+            t, terminated, ended = self._keep_books(out)
         reward = self.objective.step_reward(out[..., DEEP_VALUE])
         score: dict[int, ScoreParts] = {}
-        if np.logical_or.reduce(terminated):
+        if ended:
             for i in np.flatnonzero(terminated):
                 score[int(i)] = parts = self.settle(int(i))
                 reward[i] += self.objective.final_reward(parts)
@@ -246,38 +279,15 @@ class PortfolioBatch:
 
     def _allocate_fast(self, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`_allocate` in one kernel (:func:`envs.step_kernels.allocate_budgets`)."""
-        sc = self.scenario
         e, n = self.n_envs, self.n_plans
         capped, withheld, step_budget = np.empty((e, n)), np.empty(e), np.empty((e, n))
-        step_kernels.allocate_budgets(
-            shares,
-            self.active,
-            self.shares,
-            self.has_limits,
-            float(sc.min_share),
-            float(sc.max_share),
-            sc.max_change is not None,
-            0.0 if sc.max_change is None else float(sc.max_change),
-            self.plan_vertical_vocab,
-            self.vertical_cap,
-            self.plan_channel,
-            self.day_share,
-            self.rest_share,
-            self.t,
-            sc.steps_per_day,
-            self.spent_today,
-            float(sc.daily_budget),
-            self._scratch,
-            self._vertical_scratch,
-            capped,
-            withheld,
-            step_budget,
-        )
+        step_kernels.allocate_budgets(shares, capped, withheld, step_budget, *self._allocate_arguments)
         return capped, withheld, step_budget
 
-    def _keep_books(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _keep_books(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """Book step ``self.t`` of each env from its output ``out`` (E, P, k) and move the clock on;
-        returns ``(step, terminated)`` (E,): the step simulated and whether the episode ended."""
+        returns ``(step, terminated, ended)``: (E,) the step simulated and whether the episode ended,
+        and whether any did."""
         t = self.t.copy()
         self.spent_today += np.add.reduce(out[..., SPEND], axis=-1)
         self.last[...] = out
@@ -288,27 +298,14 @@ class PortfolioBatch:
             self.ring[self._rows, t % self.window] = out[..., _WINDOW_INDEX]
         self.t += 1
         np.less_equal(self.launch_step, np.minimum(self.t, self.horizon - 1)[:, None], out=self.active)
-        return t, self.t >= self.horizon
+        terminated = self.t >= self.horizon
+        return t, terminated, bool(np.logical_or.reduce(terminated))
 
-    def _keep_books_fast(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _keep_books_fast(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
         """:meth:`_keep_books` in one kernel (:func:`envs.step_kernels.keep_books`)."""
         t, terminated = np.empty(self.n_envs, dtype=np.int64), np.empty(self.n_envs, dtype=bool)
-        step_kernels.keep_books(
-            out,
-            self.t,
-            self.last,
-            self.total,
-            self.ring,
-            _WINDOW_INDEX,
-            SPEND,
-            self.spent_today,
-            self.launch_step,
-            self.horizon,
-            self.active,
-            t,
-            terminated,
-        )
-        return t, terminated
+        ended = step_kernels.keep_books(out, t, terminated, *self._books_arguments)
+        return t, terminated, ended
 
     # ---------------------------------------------------------------------------------------------
     def settle(self, env_index: int) -> ScoreParts:

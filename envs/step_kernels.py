@@ -341,8 +341,14 @@ def finite_non_negative(shares):
 @nb.njit(cache=True)
 def allocate_budgets(
     given,  # (E, P) float64 non-negative shares as the allocator gave them
+    capped,  # (E, P) out: the shares after limits and caps
+    withheld,  # (E,) out: the share withheld by the caps
+    budget,  # (E, P) out: each plan's budget for the step
+    # The batch's state and the scenario's constants (PortfolioBatch keeps them in this order):
     active,  # (E, P) bool plans launched
     shares,  # (E, P) in: last step's shares (limits move from them); out: this step's
+    t,  # (E,) int64 the step each env simulates
+    spent_today,  # (E,) in/out: zeroed when t starts a day
     has_limits,  # bool: envs.shares.has_share_limits
     min_share,
     max_share,
@@ -353,15 +359,10 @@ def allocate_budgets(
     plan_channel,  # (E, P) int64 index into the scenario's channels
     day_share,  # (C, steps_per_day) envs.shares.pacing
     rest_share,  # (C, steps_per_day)
-    t,  # (E,) int64 the step each env simulates
     steps_per_day,
-    spent_today,  # (E,) in/out: zeroed when t starts a day
     daily_budget,
     scratch,  # (5, P) float64
     totals,  # (len(VERTICALS),) float64 scratch
-    capped,  # (E, P) out: the shares after limits and caps
-    withheld,  # (E,) out: the share withheld by the caps
-    budget,  # (E, P) out: each plan's budget for the step
 ):
     """:meth:`envs.simulation.PortfolioBatch.step` up to the auction, env by env: renormalise over active
     plans (:func:`renormalise_row`), project onto the share limits (:func:`project_row`, when
@@ -404,22 +405,23 @@ def allocate_budgets(
 @nb.njit(cache=True)
 def keep_books(
     out,  # (E, P, k) the step's output
+    step,  # (E,) int64 out: the step simulated
+    terminated,  # (E,) bool out: whether the episode ended
+    # The batch's books and constants (PortfolioBatch keeps them in this order):
     t,  # (E,) int64 in: the step simulated; out: the next
     last,  # (E, P, k) out: the last step's output
     total,  # (E, P, k) in/out: output since the episode started
     ring,  # (E, W, P, R) in/out: the last 24 hours' window columns
+    spent_today,  # (E,) in/out
+    active,  # (E, P) bool out: plans launched by the next step
+    launch_step,  # (E, P) int64
     window_index,  # (R,) int64 the columns of out the ring keeps
     spend_column,  # int: SPEND
-    spent_today,  # (E,) in/out
-    launch_step,  # (E, P) int64
     horizon,
-    active,  # (E, P) bool out: plans launched by the next step
-    step,  # (E,) int64 out: the step simulated
-    terminated,  # (E,) bool out
 ):
     """:meth:`envs.simulation.PortfolioBatch.step` after the auction, env by env: the day's spend (summed
     over plans in NumPy's order), the last step, the totals, the 24-hour ring, the clock, the active
-    plans and the end of the episode."""
+    plans and the end of the episode. Returns whether any episode ended."""
     n_envs, n_plans, k = out.shape
     n_window = ring.shape[1]
     for e in range(n_envs):
@@ -437,3 +439,7 @@ def keep_books(
         for p in range(n_plans):
             active[e, p] = launch_step[e, p] <= decided
         terminated[e] = t[e] >= horizon
+    ended = False
+    for e in range(n_envs):
+        ended = ended or terminated[e]
+    return ended

@@ -245,10 +245,11 @@ def test_keep_books_is_the_numpy_books(n_envs: int) -> None:
             fast.t[...] = slow.t[...] = rng.choice([sc.horizon - 2, sc.horizon - 1, 3], size=n_envs)
         out = _wide(rng, fast.last.shape)
         out[..., SPEND] *= rng.random(out.shape[:-1]) < 0.9
-        fast_step, fast_done = fast._keep_books_fast(out)
-        slow_step, slow_done = slow._keep_books(out)
+        fast_step, fast_done, fast_ended = fast._keep_books_fast(out)
+        slow_step, slow_done, slow_ended = slow._keep_books(out)
         _assert_identical(fast_step, slow_step, f"step in trial {trial}")
         _assert_identical(fast_done, slow_done, f"terminated in trial {trial}")
+        assert fast_ended is slow_ended, f"trial {trial}"
         for name in BOOKS:
             _assert_identical(getattr(fast, name), getattr(slow, name), f"{name} in trial {trial}")
 
