@@ -20,10 +20,12 @@ make that so:
 
 Min, max and clip follow NumPy's choice only up to the sign of a zero when two zeros tie; no tie of
 a ``+0`` and a ``-0`` can arise from valid shares (non-negative, limits in [0, 1], ``max_change >
-0``). NaN never reaches these kernels (actions and shares are checked first).
+0``). NaN never reaches these kernels: the envs check actions and shares first. Every division is
+guarded as NumPy's ``where=`` guards it (or safe by construction), so Numba's Python-style
+``ZeroDivisionError`` cannot occur.
 
 Order of a step (:meth:`envs.simulation.PortfolioBatch.step` with the numba backend):
-:func:`allocate_budgets` (renormalise, :func:`project_row`, :func:`withhold_row`,
+:func:`allocate_budgets` (:func:`renormalise_row`, :func:`project_row`, :func:`withhold_row`,
 :func:`step_budget_row`), the platform's bids, the auction kernel, the platform's controllers, then
 :func:`keep_books`.
 """
@@ -175,7 +177,8 @@ def shift_logits(actions, temperature, active, z):
 @nb.njit(cache=True)
 def normalise_softmax(z, active):
     """The second half of :func:`envs.shares.masked_softmax`: ``z`` (E, P), the exponentials, divided
-    in place by their row's sum where the row has an active plan (a row without one is all zeros)."""
+    in place by their row's sum where the row has an active plan (a row without one is all zeros).
+    After :func:`shift_logits` such a sum is at least ``exp(0) = 1``: the division is safe."""
     for e in range(z.shape[0]):
         any_active = False
         for p in range(z.shape[1]):
@@ -396,7 +399,7 @@ def allocate_budgets(
         if step_in_day == 0:
             spent_today[e] = 0.0
         left_today = _maximum(0.0, daily_budget - spent_today[e])
-        for p in range(n_plans):  # the pacing of each plan's channel (scratch rows 2-3 are free now)
+        for p in range(n_plans):  # lo and hi are free again: the pacing of each plan's channel
             lo[p] = day_share[plan_channel[e, p], step_in_day]
             hi[p] = rest_share[plan_channel[e, p], step_in_day]
         step_budget_row(capped[e], lo, hi, left_today, daily_budget, work, budget[e])
