@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import random_actions
 
+from envs.budget_env import BudgetShiftEnv
 from envs.features import VERTICALS
 from envs.kernels import SPEND
 from envs.scenario import PortfolioGenerator, load_scenario, load_yaml, preset_path
@@ -271,3 +273,42 @@ def test_shares_from_actions_is_check_actions_then_masked_softmax(preset: str) -
     for batch in (fast, slow):
         with pytest.raises(ValueError, match=r"action entries must lie in \[-1, 1\].*\(env, plan\) \[\(1, "):
             batch.shares_from_actions(actions)
+
+
+@pytest.mark.parametrize(
+    "preset, limits", (("default", {"min_share": 0.01, "max_change": 0.05}), ("small", {}), ("credit", {}))
+)
+def test_an_episode_allocates_as_numpy_does_at_every_step(preset: str, limits: dict[str, float]) -> None:
+    """On the states an episode actually reaches (shares moved by limits, days starting, plans
+    launching), every step's kernels give exactly what the NumPy path would from the same state."""
+    env = BudgetShiftEnv(_scenario(preset, **limits))
+    sim = env.sim
+    allocate_fast, shares_fast = sim._allocate_fast, sim.shares_from_actions
+
+    def checked_allocation(given: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        before = sim.shares.copy(), sim.spent_today.copy()
+        expected = sim._allocate(given.copy())
+        after = sim.shares.copy(), sim.spent_today.copy()
+        sim.shares[...], sim.spent_today[...] = before
+        got = allocate_fast(given)
+        for name, fast_out, slow_out in zip(("shares", "withheld", "budget"), got, expected, strict=True):
+            _assert_identical(fast_out, slow_out, f"{name} at step {env.t}")
+        _assert_identical(sim.shares, after[0], f"shares kept at step {env.t}")
+        _assert_identical(sim.spent_today, after[1], f"spent_today at step {env.t}")
+        return got
+
+    def checked_softmax(actions: np.ndarray) -> np.ndarray:
+        got = shares_fast(actions)
+        a = check_actions(actions, sim.max_plans)
+        expected = masked_softmax(a[..., : sim.n_plans] * sim.scenario.temperature, sim.active[0])
+        _assert_identical(got, expected, f"softmax at step {env.t}")
+        return got
+
+    sim._allocate_fast, sim.shares_from_actions = checked_allocation, checked_softmax
+    env.reset(seed=11)
+    for t, action in enumerate(random_actions(env.max_plans, env.horizon, 11)):
+        if t % 5 == 4:
+            env.step_shares(np.zeros(env.n_plans))  # nothing given: uniform over active plans
+        else:
+            env.step(action)
+    assert env.t == env.horizon
