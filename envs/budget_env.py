@@ -8,6 +8,7 @@ documentation, with the observation table built from :mod:`envs.features`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,8 +29,8 @@ from envs.features import (
 from envs.kernels import CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, OWN_PRICED, SPEND
 from envs.objective import DeepValueScore, ScoreParts
 from envs.scenario import Portfolio, PortfolioGenerator, Scenario, load_scenario
-from envs.shares import check_actions, masked_softmax
 from envs.simulation import BACKENDS, PortfolioBatch
+from envs.step_kernels import add_reduce, finite_non_negative
 
 
 def _feature_table() -> str:
@@ -200,8 +201,7 @@ class BudgetShiftEnv(gym.Env):
         """Validate an action and turn it into budget shares over the plans (masked softmax + limits)."""
         if np.shape(action) != (self.max_plans,):
             raise ValueError(f"action must have shape ({self.max_plans},), got {np.shape(action)}")
-        a = check_actions(action, self.max_plans)
-        return masked_softmax(a[: self.n_plans] * self.scenario.temperature, self.sim.active[0])
+        return self.sim.shares_from_actions(np.asarray(action))
 
     def step_shares(self, shares: np.ndarray):
         """Step with budget shares directly (heuristic allocators); limits and caps still apply."""
@@ -213,6 +213,8 @@ class BudgetShiftEnv(gym.Env):
         if raw.shape != (n,):
             raise ValueError(f"shares must have shape ({n},) (one per plan), got {raw.shape}")
         shares = raw.astype(np.float64)
+        if finite_non_negative(shares) and math.isfinite(add_reduce(shares)):  # the checks below, at kernel speed
+            return self._step(shares)
         bad = ~np.isfinite(shares) | (shares < 0)
         if bad.any():
             first = int(np.flatnonzero(bad)[0])

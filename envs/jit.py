@@ -39,6 +39,7 @@ def warm_up(timeout_s: float = 600.0) -> dict[str, int]:
         env = BudgetShiftEnv("small")
         env.reset(seed=0)
         env.step_shares(env.active_mask().astype(float))
+        env.step(np.zeros(env.max_plans))  # float64 actions (the vector env's below are float32)
         vec = BudgetShiftVectorEnv(num_envs=2, scenario="small")  # compiles the batched kernel too
         vec.reset(seed=0)
         vec.step(np.zeros(vec.action_space.shape, dtype=np.float32))

@@ -171,6 +171,62 @@ class Platform:
         self.day_target_spend = np.zeros((e, n))
         self.compensation = np.zeros((e, n))  # credited so far this episode, currency
         self.edits = np.zeros((e, n), dtype=np.int64)  # significant edits so far this episode
+        # The fast kernels' arguments besides the step's own, in their signatures' order, built once:
+        # every array here is updated in place (only the NumPy write_bids rebinds value).
+        self._bid_arguments = (
+            self.goal,
+            self.target_cpa,
+            self.prior_rate,
+            self.prior_value,
+            self.conversions_seen,
+            self.deep_seen,
+            self.value_seen,
+            self.status,
+            self.learn_conversions,
+            self.relearning,
+            self.mult,
+            self.value,
+        )
+        self._bid_constants = (
+            float(spec.deep_switch_events),
+            float(spec.prior_strength),
+            float(sc.learning_conversions),
+            float(spec.relearn_level),
+            float(spec.explore_premium),
+            float(spec.failed_throttle),
+        )
+        self._after_step_arguments = (
+            self.value,
+            self.controlled,
+            self.launch_step,
+            self.conversions_seen,
+            self.deep_seen,
+            self.value_seen,
+            self.mult,
+            self.smoothed_target,
+            self.status,
+            self.learn_conversions,
+            self.learn_start,
+            self.relearning,
+            self.learned_all_day,
+            self.day_budget,
+            self.previous_day_budget,
+            self.day_spend,
+            self.day_target_spend,
+            self.compensation,
+            self.edits,
+            bool(spec.cost_control),
+            float(self.rho),
+            float(spec.controller_gain),
+            float(spec.bid_mult_min),
+            float(spec.bid_mult_max),
+            float(sc.learning_conversions),
+            float(self.learning_steps),
+            int(sc.steps_per_day),
+            bool(spec.compensation),
+            float(spec.compensation_threshold),
+            float(spec.edit_threshold),
+        )
 
     def load(self, i: int, pf: Portfolio) -> None:
         """Start episode row ``i``: established plans learned, new ones learning from their launch."""
@@ -202,27 +258,7 @@ class Platform:
         """Fill ``dyn`` (E, P, N_DYN_FIELDS) for the step about to be simulated."""
         spec, sc = self.spec, self.scenario
         if self.fast:
-            write_bids_kernel(
-                self.goal,
-                self.target_cpa,
-                self.prior_rate,
-                self.prior_value,
-                self.conversions_seen,
-                self.deep_seen,
-                self.value_seen,
-                self.status,
-                self.learn_conversions,
-                self.relearning,
-                self.mult,
-                self.value,
-                dyn,
-                float(spec.deep_switch_events),
-                float(spec.prior_strength),
-                float(sc.learning_conversions),
-                float(spec.relearn_level),
-                float(spec.explore_premium),
-                float(spec.failed_throttle),
-            )
+            write_bids_kernel(*self._bid_arguments, dyn, *self._bid_constants)
             return
         self.value = bid_values(
             self.goal,
@@ -287,42 +323,7 @@ class Platform:
             self._end_of_day(day_end, t + 1)
 
     def _after_step_fast(self, t: np.ndarray, out: np.ndarray, budget: np.ndarray) -> None:
-        spec, sc = self.spec, self.scenario
-        after_step_kernel(
-            t,
-            out,
-            budget,
-            self.value,
-            self.controlled,
-            self.launch_step,
-            self.conversions_seen,
-            self.deep_seen,
-            self.value_seen,
-            self.mult,
-            self.smoothed_target,
-            self.status,
-            self.learn_conversions,
-            self.learn_start,
-            self.relearning,
-            self.learned_all_day,
-            self.day_budget,
-            self.previous_day_budget,
-            self.day_spend,
-            self.day_target_spend,
-            self.compensation,
-            self.edits,
-            bool(spec.cost_control),
-            float(self.rho),
-            float(spec.controller_gain),
-            float(spec.bid_mult_min),
-            float(spec.bid_mult_max),
-            float(sc.learning_conversions),
-            float(self.learning_steps),
-            int(sc.steps_per_day),
-            bool(spec.compensation),
-            float(spec.compensation_threshold),
-            float(spec.edit_threshold),
-        )
+        after_step_kernel(t, out, budget, *self._after_step_arguments)
 
     def _end_of_day(self, rows: np.ndarray, next_step: np.ndarray) -> None:
         spec = self.spec

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from envs import kernels
+from envs import kernels, step_kernels
 from envs.features import CHANNELS, VERTICALS, Clock, build_observation, observation_size
 from envs.kernels import BUDGET, CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, SPEND
 from envs.objective import DeepValueScore, ScoreParts
@@ -25,6 +25,7 @@ from envs.observation_kernel import GLOBAL_POSITIONS, PLAN_POSITIONS, observatio
 from envs.platform import Platform
 from envs.scenario import MAX_STAGES, Portfolio, Scenario
 from envs.shares import (
+    check_actions,
     has_share_limits,
     masked_softmax,
     pacing,
@@ -41,6 +42,8 @@ _WINDOW_STATS = ("spend", "impressions", "clicks", "conversions", "deep_events",
 # The ring of the last 24 hours keeps these columns of each step's output, in this order.
 _WINDOW_INDEX = np.array(WINDOW_COLUMNS, dtype=np.int64)
 _RING_FIELDS = len(WINDOW_COLUMNS)
+# Actions the numba backend's softmax takes as they are (others go through check_actions first).
+_FAST_ACTION_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 # Where the observation kernel finds spend, impressions, clicks, conversions, first-stage deep events
 # and deep value in the ring.
 RING_POSITIONS = np.array(
@@ -56,6 +59,11 @@ class PortfolioBatch:
     budgets, runs the step kernel (``step_batch_kernel`` for a numba batch, ``step_kernel`` or the
     NumPy reference env by env otherwise) and keeps the advertiser's reporting books. Autoreset,
     seeding and the Gymnasium API live in the envs built on it.
+
+    The ``reference`` backend allocates with the NumPy functions of :mod:`envs.shares` and keeps the
+    books with NumPy; the ``numba`` backend runs the same rules as the kernels of
+    :mod:`envs.step_kernels`, bit for bit. The books (``t``, ``active``, ``last``, ...) are updated in
+    place, so views of them stay valid.
     """
 
     def __init__(
@@ -111,6 +119,44 @@ class PortfolioBatch:
         self.active = np.zeros((e, n), dtype=bool)  # (E, P) plans launched by the step about to be decided
         self.plan_channel = np.zeros((e, n), dtype=np.int64)  # (E, P) index into the scenario's channels
         self._rows = np.arange(e)
+        # The numba backend's scratch rows (envs.step_kernels.allocate_budgets) and observe()'s arguments.
+        self._scratch = np.zeros((5, n))
+        self._vertical_scratch = np.zeros(len(VERTICALS))
+        self._observe_args: dict[int | None, tuple] = {}
+        self._obs_size = observation_size(self.max_plans)
+        # The kernels' arguments that never change object (envs.step_kernels' signatures, in order).
+        self._allocate_arguments = (
+            self.active,
+            self.shares,
+            self.t,
+            self.spent_today,
+            self.has_limits,
+            float(sc.min_share),
+            float(sc.max_share),
+            sc.max_change is not None,
+            0.0 if sc.max_change is None else float(sc.max_change),
+            self.plan_vertical_vocab,
+            self.vertical_cap,
+            self.plan_channel,
+            self.day_share,
+            self.rest_share,
+            sc.steps_per_day,
+            float(sc.daily_budget),
+            self._scratch,
+            self._vertical_scratch,
+        )
+        self._books_arguments = (
+            self.t,
+            self.last,
+            self.total,
+            self.ring,
+            self.spent_today,
+            self.active,
+            self.launch_step,
+            _WINDOW_INDEX,
+            SPEND,
+            self.horizon,
+        )
         # The kernel for a single episode (or the reference, env by env); None: one batched call.
         self._step_fn = None
         if backend == "reference":
@@ -143,6 +189,25 @@ class PortfolioBatch:
         self.active[i] = self.launch_step[i] <= 0
 
     # ---------------------------------------------------------------------------------------------
+    def shares_from_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Budget shares: :func:`envs.shares.masked_softmax` of ``actions[..., :P] x temperature`` over
+        the active plans, after :func:`envs.shares.check_actions` (whose errors it raises).
+
+        :param actions: (E, max_plans), or (max_plans,) for a batch of one (shares (P,) then).
+        """
+        single = actions.ndim == 1
+        batch = actions[None, :] if single else actions
+        fast = batch.dtype in _FAST_ACTION_DTYPES and batch.shape == (self.n_envs, self.max_plans)
+        if self.backend == "numba" and fast:
+            z = np.empty((self.n_envs, self.n_plans))
+            if step_kernels.shift_logits(batch, self.scenario.temperature, self.active, z):
+                np.exp(z, out=z)  # NumPy's exp, as masked_softmax's (libm's differs in the last bit)
+                step_kernels.normalise_softmax(z, self.active)
+                return z[0] if single else z
+        a = check_actions(actions, self.max_plans)
+        active = self.active[0] if single else self.active
+        return masked_softmax(a[..., : self.n_plans] * self.scenario.temperature, active)
+
     def step(self, shares: np.ndarray) -> dict[str, Any]:
         """Simulate one step of every env with non-negative budget shares ``(E, P)``.
 
@@ -152,50 +217,21 @@ class PortfolioBatch:
         ``cap_withheld``, ``reward`` and ``terminated`` (E,), ``step`` (E,) the step simulated, and
         ``score`` mapping each env that terminated to its :class:`ScoreParts`.
         """
-        sc = self.scenario
-        active = self.active
-        shares = np.where(active, shares, 0.0)
-        total = np.add.reduce(shares, axis=-1, keepdims=True)
-        given = total > 0
-        np.divide(shares, total, out=shares, where=given)
-        if not np.logical_and.reduce(given, axis=None):
-            shares = np.where(given, shares, masked_softmax(np.zeros_like(shares), active))
-        if self.has_limits:
-            shares = project_shares(shares, self.shares, active, sc.min_share, sc.max_share, sc.max_change)
-        capped = withhold_over_caps(shares, self.plan_vertical_vocab, self.vertical_cap)
-        withheld = np.add.reduce(shares, axis=-1) - np.add.reduce(capped, axis=-1)
-        self.shares[...] = shares = capped
-
-        t = self.t  # the step simulated (self.t is rebound to t + 1 below)
-        step_in_day = t % sc.steps_per_day
-        self.spent_today[step_in_day == 0] = 0.0
-        left_today = np.maximum(0.0, sc.daily_budget - self.spent_today)
-        step_budget = step_budgets(
-            shares,
-            self.day_share[self.plan_channel, step_in_day[:, None]],
-            self.rest_share[self.plan_channel, step_in_day[:, None]],
-            left_today,
-            sc.daily_budget,
-        )
-
+        if self.backend == "numba":
+            shares, withheld, step_budget = self._allocate_fast(np.asarray(shares, dtype=np.float64))
+        else:
+            shares, withheld, step_budget = self._allocate(shares)
         out = np.empty((self.n_envs, self.n_plans, self.last.shape[-1]))
         self.platform.write_bids(self.inputs.dyn)
-        self.inputs = kernels.step_episodes(self.inputs, t, step_budget, out, self._step_fn)
-        self.platform.after_step(t, out, step_budget)
-
-        self.spent_today += np.add.reduce(out[..., SPEND], axis=-1)
-        self.last[...] = out
-        self.total += out
-        if self.n_envs == 1:
-            self.ring[0, t[0] % self.window] = out[0][:, _WINDOW_INDEX]
+        self.inputs = kernels.step_episodes(self.inputs, self.t, step_budget, out, self._step_fn)
+        self.platform.after_step(self.t, out, step_budget)
+        if self.backend == "numba":
+            t, terminated, ended = self._keep_books_fast(out)
         else:
-            self.ring[self._rows, t % self.window] = out[..., _WINDOW_INDEX]
+            t, terminated, ended = self._keep_books(out)
         reward = self.objective.step_reward(out[..., DEEP_VALUE])
-        self.t = t + 1
-        self.active = self.launch_step <= np.minimum(self.t, self.horizon - 1)[:, None]
-        terminated = self.t >= self.horizon
         score: dict[int, ScoreParts] = {}
-        if np.logical_or.reduce(terminated):
+        if ended:
             for i in np.flatnonzero(terminated):
                 score[int(i)] = parts = self.settle(int(i))
                 reward[i] += self.objective.final_reward(parts)
@@ -210,6 +246,66 @@ class PortfolioBatch:
             "step": t,
             "score": score,
         }
+
+    def _allocate(self, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(shares, withheld, budget)``: the shares after renormalisation, limits and caps (kept as
+        ``self.shares``), the share the caps withheld, and each plan's budget for the step; starts the
+        day's books (``spent_today``) where a day starts."""
+        sc = self.scenario
+        active = self.active
+        shares = np.where(active, shares, 0.0)
+        total = np.add.reduce(shares, axis=-1, keepdims=True)
+        given = total > 0
+        np.divide(shares, total, out=shares, where=given)
+        if not np.logical_and.reduce(given, axis=None):
+            shares = np.where(given, shares, masked_softmax(np.zeros_like(shares), active))
+        if self.has_limits:
+            shares = project_shares(shares, self.shares, active, sc.min_share, sc.max_share, sc.max_change)
+        capped = withhold_over_caps(shares, self.plan_vertical_vocab, self.vertical_cap)
+        withheld = np.add.reduce(shares, axis=-1) - np.add.reduce(capped, axis=-1)
+        self.shares[...] = shares = capped
+
+        step_in_day = self.t % sc.steps_per_day
+        self.spent_today[step_in_day == 0] = 0.0
+        left_today = np.maximum(0.0, sc.daily_budget - self.spent_today)
+        step_budget = step_budgets(
+            shares,
+            self.day_share[self.plan_channel, step_in_day[:, None]],
+            self.rest_share[self.plan_channel, step_in_day[:, None]],
+            left_today,
+            sc.daily_budget,
+        )
+        return shares, withheld, step_budget
+
+    def _allocate_fast(self, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_allocate` in one kernel (:func:`envs.step_kernels.allocate_budgets`)."""
+        e, n = self.n_envs, self.n_plans
+        capped, withheld, step_budget = np.empty((e, n)), np.empty(e), np.empty((e, n))
+        step_kernels.allocate_budgets(shares, capped, withheld, step_budget, *self._allocate_arguments)
+        return capped, withheld, step_budget
+
+    def _keep_books(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """Book step ``self.t`` of each env from its output ``out`` (E, P, k) and move the clock on;
+        returns ``(step, terminated, ended)``: (E,) the step simulated and whether the episode ended,
+        and whether any did."""
+        t = self.t.copy()
+        self.spent_today += np.add.reduce(out[..., SPEND], axis=-1)
+        self.last[...] = out
+        self.total += out
+        if self.n_envs == 1:
+            self.ring[0, t[0] % self.window] = out[0][:, _WINDOW_INDEX]
+        else:
+            self.ring[self._rows, t % self.window] = out[..., _WINDOW_INDEX]
+        self.t += 1
+        np.less_equal(self.launch_step, np.minimum(self.t, self.horizon - 1)[:, None], out=self.active)
+        terminated = self.t >= self.horizon
+        return t, terminated, bool(np.logical_or.reduce(terminated))
+
+    def _keep_books_fast(self, out: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+        """:meth:`_keep_books` in one kernel (:func:`envs.step_kernels.keep_books`)."""
+        t, terminated = np.empty(self.n_envs, dtype=np.int64), np.empty(self.n_envs, dtype=bool)
+        ended = step_kernels.keep_books(out, t, terminated, *self._books_arguments)
+        return t, terminated, ended
 
     # ---------------------------------------------------------------------------------------------
     def settle(self, env_index: int) -> ScoreParts:
@@ -294,39 +390,46 @@ class PortfolioBatch:
             self._stats_views[env_index] = views
         return dict(views)
 
+    def _observation_arguments(self, env_index: int | None) -> tuple:
+        """:func:`observation_kernel`'s arguments after ``obs`` for every env or one: views of the books,
+        which every step updates in place, so they are built once."""
+        rows = slice(None) if env_index is None else slice(env_index, env_index + 1)
+        sc, platform = self.scenario, self.platform
+        return (
+            PLAN_POSITIONS,
+            GLOBAL_POSITIONS,
+            self.last[rows],
+            self.ring[rows],
+            RING_POSITIONS,
+            self.total[rows],
+            self.t[rows],
+            self.launch_step[rows],
+            self.prior_age_steps[rows],
+            self.target_cpa[rows],
+            platform.compensation[rows],
+            self.plan_channel_vocab[rows],
+            self.plan_vertical_vocab[rows],
+            platform.status[rows],
+            platform.goal[rows],
+            self.active[rows],
+            self.spent_today[rows],
+            self.horizon,
+            sc.steps_per_day,
+            sc.hours_per_step,
+            sc.days,
+            float(sc.daily_budget),
+            self.max_plans,
+        )
+
     def observe(self, env_index: int | None = None) -> np.ndarray:
         """Observations (E, obs_size) float32, or (obs_size,) for one env (:func:`build_observation`;
         the numba backend computes the same vector with :func:`envs.observation_kernel.observation_kernel`)."""
         if self.backend == "numba":
-            rows = slice(None) if env_index is None else slice(env_index, env_index + 1)
-            obs = np.empty((self.t[rows].shape[0], observation_size(self.max_plans)), dtype=np.float32)
-            sc, platform = self.scenario, self.platform
-            observation_kernel(
-                obs,
-                PLAN_POSITIONS,
-                GLOBAL_POSITIONS,
-                self.last[rows],
-                self.ring[rows],
-                RING_POSITIONS,
-                self.total[rows],
-                self.t[rows],
-                self.launch_step[rows],
-                self.prior_age_steps[rows],
-                self.target_cpa[rows],
-                platform.compensation[rows],
-                self.plan_channel_vocab[rows],
-                self.plan_vertical_vocab[rows],
-                platform.status[rows],
-                platform.goal[rows],
-                self.active[rows],
-                self.spent_today[rows],
-                self.horizon,
-                sc.steps_per_day,
-                sc.hours_per_step,
-                sc.days,
-                float(sc.daily_budget),
-                self.max_plans,
-            )
+            arguments = self._observe_args.get(env_index)
+            if arguments is None:
+                arguments = self._observe_args[env_index] = self._observation_arguments(env_index)
+            obs = np.empty((self.n_envs if env_index is None else 1, self._obs_size), dtype=np.float32)
+            observation_kernel(obs, *arguments)
             return obs if env_index is None else obs[0]
         return build_observation(
             self.reporting_stats(env_index),

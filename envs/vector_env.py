@@ -31,8 +31,9 @@ from envs.features import OBS_HIGH, OBS_LOW, observation_size
 from envs.kernels import CLICKS, CONVERSIONS, DEEP0, DEEP_VALUE, IMPRESSIONS, OWN_PRICED, SPEND
 from envs.objective import DeepValueScore
 from envs.scenario import PortfolioGenerator, Scenario, load_scenario
-from envs.shares import check_actions, masked_softmax
+from envs.shares import check_actions
 from envs.simulation import BACKENDS, PortfolioBatch
+from envs.step_kernels import finite_non_negative
 
 # Per-plan step info: (key, column of the kernel output); deep_events takes every stage column.
 _STEP_COLUMNS = (
@@ -150,10 +151,11 @@ class BudgetShiftVectorEnv(VectorEnv):
     # ---------------------------------------------------------------------------------------------
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step every sub-env with actions ``(num_envs, max_plans)`` in [-1, 1]."""
-        a = check_actions(actions, self.max_plans)
+        a = np.asarray(actions)
         if a.shape != (self.num_envs, self.max_plans):
+            a = check_actions(a, self.max_plans)  # its errors first
             raise ValueError(f"actions must have shape ({self.num_envs}, {self.max_plans}), got {a.shape}")
-        return self.step_shares(masked_softmax(a[:, : self.n_plans] * self.scenario.temperature, self.sim.active))
+        return self.step_shares(self.sim.shares_from_actions(a))
 
     def step_shares(self, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step with budget shares ``(num_envs, n_plans)`` directly (heuristic allocators)."""
@@ -161,7 +163,7 @@ class BudgetShiftVectorEnv(VectorEnv):
             raise RuntimeError("call reset() before step()")
         shares = np.asarray(shares, dtype=np.float64)
         shape = (self.num_envs, self.n_plans)
-        if shares.shape != shape or not np.all(np.isfinite(shares)) or np.any(shares < 0):
+        if shares.shape != shape or not finite_non_negative(shares.reshape(-1)):
             raise ValueError(f"shares must be {shape} finite non-negative numbers, got shape {shares.shape}")
         result = self.sim.step(shares)
         terminated = result["terminated"]
