@@ -31,7 +31,7 @@ BODY_ATOL = 5e-5
 TAIL_RTOL = 1e-12
 
 
-@nb.njit(cache=True)
+@nb.njit
 def _quantiles(u):
     z = np.empty(u.shape[0])
     for i in range(u.shape[0]):
@@ -39,7 +39,7 @@ def _quantiles(u):
     return z
 
 
-@nb.njit(cache=True)
+@nb.njit
 def _opportunity_normals(key, n):
     """The kernel's path for ``n`` opportunities: hash, split, quantile (quality and market halves)."""
     z = np.empty((n, 2))
@@ -50,7 +50,7 @@ def _opportunity_normals(key, n):
     return z
 
 
-@nb.njit(cache=True)
+@nb.njit
 def _split(key, slot):
     return uniform_pair32(hash_at(key, slot))
 
