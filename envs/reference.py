@@ -1,11 +1,13 @@
 """The NumPy reference of one step's dynamics: slow, obvious, and independent of the kernels.
 
 It implements the model documented in :mod:`envs.kernels` with Python integers for the hash (so
-nothing relies on Numba's unsigned arithmetic) and NumPy vectors over a channel's bidders, in the
-same order of events. The alignment test steps the kernel and this function side by side and expects
-equal counts and money equal to 1e-9 relative. :func:`step_reference` has the kernel's signature
-(``t``, the fields of :class:`envs.kernels.KernelInputs` for one episode, ``step_budget``, ``out``) and
-runs through the same :func:`envs.kernels.step_episodes`.
+nothing relies on Numba's unsigned arithmetic) and NumPy vectors over a channel's bidders, in the same
+order of events. It shares one draw primitive with the kernel, :func:`envs.kernels.normal_quantile` (a
+knot table and a tail function), called on uniforms it draws itself; the dynamics are its own. The
+alignment test steps the kernel and this function side by side and expects equal counts and money equal
+to 1e-9 relative. :func:`step_reference` has the kernel's signature (``t``, the fields of
+:class:`envs.kernels.KernelInputs` for one episode, ``step_budget``, ``out``) and runs through the same
+:func:`envs.kernels.step_episodes`.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from envs.kernels import (
     STATE_CONVERSIONS,
     STATE_IMPRESSIONS,
     STREAM_COUNT,
+    normal_quantile,
 )
 from envs.scenario import N_SEGMENTS
 
@@ -89,6 +92,12 @@ def uniforms(h: int, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x = x ^ (x >> np.uint64(31))
     low = (x & np.uint64((1 << DELIVERY_BITS) - 1)).astype(np.float64)
     return ((x >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53, (low + 0.5) / (1 << DELIVERY_BITS)
+
+
+def uniform_pair32(h: int, slot: int) -> tuple[float, float]:
+    """Two uniforms from the high and low 32 bits of one hash (the kernel's ``uniform_pair32``)."""
+    x = child(h, slot)
+    return ((x >> 32) + 0.5) * 2.0**-32, ((x & 0xFFFFFFFF) + 0.5) * 2.0**-32
 
 
 def normal_pair(h: int, slot: int) -> tuple[float, float]:
@@ -202,9 +211,9 @@ def step_reference(
         for o in range(n_opp):
             h = child(h_chan, o)
             segment = int(uniform(h, SLOT_SEGMENT) * N_SEGMENTS)
-            z_quality, z_market = normal_pair(h, SLOT_Z1)
-            quality = math.exp(quality_sigma * z_quality - 0.5 * quality_sigma * quality_sigma)
-            market = market_base * math.exp(chan[c, CH_MARKET_SIGMA] * z_market)
+            u_quality, u_market = uniform_pair32(h, SLOT_Z1)
+            quality = math.exp(quality_sigma * normal_quantile(u_quality) - 0.5 * quality_sigma * quality_sigma)
+            market = market_base * math.exp(chan[c, CH_MARKET_SIGMA] * normal_quantile(u_market))
             u, delivery_draw = uniforms(h, SLOT_BIDDER + bidders)
             targeting = learning[bidders] + (1.0 - learning[bidders]) * quality
             bids = base_bid[bidders] * targeting * (1.0 + noise_amp[bidders] * (2.0 * u - 1.0))

@@ -721,11 +721,11 @@ def _notes(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str
         f"- **The step kernel is {100 * kernel_us / step_us:.0f}% of a single-env step.** On `default` it took "
         f"{kernel_us:,.0f} µs of a {step_us:,.0f} µs step at a CPU share of {cpu:.2f}, i.e. about "
         f"{kernel_us * cpu:,.0f} µs of CPU for ~{opportunities:,.0f} opportunities, "
-        f"~{1e3 * kernel_us * cpu / opportunities:.0f} ns each. Part of that is each opportunity's own draws "
-        "(the exact counter-based normal pair and the exps of user quality and market bid, which the NumPy "
-        "reference reproduces bit for bit), but not most: replacing all of them by plain uniforms (a "
-        "throw-away experiment, 2026-11-29) cut a `default` step by about 23% only, so a cheaper normal "
-        "alone cannot double the speed. The rest of a step is the Python side: share projection, caps, "
+        f"~{1e3 * kernel_us * cpu / opportunities:.0f} ns each. Each opportunity's own draws are now cheap "
+        "(user quality and market bid from a normal quantile table on one hash split into two 32-bit "
+        "uniforms, and two exps; the exact Box-Muller pair they replaced cost about a quarter of the kernel, "
+        "2026-11-29): most of the kernel is the auction itself. The rest of a step is the Python side: share "
+        "projection, caps, "
         "pacing and books in NumPy; the platform layer and the observation are Numba kernels "
         "(envs/platform_kernels.py, envs/observation_kernel.py).",
     ]
