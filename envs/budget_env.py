@@ -111,7 +111,9 @@ class BudgetShiftEnv(gym.Env):
 
         ## Version History
 
-        - v0: initial release.
+        - v0: initial release. 2026-11-29: an opportunity's user quality and market bid are drawn from
+          a normal quantile table instead of an exact Box-Muller pair (same distributions; the same
+          seed gives other trajectories than before).
     """
 
     # render_fps is required by Gymnasium's checker whenever a render mode is declared; an ansi frame is one
@@ -164,8 +166,9 @@ class BudgetShiftEnv(gym.Env):
 
     @property
     def pending(self) -> np.ndarray:
-        """(n_plans, n_stages, horizon + 1) int64 deep events by the step they mature at, matured ones
-        included; the last slot counts those maturing after the episode (a fresh array each call)."""
+        """(n_plans, n_stages, horizon + 1) int64 deep events still to mature, by the step they mature at;
+        the last slot counts those maturing after the episode; matured ones are in ``total`` (a fresh
+        array each call)."""
         return self.sim.pending(0)
 
     @property

@@ -34,17 +34,18 @@ One step, per channel:
    episode plus its vertical's window) are dropped. Events that mature after the episode are only
    ever settled as a total, so they are counted per (plan, stage) in ``late``.
 
-Scheduled deep events are a sparse list, not a dense (plan, stage, step) tensor: each event of the
-episode is one record (``ev_code = plan * n_stages + stage``, ``ev_step`` its maturity step, 8 bytes)
-in a per-episode pool of ``ev_code.shape[-1]`` records, ``ev_count`` of them in use. An episode
-schedules a few deep events per plan and day, so the pool is a small fraction of the dense tensor it
-replaced (an episode of ``large``: ~8.6k records in a pool grown to 16k, 128 KiB, against 1 MiB for
-500 plans x 3 stages x 169 steps of int32). A step appends its events after the used records and
-commits them only at its end (the late ones folded into ``late``), so a step that runs out of room
-returns ``False`` having changed nothing but ``out``: :func:`step_episodes` then doubles the pool
-(:func:`grow_events`) and runs the step again, with the same draws. At the end of a step the records
-maturing at ``t`` are counted into ``out[:, DEEP0 + s]`` (a scan of the records in use: a few
-hundred on ``default``); :func:`pending_after` sums what settlement counts and
+Deep events still to mature are a sparse list, not a dense (plan, stage, step) tensor: each is one
+record (``ev_code = plan * n_stages + stage``, ``ev_step`` its maturity step, 8 bytes) in a
+per-episode pool of ``ev_code.shape[-1]`` records, ``ev_count`` of them in use. An episode has a few
+deep events in flight per plan at a time, so the pool is a small fraction of the dense tensor it
+replaced (an episode of ``large``: at most ~POOL_MAX records in flight, a pool grown to POOL_CAP, against
+1 MiB for 500 plans x 3 stages x 169 steps of int32). A step appends its events after the records in
+use and commits them only at its end, in one pass over the pool: events after the episode are folded
+into ``late``, those maturing at ``t`` counted into ``out[:, DEEP0 + s]`` and dropped, the rest kept.
+So a step that runs out of room returns ``False`` having changed nothing in use (only ``out`` and
+records past ``ev_count``): :func:`step_episodes` then doubles the pool (:func:`grow_events`) and
+runs the step again, with the same draws. A step costs one pass over the events in flight (a few
+hundred on ``default``). :func:`pending_after` sums what settlement counts and
 :func:`pending_counts` rebuilds the dense view for tests and tools.
 
 Fatigue and the learning state are read at the start of the step and updated at its end.
@@ -167,6 +168,8 @@ def pack_inputs(scenario: Scenario, n_envs: int) -> KernelInputs:
     """The kernel inputs of ``n_envs`` episodes of ``scenario``: its channels packed, every episode
     empty until :func:`load_portfolio`."""
     sc, e, n, c = scenario, n_envs, scenario.n_plans, len(scenario.channels)
+    if n * MAX_STAGES >= 2**31:  # ev_code (plan x stages + stage) is int32
+        raise ValueError(f"{n} plans x {MAX_STAGES} stages do not fit the event pool's int32 codes")
     chan = np.zeros((c, N_CHANNEL_FIELDS))
     for row, spec in zip(chan, sc.channels, strict=True):
         row[CH_VOLUME] = spec.volume
@@ -214,8 +217,8 @@ def empty_events(n_envs: int, n_plans: int, capacity: int) -> dict[str, np.ndarr
 def grow_events(inputs: KernelInputs) -> KernelInputs:
     """``inputs`` with every episode's event pool doubled (records in use kept)."""
     e, capacity = inputs.ev_code.shape
-    code = np.zeros((e, 2 * capacity), dtype=np.int32)
-    step = np.zeros((e, 2 * capacity), dtype=np.int32)
+    code = np.zeros((e, max(1, 2 * capacity)), dtype=np.int32)
+    step = np.zeros((e, max(1, 2 * capacity)), dtype=np.int32)
     code[:, :capacity] = inputs.ev_code
     step[:, :capacity] = inputs.ev_step
     return inputs._replace(ev_code=code, ev_step=step)
@@ -233,8 +236,9 @@ def pending_after(inputs: KernelInputs, env_index: int, t: int) -> np.ndarray:
 
 
 def pending_counts(inputs: KernelInputs, env_index: int) -> np.ndarray:
-    """(P, S, horizon + 1) int64 episode ``env_index``'s deep events by maturity step, matured ones
-    included; the last slot counts those maturing after the episode (the dense view of the pool)."""
+    """(P, S, horizon + 1) int64 episode ``env_index``'s deep events still to mature, by maturity step
+    (every step up to the last one simulated is 0: matured events leave the pool); the last slot
+    counts those maturing after the episode. The dense view of the pool, allocated on each call."""
     i = env_index
     n_plans, n_stages = inputs.late.shape[1:]
     dense = np.zeros((n_plans, n_stages, inputs.horizon + 1), dtype=np.int64)
@@ -564,8 +568,8 @@ def step_kernel(
     step_budget,  # (P,) float64 budget given to each plan for this step
     out,  # (P, DEEP0 + S) float64, overwritten with this step's per-plan results
 ):
-    """One step of one episode; ``False`` when its deep events do not fit the pool (nothing but ``out``
-    changed: grow the pool and run the step again)."""
+    """One step of one episode; ``False`` when its deep events do not fit the pool (nothing in use
+    changed, only ``out`` and records past ``ev_count``: grow the pool and run the step again)."""
     n_plans = plan.shape[0]
     n_stages = stage.shape[1]
     committed = ev_count[0]  # records before this step's
@@ -679,25 +683,26 @@ def step_kernel(
                     ev_step[n_records] = t_event
                     n_records += 1
 
-    # Commit: events after the episode to their (plan, stage) total, the others kept in order.
-    kept = committed
-    for k in range(committed, n_records):
+    # Commit, in one pass over the pool: events after the episode go to their (plan, stage) total,
+    # those maturing now are counted (and dropped: the pool holds only events still to mature), the
+    # others are kept in order.
+    kept = 0
+    for k in range(n_records):
         code = ev_code[k]
-        if ev_step[k] >= horizon:
+        at = ev_step[k]
+        if at >= horizon:
             late[code // n_stages, code % n_stages] += 1
+        elif at == t:
+            out[code // n_stages, DEEP0 + code % n_stages] += 1.0
         else:
             ev_code[kept] = code
-            ev_step[kept] = ev_step[k]
+            ev_step[kept] = at
             kept += 1
     ev_count[0] = kept
     for p in range(n_plans):
         state[p, STATE_CONVERSIONS] += out[p, CONVERSIONS]
         state[p, STATE_IMPRESSIONS] += out[p, IMPRESSIONS]
     if t < horizon:
-        for k in range(kept):
-            if ev_step[k] == t:
-                code = ev_code[k]
-                out[code // n_stages, DEEP0 + code % n_stages] += 1.0
         for p in range(n_plans):
             for s in range(n_stages):
                 out[p, DEEP_VALUE] += out[p, DEEP0 + s] * stage[p, s, ST_VALUE]

@@ -258,19 +258,25 @@ def step_reference(
     count = int(ev_count[0])
     if count + len(scheduled) > ev_code.shape[0]:
         return False  # the pool is too small for this step's events: nothing committed
+    # The pool keeps the events still to mature: those of step t are counted and leave it, this
+    # step's join it (those after the episode only as their (plan, stage) total).
+    old_code, old_step = ev_code[:count].copy(), ev_step[:count].copy()
+    now = old_step == t
+    matured = np.zeros((out.shape[0], n_stages))
+    np.add.at(matured, (old_code[now] // n_stages, old_code[now] % n_stages), 1.0)
+    kept_code, kept_step = list(old_code[~now]), list(old_step[~now])
     for plan_index, s, t_event in scheduled:
         if t_event >= horizon:  # after the episode: only its total is ever settled
             late[plan_index, s] += 1
         else:
-            ev_code[count], ev_step[count] = plan_index * n_stages + s, t_event
-            count += 1
-    ev_count[0] = count
+            kept_code.append(plan_index * n_stages + s)
+            kept_step.append(t_event)
+    ev_code[: len(kept_code)] = kept_code
+    ev_step[: len(kept_step)] = kept_step
+    ev_count[0] = len(kept_code)
     state[:, STATE_CONVERSIONS] += out[:, CONVERSIONS]
     state[:, STATE_IMPRESSIONS] += out[:, IMPRESSIONS]
     if t < horizon:
-        matured = np.zeros((out.shape[0], n_stages))
-        now = ev_step[:count] == t
-        np.add.at(matured, (ev_code[:count][now] // n_stages, ev_code[:count][now] % n_stages), 1.0)
         out[:, DEEP0 : DEEP0 + n_stages] = matured
         out[:, DEEP_VALUE] = (matured * stage[:, :, ST_VALUE]).sum(axis=1)
     return True

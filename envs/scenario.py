@@ -530,8 +530,10 @@ def _number(
 
 
 def _check_size(channels: list[ChannelSpec], days: int, source: str | None) -> None:
-    """Refuse a scenario whose episode would take unbounded time, before allocating. (Memory: the
-    plans, days and windows are bounded field by field; deep events are kept as a sparse pool.)"""
+    """Refuse a scenario whose episode would take unbounded time, before allocating. Memory: the plans,
+    days and windows are bounded field by field; deep events in flight are a sparse pool that grows
+    with them (a few per plan at a time in the presets), and ``env.pending``'s dense view, built on
+    demand, is plans x stages x (steps + 1) int64."""
     lots = sum(c.volume for c in channels) * 24 * days
     if lots > MAX_LOTS_PER_EPISODE:
         raise _fail(

@@ -324,9 +324,9 @@ class PortfolioBatch:
         )
 
     def pending(self, env_index: int) -> np.ndarray:
-        """(P, S, horizon + 1) int64 env ``env_index``'s deep events by the step they mature at (matured
-        ones included; the last slot: after the episode, within attribution), a fresh array
-        (:func:`envs.kernels.pending_counts`)."""
+        """(P, S, horizon + 1) int64 env ``env_index``'s deep events still to mature, by the step they
+        mature at (the last slot: after the episode, within attribution); matured ones are in the books
+        (``total``). A fresh array (:func:`envs.kernels.pending_counts`)."""
         return kernels.pending_counts(self.inputs, env_index)
 
     def active_mask(self, env_index: int | None = None) -> np.ndarray:

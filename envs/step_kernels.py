@@ -4,10 +4,11 @@ and the books after the auction.
 :mod:`envs.shares` states each rule that turns an allocator's output into what a plan may spend, in
 NumPy; it stays what the ``reference`` backend, the heuristics and the production loader run. On a
 ``default`` portfolio those rules are some sixty NumPy calls on arrays of 24 plans, which cost about
-as much as the auction itself; the kernels here run the same rules in one pass per env, without
-allocating, operation by operation in the same order, so that they agree with the NumPy functions
-bit for bit (``tests/test_step_kernels.py`` holds them equal, the sign of zero included). Two details
-make that so:
+as much as the auction itself; the kernels here run the same rules in one pass per env, into
+preallocated rows (only a sum over more than 128 entries allocates, its small pairwise stack),
+operation by operation in the same order, so that they agree with the NumPy functions bit for bit
+(``tests/test_step_kernels.py`` holds them equal, the sign of zero included). Two details make that
+so:
 
 - Sums: NumPy adds a run of doubles pairwise (8 partial sums, see :func:`add_reduce`); a plain
   loop adds in another order and rounds differently. Every sum whose value matters goes through

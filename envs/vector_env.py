@@ -100,6 +100,8 @@ class BudgetShiftVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self._rngs: list[np.random.Generator | None] = [None] * self.num_envs
+        self._every_env = np.ones(self.num_envs, dtype=bool)  # the info masks of a step where no episode ended
+        self._every_env.flags.writeable = False
         self._started = False
 
     # ---------------------------------------------------------------------------------------------
@@ -155,7 +157,9 @@ class BudgetShiftVectorEnv(VectorEnv):
         if a.shape != (self.num_envs, self.max_plans):
             a = check_actions(a, self.max_plans)  # its errors first
             raise ValueError(f"actions must have shape ({self.num_envs}, {self.max_plans}), got {a.shape}")
-        return self.step_shares(self.sim.shares_from_actions(a))
+        if not self._started:
+            raise RuntimeError("call reset() before step()")
+        return self._step(self.sim.shares_from_actions(a))  # a masked softmax: valid shares
 
     def step_shares(self, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Step with budget shares ``(num_envs, n_plans)`` directly (heuristic allocators)."""
@@ -165,13 +169,16 @@ class BudgetShiftVectorEnv(VectorEnv):
         shape = (self.num_envs, self.n_plans)
         if shares.shape != shape or not finite_non_negative(shares.reshape(-1)):
             raise ValueError(f"shares must be {shape} finite non-negative numbers, got shape {shares.shape}")
+        return self._step(shares)
+
+    def _step(self, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         result = self.sim.step(shares)
         terminated = result["terminated"]
         truncated = np.zeros(self.num_envs, dtype=bool)
         step_info = _step_info(result)
         if not terminated.any():
-            infos = {}
-            _add_batched(infos, step_info, np.ones(self.num_envs, dtype=bool))
+            infos: dict[str, Any] = {}
+            _fill_batched(infos, step_info, self._every_env)
             return self.sim.observe(), result["reward"], terminated, truncated, infos
 
         # Same-step autoreset of the sub-envs whose episode ended.
@@ -226,12 +233,20 @@ def _step_info(result: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _add_batched(infos: dict[str, Any], entries: Mapping[str, Any], mask: np.ndarray) -> None:
-    """Gymnasium's vector info layout: every entry batched, with a ``_key`` bool mask beside it."""
+    """Gymnasium's vector info layout: every entry batched, with a ``_key`` bool mask beside it. The
+    entries of one call share one read-only copy of ``mask`` (one copy, not one per key: a step's
+    infos are built on the hot path)."""
+    shared = mask.copy()
+    shared.flags.writeable = False
+    _fill_batched(infos, entries, shared)
+
+
+def _fill_batched(infos: dict[str, Any], entries: Mapping[str, Any], mask: np.ndarray) -> None:
     for key, value in entries.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, dict):
             nested: dict[str, Any] = {}
-            _add_batched(nested, value, mask)
+            _fill_batched(nested, value, mask)
             infos[key] = nested
         else:
             infos[key] = value
-        infos[f"_{key}"] = mask.copy()
+        infos["_" + key] = mask

@@ -67,6 +67,7 @@ TARGETS = {
     "env_steps_per_s_default": 5_000,
     "numba_over_reference_default": 5.0,
     "single_env_speedup_over_baseline": 2.0,
+    "batched_1_over_plain": 1.0,
     "batched_over_sync_64": 10.0,
     "batched_env_steps_per_s_default": 60_000,
     "ppo_steps_per_s_default": 1_500,
@@ -133,6 +134,7 @@ def _bench_step_kernel(n_bidders: int, seconds: float, all_threads: int) -> dict
     inputs = sim.inputs
     inputs.audience[:] = np.uint64(0xFFFFFFFF)
     inputs.plan[..., kernels.PL_LAUNCH] = 0.0
+    sim.platform.write_bids(inputs.dyn)  # the platform's bids (without them every bid is 0: no auction won)
     budget = np.full((n_envs, sc.n_plans), 1e15)
     out = np.zeros((n_envs, sc.n_plans, sim.last.shape[-1]))
     t = np.full(n_envs, 12)  # noon: the channel's volume is about its daily mean
@@ -245,6 +247,21 @@ def bench_vector(seconds: float, sizes: tuple[int, ...], preset: str = "default"
             run_once()
             row[f"{name}_env_steps_per_s"], row[f"{name}_cpu_share"] = _rate(run_once, seconds)
         row["batched_over_sync"] = row["batched_env_steps_per_s"] / row["sync_env_steps_per_s"]
+        if n == 1:  # one copy against the plain env, the same actions
+            plain = BudgetShiftEnv(preset)
+            plain.reset(seed=0)
+            single = actions[:, 0]
+            counter = {"i": 0}
+
+            def run_plain(plain=plain, single=single, counter=counter) -> int:
+                counter["i"] += 1
+                if plain.step(single[counter["i"] % len(single)])[2]:
+                    plain.reset()
+                return 1
+
+            run_plain()
+            row["plain_env_steps_per_s"], row["plain_cpu_share"] = _rate(run_plain, seconds)
+            row["batched_over_plain"] = row["batched_env_steps_per_s"] / row["plain_env_steps_per_s"]
         rows[str(n)] = row
     return rows
 
@@ -478,6 +495,7 @@ def summary(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     baseline = results.get("baseline")
     add("single_env_speedup_over_baseline", baseline and 1.0 / baseline["ratio"])
     vector = results.get("vector", {})
+    add("batched_1_over_plain", vector.get("1", {}).get("batched_over_plain"))
     add("batched_over_sync_64", vector.get("64", {}).get("batched_over_sync"))
     best = max(vector.values(), key=lambda row: row["batched_env_steps_per_s"], default=None)
     add(
@@ -632,7 +650,18 @@ def _env_table(env: dict[str, Any]) -> list[str]:
 
 
 def _vector_table(vector: dict[str, Any]) -> list[str]:
-    """The batched env against SyncVectorEnv, per number of envs."""
+    """The batched env against SyncVectorEnv, per number of envs, and one copy against the plain env."""
+    one = vector.get("1", {})
+    plain = (
+        [
+            f"One copy against the plain `BudgetShiftEnv` (the same actions): {_fmt(one['plain_env_steps_per_s'])} "
+            f"env steps / s plain, {_fmt(one['batched_env_steps_per_s'])} batched: "
+            f"**{one['batched_over_plain']:.2f}x**.",
+            "",
+        ]
+        if "plain_env_steps_per_s" in one
+        else []
+    )
     return [
         "### Batched env against SyncVectorEnv (`default`, env steps / s)",
         "",
@@ -645,6 +674,7 @@ def _vector_table(vector: dict[str, Any]) -> list[str]:
                 for n, row in vector.items()
             ),
         ),
+        *plain,
     ]
 
 

@@ -83,7 +83,7 @@ def test_quantile_function_is_monotone_and_continuous_at_the_tail_boundary():
         assert abs(above - below) < 1e-9
 
 
-@pytest.mark.parametrize("sigma", [0.0, 0.4, 1.0])
+@pytest.mark.parametrize("sigma", [0.4, 1.0])
 def test_moments_equal_the_normals(sigma):
     """Moments by quadrature over u (midpoints of 2**22 cells: deterministic, no sampling noise)."""
     z = _quantiles(_midpoints(1 << 22))

@@ -336,8 +336,8 @@ def test_a_deep_event_past_the_attribution_horizon_is_dropped(step_fn, horizon: 
 
 @BACKENDS
 def test_events_after_the_episode_share_the_last_slot_until_the_attribution_horizon(step_fn) -> None:
-    # The pending tensor has the episode's steps and one slot for everything after it: with 48
-    # slots the episode is 47 steps. Conversions at step 40: stage 0 at 45 (in the episode), stage 1
+    # The dense view of the pending events has the episode's steps and one slot for everything after
+    # it: with 48 slots the episode is 47 steps. Conversions at step 40: stage 0 at 45 (in the episode), stage 1
     # at 50 (after it: the last slot), both within a plan attributed up to step 60; a plan
     # attributed up to step 50 drops stage 1, one attributed up to 45 both.
     t, last = 40, PENDING_STEPS - 1

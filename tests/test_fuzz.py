@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from envs.budget_env import BudgetShiftEnv
-from envs.kernels import CLICKS, CONVERSIONS, IMPRESSIONS, SPEND
+from envs.kernels import CLICKS, CONVERSIONS, DEEP0, IMPRESSIONS, SPEND
 from envs.scenario import MAX_BETA, MAX_MULT, load_scenario, preset_path
 
 BASE = yaml.safe_load(preset_path("small").read_text())
@@ -139,7 +139,7 @@ def test_any_valid_scenario_and_actions_give_a_finite_consistent_episode(cfg, da
     total = env.total
     assert np.all(total[:, CLICKS] <= total[:, IMPRESSIONS])
     assert np.all(total[:, CONVERSIONS] <= total[:, CLICKS])
-    deep = env.pending.sum(axis=2)  # (P, S) every deep event scheduled (matured ones included)
+    deep = total[:, DEEP0:] + env.pending.sum(axis=2)  # (P, S) every deep event scheduled: matured + pending
     assert np.all(deep[:, 0] <= total[:, CONVERSIONS])
     assert np.all(deep[:, 1:] <= deep[:, :-1])
     assert total[:, SPEND].sum() <= scenario.daily_budget * scenario.days * (1 + 1e-9)
