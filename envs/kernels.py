@@ -38,8 +38,8 @@ Deep events still to mature are a sparse list, not a dense (plan, stage, step) t
 record (``ev_code = plan * n_stages + stage``, ``ev_step`` its maturity step, 8 bytes) in a
 per-episode pool of ``ev_code.shape[-1]`` records, ``ev_count`` of them in use. An episode has a few
 deep events in flight per plan at a time, so the pool is a small fraction of the dense tensor it
-replaced (an episode of ``large``: at most ~POOL_MAX records in flight, a pool grown to POOL_CAP, against
-1 MiB for 500 plans x 3 stages x 169 steps of int32). A step appends its events after the records in
+replaced (a whole episode of ``large``: the pool grew to 4,096 records, 32 KiB, against 1 MiB for
+500 plans x 3 stages x 169 steps of int32). A step appends its events after the records in
 use and commits them only at its end, in one pass over the pool: events after the episode are folded
 into ``late``, those maturing at ``t`` counted into ``out[:, DEEP0 + s]`` and dropped, the rest kept.
 So a step that runs out of room returns ``False`` having changed nothing in use (only ``out`` and

@@ -777,7 +777,17 @@ def _notes(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str
             f"alone takes {kernel_us:,.0f} µs of this checkout's step, so the host side would have to vanish "
             "and the auction loop get cheaper still."
         )
-    if any(name.startswith("batched") for name in missed) or "ppo_env_share_max" in missed:
+    one = results.get("vector", {}).get("1", {})
+    if "batched_1_over_plain" in missed and "batched_over_plain" in one:
+        lines.append(
+            f"- **One batched copy ran at {one['batched_over_plain']:.2f}x the plain env.** Both run the same "
+            "step kernel and host kernels; what differs is the Python around them (the vector info layout "
+            "against the single env's info dict), a few µs of a ~150 µs step, and the two loops ran one "
+            "after the other on a machine whose speed drifts by a few percent within minutes."
+        )
+    if any(name.startswith("batched_o") or name.startswith("batched_env") for name in missed) or (
+        "ppo_env_share_max" in missed
+    ):
         lines.append(
             "- **Batching removes the per-env Python cost, not the kernel's.** 60,000 env steps/s on two cores "
             "needs at most 17 µs of wall time (33 µs of CPU) per env step, i.e. about "
