@@ -127,3 +127,57 @@ def test_a_full_event_pool_grows_without_changing_the_episode(backend: str, monk
     assert roomy.settle() == tight.settle()
     assert tight.sim.inputs.ev_code.shape[-1] > 4, "the pool never grew: the test proves nothing"
     assert tight_batch.sim.inputs.ev_code.shape[-1] > 4, "the batch's pool never grew"
+
+
+def _lot_outcome(winner: int, best: float, second: float, market: float) -> tuple:
+    """What a lot's auction decides: who wins (or nobody: the market), at what second price, and
+    whether the advertiser's own runner-up set it."""
+    if winner < 0 or best <= market:
+        return (-1, 0.0, 0.0, False)
+    return (winner, best, max(second, market), second > market)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_only_bidders_that_could_beat_the_market_change_a_lot(seed: int) -> None:
+    # The kernel hashes only the bidders whose ceiling and remaining budget reach the market
+    # (kernels.candidates). On lots built to sit on every edge (market exactly at the best bid, one ulp
+    # below it, exactly at a bidder's ceiling; budgets exactly at a bid; no noise; learning 0 and 1;
+    # throttled delivery), the filtered auction must decide exactly what the full auction decides.
+    from envs import kernels
+
+    rng = np.random.default_rng(seed)
+    n = 24
+    base = rng.lognormal(0.0, 1.0, n)
+    amp = rng.choice([0.0, 0.05, 0.4, 1.0], n)
+    learning = rng.choice([0.0, 1.0, 0.3, 0.9], n)
+    delivery = rng.choice([1.0, 0.5], n, p=[0.8, 0.2])
+    offset = ((np.arange(n, dtype=np.uint64) + np.uint64(kernels.SLOT_BIDDER + 1)) * kernels.GOLDEN).astype(np.uint64)
+    ceil_a, ceil_b = kernels.bid_ceilings(base, amp, learning, n)
+    every = np.arange(n)
+    scratch, cand = np.empty(n), np.empty(n, dtype=np.int64)
+    rich = np.full(n, np.inf)
+    filtered_lots = decided = 0
+    for lot in range(400):
+        h = np.uint64(rng.integers(0, 2**63))
+        quality = float(rng.lognormal(0.0, 0.5))
+        lo, hi = sorted(rng.integers(0, n + 1, 2))
+        _, _, _ = kernels.auction(h, quality, every, n, base, amp, learning, delivery, offset, rich, scratch)
+        bids = scratch.copy()
+        remaining = rng.choice([np.inf, 0.0, 1.0], n)
+        tight = rng.random(n) < 0.3
+        remaining[tight] = bids[tight]  # exactly the bid: affordable
+        ceilings = ceil_a + ceil_b * quality
+        pick = int(rng.integers(lo, max(lo + 1, hi))) if hi > lo else 0
+        edges = [bids[pick], np.nextafter(bids[pick], -np.inf), ceilings[pick], float(rng.lognormal(0.0, 1.0))]
+        for market in edges:
+            sub = every[lo:hi]
+            full = kernels.auction(h, quality, sub, len(sub), base, amp, learning, delivery, offset, remaining, scratch)
+            n_cand = kernels.candidates(lo, hi, quality, market, ceil_a, ceil_b, remaining, cand)
+            assert list(cand[:n_cand]) == sorted(cand[:n_cand]), "candidates out of order"
+            kept = kernels.auction(h, quality, cand, n_cand, base, amp, learning, delivery, offset, remaining, scratch)
+            expected = _lot_outcome(*full, market)
+            got = _lot_outcome(*kept, market) if n_cand else (-1, 0.0, 0.0, False)
+            assert got == expected, f"lot {lot} market {market!r}"
+            filtered_lots += n_cand < len(sub)
+            decided += expected[0] >= 0
+    assert filtered_lots > 100 and decided > 100, "the lots never exercised the filter or never sold"
