@@ -318,9 +318,14 @@ def step_episodes(
     return inputs
 
 
+def episode_arguments(inputs: KernelInputs, e: int) -> tuple:
+    """:func:`step_kernel`'s arguments after ``t`` and before ``step_budget`` for episode ``e``: the
+    shared fields, then views of episode ``e``'s rows (valid while ``inputs`` is in use)."""
+    return (*inputs[:_N_SHARED_INPUTS], *(a[e] for a in inputs[_N_SHARED_INPUTS:]))
+
+
 def _run_step(step_fn: Callable, inputs: KernelInputs, e: int, t: np.ndarray, step_budget, out) -> bool:
-    per_env = (a[e] for a in inputs[_N_SHARED_INPUTS:])
-    done = step_fn(int(t[e]), *inputs[:_N_SHARED_INPUTS], *per_env, step_budget[e], out[e])
+    done = step_fn(int(t[e]), *episode_arguments(inputs, e), step_budget[e], out[e])
     if not isinstance(done, bool | np.bool_):  # a wrapper that drops the result would grow the pool forever
         name = getattr(step_fn, "__name__", step_fn)
         raise TypeError(f"{name!r} must return True, or False when the event pool is full; got {done!r}")

@@ -165,6 +165,8 @@ class PortfolioBatch:
             self._step_fn = step_reference
         elif n_envs == 1:
             self._step_fn = kernels.step_kernel
+        self._single_inputs: kernels.KernelInputs | None = None  # what _single_args are views of
+        self._single_args: tuple = ()
 
     # ---------------------------------------------------------------------------------------------
     def load(self, env_index: int, pf: Portfolio) -> None:
@@ -223,7 +225,10 @@ class PortfolioBatch:
             shares, withheld, step_budget = self._allocate(shares)
         out = np.empty((self.n_envs, self.n_plans, self.last.shape[-1]))
         self.platform.write_bids(self.inputs.dyn)
-        self.inputs = kernels.step_episodes(self.inputs, self.t, step_budget, out, self._step_fn)
+        if self._step_fn is kernels.step_kernel and self._single_step(step_budget, out):
+            pass  # one env: the kernel on argument views kept between steps
+        else:
+            self.inputs = kernels.step_episodes(self.inputs, self.t, step_budget, out, self._step_fn)
         self.platform.after_step(self.t, out, step_budget)
         if self.backend == "numba":
             t, terminated, ended = self._keep_books_fast(out)
@@ -246,6 +251,15 @@ class PortfolioBatch:
             "step": t,
             "score": score,
         }
+
+    def _single_step(self, step_budget: np.ndarray, out: np.ndarray) -> bool:
+        """Step the single env's kernel on its per-episode views, built once per ``self.inputs`` (a
+        grown pool is a new ``KernelInputs``); ``False`` when the event pool was full (nothing in use
+        changed: :func:`kernels.step_episodes` then grows it and runs the step again)."""
+        if self._single_inputs is not self.inputs:
+            self._single_inputs = self.inputs
+            self._single_args = kernels.episode_arguments(self.inputs, 0)
+        return kernels.step_kernel(int(self.t[0]), *self._single_args, step_budget[0], out[0])
 
     def _allocate(self, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(shares, withheld, budget)``: the shares after renormalisation, limits and caps (kept as
