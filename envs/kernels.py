@@ -167,7 +167,7 @@ class KernelInputs(NamedTuple):
     late: np.ndarray  # (E, P, S) int64 deep events maturing after the episode, within attribution
 
 
-_N_SHARED_INPUTS = KernelInputs._fields.index("key")
+N_SHARED_INPUTS = KernelInputs._fields.index("key")  # fields before the per-episode ones
 
 
 def pack_inputs(scenario: Scenario, n_envs: int) -> KernelInputs:
@@ -304,9 +304,9 @@ def step_episodes(
     """
     n_envs = t.shape[0]
     done = np.ones(n_envs, dtype=np.bool_)
-    shared = inputs[:_N_SHARED_INPUTS]
+    shared = inputs[:N_SHARED_INPUTS]
     if step_fn is None:
-        step_batch_kernel(t, *shared, *inputs[_N_SHARED_INPUTS:], step_budget, out, done)
+        step_batch_kernel(t, *shared, *inputs[N_SHARED_INPUTS:], step_budget, out, done)
         step_fn = step_kernel
     else:
         for e in range(n_envs):
@@ -318,14 +318,16 @@ def step_episodes(
     return inputs
 
 
-def episode_arguments(inputs: KernelInputs, e: int) -> tuple:
-    """:func:`step_kernel`'s arguments after ``t`` and before ``step_budget`` for episode ``e``: the
-    shared fields, then views of episode ``e``'s rows (valid while ``inputs`` is in use)."""
-    return (*inputs[:_N_SHARED_INPUTS], *(a[e] for a in inputs[_N_SHARED_INPUTS:]))
+def episode_views(inputs: KernelInputs, e: int) -> tuple:
+    """Views of episode ``e``'s rows of the per-episode fields after ``key`` (valid while ``inputs``
+    is in use; ``key[e]`` is a scalar, read afresh each step): :func:`step_kernel`'s arguments
+    ``t, *inputs[:N_SHARED_INPUTS], key[e], *episode_views(inputs, e), step_budget[e], out[e]``."""
+    return tuple(a[e] for a in inputs[N_SHARED_INPUTS + 1 :])
 
 
 def _run_step(step_fn: Callable, inputs: KernelInputs, e: int, t: np.ndarray, step_budget, out) -> bool:
-    done = step_fn(int(t[e]), *episode_arguments(inputs, e), step_budget[e], out[e])
+    shared, views = inputs[:N_SHARED_INPUTS], episode_views(inputs, e)
+    done = step_fn(int(t[e]), *shared, inputs.key[e], *views, step_budget[e], out[e])
     if not isinstance(done, bool | np.bool_):  # a wrapper that drops the result would grow the pool forever
         name = getattr(step_fn, "__name__", step_fn)
         raise TypeError(f"{name!r} must return True, or False when the event pool is full; got {done!r}")

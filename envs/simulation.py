@@ -256,10 +256,12 @@ class PortfolioBatch:
         """Step the single env's kernel on its per-episode views, built once per ``self.inputs`` (a
         grown pool is a new ``KernelInputs``); ``False`` when the event pool was full (nothing in use
         changed: :func:`kernels.step_episodes` then grows it and runs the step again)."""
-        if self._single_inputs is not self.inputs:
-            self._single_inputs = self.inputs
-            self._single_args = kernels.episode_arguments(self.inputs, 0)
-        return kernels.step_kernel(int(self.t[0]), *self._single_args, step_budget[0], out[0])
+        inputs = self.inputs
+        if self._single_inputs is not inputs:
+            self._single_inputs = inputs
+            self._single_args = (inputs[: kernels.N_SHARED_INPUTS], kernels.episode_views(inputs, 0))
+        shared, views = self._single_args
+        return kernels.step_kernel(int(self.t[0]), *shared, inputs.key[0], *views, step_budget[0], out[0])
 
     def _allocate(self, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(shares, withheld, budget)``: the shares after renormalisation, limits and caps (kept as

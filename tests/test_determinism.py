@@ -58,8 +58,12 @@ def test_same_seed_same_trajectory_across_instances(preset: str) -> None:
 def test_reset_with_the_same_seed_replays_the_episode_on_one_instance() -> None:
     env = BudgetShiftEnv("default")
     obs_a, run_a = rollout(env, seed=4, action_seed=1)
-    # A different episode in between must leave nothing behind.
-    rollout(env, seed=99, n_steps=30, action_seed=2)
+    # A different episode in between must leave nothing behind, and take nothing from the first
+    # (the env keeps views of its episode's arrays between steps): it is a fresh instance's episode.
+    obs_mid, run_mid = rollout(env, seed=99, n_steps=30, action_seed=2)
+    obs_fresh, run_fresh = rollout(BudgetShiftEnv("default"), seed=99, n_steps=30, action_seed=2)
+    np.testing.assert_array_equal(obs_mid, obs_fresh)
+    _assert_same_trajectory(run_mid, run_fresh)
     obs_b, run_b = rollout(env, seed=4, action_seed=1)
     np.testing.assert_array_equal(obs_a, obs_b)
     _assert_same_trajectory(run_a, run_b)
