@@ -765,17 +765,31 @@ def _notes(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str
         f"~{1e3 * kernel_us * cpu / opportunities:.0f} ns each. Each opportunity's own draws are now cheap "
         "(user quality and market bid from a normal quantile table on one hash split into two 32-bit "
         "uniforms, and two exps; the exact Box-Muller pair they replaced cost about a quarter of the kernel, "
-        "2026-11-29): most of the kernel is the auction itself. The rest of a step, "
+        "2026-11-29), and only bidders whose bid ceiling and remaining budget reach the market bid enter the "
+        "auction (most lots have none: plans bid above the market but run out of step budget). What is left "
+        "is per-opportunity work every lot needs: three hashes, two quantile lookups and exps, the candidate "
+        "scan over the segment's bidders, and the funnel of the lots won. The rest of a step, "
         f"~{step_us - kernel_us:,.0f} µs, is the host side: Numba kernels too (envs/step_kernels.py, "
         "envs/platform_kernels.py, envs/observation_kernel.py) and the Python that calls them.",
     ]
+    loop = results.get("kernel", {}).get("auction_loop", {}).get("32", {})
+    if "kernel_auctions_per_s_32_bidders_per_core" in missed and loop:
+        lines.append(
+            f"- **The auction loop at 32 bidders: {loop['threads_1'] / 1e6:.1f}M auctions/s on one thread, target "
+            "10M.** This micro-benchmark times auctions in which every bidder takes part. The env kernel runs "
+            "a lot's auction only over its candidates (bidders that could beat the market), gathered through "
+            "an index list: that loop does not vectorise, so an auction of all 32 costs ~3x the contiguous "
+            "loop it replaced (20M/s at a4bfb37). A contiguous path for all-candidate auctions restored 21M/s "
+            "here but slowed `default`'s kernel by 5-8% (alternating runs with and without it), so it was not "
+            "kept: on `default` and `large` most lots have no candidate and the rest a few."
+        )
     baseline = results.get("baseline")
     if "single_env_speedup_over_baseline" in missed and baseline:
         lines.append(
             f"- **A single env is {1 / baseline['ratio']:.2f}x the speed of {baseline['baseline_commit']}, not 2x.** "
             f"2x needs a `default` step of {baseline['baseline_us_per_step'] / 2:,.0f} µs side by side; the kernel "
-            f"alone takes {kernel_us:,.0f} µs of this checkout's step, so the host side would have to vanish "
-            "and the auction loop get cheaper still."
+            f"alone takes {kernel_us:,.0f} µs of this checkout's step, and the host side ~{step_us - kernel_us:,.0f} µs "
+            "(a dozen Numba calls and their dispatch, a few µs each)."
         )
     one = results.get("vector", {}).get("1", {})
     if "batched_1_over_plain" in missed and "batched_over_plain" in one:
