@@ -169,3 +169,38 @@ def test_logprob_plans_weighs_every_portfolio_as_that_many_plans():
         assert scaled._get_constructor_parameters()["logprob_plans"] == plans
     with pytest.raises(ValueError, match="logprob_plans must be a positive number"):
         SetActorCriticPolicy(obs_space, action_space, lambda _: 3e-4, logprob_plans=0)
+
+
+def test_active_rows_only_equals_the_padded_computation_with_its_gradients(monkeypatch):
+    # Training runs the per-plan networks on the active plans' rows only (agents.policies.per_plan);
+    # the exported graph runs them on every padded row and zeroes the padding. Both must give every
+    # output, and every parameter's gradient, up to float rounding: a batch of portfolios of 0 to 16
+    # active plans in a 16-wide observation.
+    import agents.policies as policies
+
+    policy = untrained(SetActorCriticPolicy, max_plans=16)
+    rng = np.random.default_rng(0)
+    obs = rng.lognormal(0.0, 1.0, (12, observation_size(16))).astype(np.float32)
+    plans = obs[:, : 16 * N_PLAN_FEATURES].reshape(12, 16, N_PLAN_FEATURES)
+    plans[:, :, 0] = 0.0
+    for i, n_active in enumerate([0, 1, 2, 3, 5, 8, 11, 13, 15, 16, 16, 4]):
+        plans[i, rng.permutation(16)[:n_active], 0] = 1.0
+    obs[:, : 16 * N_PLAN_FEATURES] = plans.reshape(12, -1)
+    x = th.as_tensor(obs)
+    actions = th.as_tensor(rng.normal(size=(12, 16)).astype(np.float32))
+
+    def run(exporting: bool) -> tuple[list[th.Tensor], list[th.Tensor]]:
+        monkeypatch.setattr(policies, "_exporting", lambda: exporting)
+        policy.zero_grad()
+        values, log_prob, entropy = policy.evaluate_actions(x, actions)
+        (values.sum() + log_prob.sum() + entropy.sum()).backward()
+        grads = [p.grad.clone() if p.grad is not None else th.zeros_like(p) for p in policy.parameters()]
+        return [values.detach(), log_prob.detach(), policy.get_distribution(x).distribution.mean.detach()], grads
+
+    packed, packed_grads = run(False)
+    padded, padded_grads = run(True)
+    for a, b in zip(packed, padded, strict=True):
+        th.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert any(g.abs().sum() > 0 for g in packed_grads), "no gradient reached the parameters"
+    for a, b in zip(packed_grads, padded_grads, strict=True):
+        th.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
