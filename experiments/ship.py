@@ -1,7 +1,9 @@
 """Ship a trained allocator with the package: ``python -m experiments.ship results/main --agent generalist``.
 
-Copies the production bundle of a main-job run (``<results>/train/bundle``: ``policy.onnx``,
-``manifest.json``, ``example_stats.csv``) into ``agents/bundles/<name>/`` and records in the manifest's
+Copies the production bundle of the training run the report scored as the agent (``<run>/bundle``:
+``policy.onnx``, ``manifest.json``, ``example_stats.csv``; ``<run>`` is the ``agent.run`` of the
+agent's evaluation run folders under ``<results>/eval``, which must all name the same run: for the main
+job, ``<results>/train``) into ``agents/bundles/<name>/`` and records in the manifest's
 ``training`` object how it was scored: ``training.evaluation`` holds, per env of the results' report
 (``summary.csv`` and ``paired.csv``), the agent's IQM score with its interval, its normalised score,
 and its paired difference to the best heuristic and to uniform with intervals, probabilities of
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from agents.allocator import (
     DIGEST_FILE,
@@ -76,14 +79,38 @@ def evaluation(results: Path, agent: str) -> dict[str, Any]:
     return out
 
 
+def evaluated_run(results: Path, agent: str) -> Path:
+    """The training run the report in ``results`` scored as ``agent``: the ``agent.run`` that every one of
+    the agent's evaluation run folders (``results/eval/**/config.yaml``) names. A relative path is taken
+    from the working directory, as ``experiments.evaluate`` took it."""
+    runs: dict[str, list[Path]] = {}
+    for config in sorted((results / "eval").rglob("config.yaml")):
+        try:
+            cfg = yaml.safe_load(config.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ShipError(f"{config} is not a readable run config: {exc}") from exc
+        spec = cfg.get("agent") if isinstance(cfg, dict) else None
+        if isinstance(spec, dict) and spec.get("name") == agent:
+            runs.setdefault(str(spec.get("run")), []).append(config.parent)
+    if not runs:
+        raise ShipError(f"no evaluation run of agent {agent!r} under {results / 'eval'}: cannot tell which training "
+                        "run the report scored")  # fmt: skip
+    if len(runs) > 1 or "None" in runs:
+        named = {run: [str(f) for f in folders[:2]] for run, folders in runs.items()}
+        raise ShipError(f"the evaluation runs of agent {agent!r} do not all name one training run (agent.run): "
+                        f"{named}")  # fmt: skip
+    return Path(next(iter(runs)))
+
+
 def ship(results: Path, agent: str, out: Path) -> str:
-    """Copy ``results/train/bundle`` to ``out`` with ``training.evaluation``; returns the new digest."""
-    source = results / "train" / "bundle"
+    """Copy the bundle of the training run scored as ``agent`` (:func:`evaluated_run`) to ``out`` with
+    ``training.evaluation``; returns the new digest."""
+    scores = evaluation(results, agent)
+    source = evaluated_run(results, agent) / "bundle"
     try:
         plans_served = Bundle.load(source).manifest["plans_served"]  # refuse a broken bundle before copying
     except (BundleError, OSError) as exc:
         raise ShipError(f"{source} is not a usable bundle: {exc}") from exc
-    scores = evaluation(results, agent)
     if out.exists():
         if out.resolve() == source.resolve():
             raise ShipError(f"--out {out} is the bundle being shipped")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from bundle_runs import make_run
 
 from agents.allocator import (
@@ -26,11 +27,20 @@ from envs.features import Clock
 from experiments.ship import ShipError, ship
 
 
+def _evaluated(results: Path, agent: str, run: Path | None, folder: str = "0_default") -> None:
+    """An evaluation run folder of ``agent`` under ``results/eval`` whose config names training run ``run``."""
+    where = results / "eval" / agent / folder
+    where.mkdir(parents=True)
+    (where / "config.yaml").write_text(yaml.safe_dump({"agent": {"name": agent, "kind": "trained", "run": str(run)}}))
+
+
 def _results(root: Path) -> Path:
-    """A main-job results folder: a trained run's bundle and a report naming the agent ``generalist``."""
+    """A main-job results folder: a trained run's bundle, its evaluation runs and a report naming the agent
+    ``generalist``."""
     results = root / "results"
     run = make_run(root / "runs", "ppo", "set", "small")
     export_bundle(run, results / "train" / "bundle")
+    _evaluated(results, "generalist", results / "train")
     summary = pd.DataFrame(
         [{"env": e, "agent": "generalist", "seeds": 5, "episodes": 20, "score_iqm": s, "score_ci_low": s - 1,
           "score_ci_high": s + 1, "normalised_iqm": 0.1} for e, s in (("default", 700.0), ("credit", 600.0))]
@@ -60,6 +70,31 @@ def test_ship_records_the_scores_and_pins_a_new_digest(tmp_path):
     (out / MANIFEST_FILE).write_text(json.dumps({**manifest, "algorithm": "edited"}))
     with pytest.raises(BundleError, match="expected the pinned"):
         Bundle.load(out, expected_digest=digest)
+
+
+def test_ship_takes_the_bundle_of_the_run_the_report_scored(tmp_path):
+    # The agent's evaluation runs name its training run; ship copies that run's bundle, not whatever
+    # <results>/train holds (a longer run evaluated into a main job's results folder is another model).
+    results = _results(tmp_path)
+    other = tmp_path / "longer" / "train"
+    export_bundle(make_run(tmp_path / "runs_longer", "ppo", "set", "small"), other / "bundle")
+    (other / "bundle" / "manifest.json").write_text(
+        json.dumps({**json.loads((other / "bundle" / "manifest.json").read_text()), "algorithm": "PPO-longer"})
+    )
+    _evaluated(results, "generalist_long", other)
+    summary = pd.read_csv(results / "summary.csv")
+    both = [summary, summary.assign(agent="generalist_long"), summary.assign(agent="ghost")]  # ghost: no eval runs
+    pd.concat(both).to_csv(results / "summary.csv", index=False)
+    ship(results, "generalist_long", tmp_path / "long")
+    assert json.loads((tmp_path / "long" / MANIFEST_FILE).read_text())["algorithm"] == "PPO-longer"
+    ship(results, "generalist", tmp_path / "main")
+    assert json.loads((tmp_path / "main" / MANIFEST_FILE).read_text())["algorithm"] != "PPO-longer"
+    # Runs of one agent naming two training runs, or none, are refused.
+    _evaluated(results, "generalist", other, folder="1_credit")
+    with pytest.raises(ShipError, match=r"do not all name one training run"):
+        ship(results, "generalist", tmp_path / "mixed")
+    with pytest.raises(ShipError, match=r"no evaluation run of agent 'ghost'"):
+        ship(results, "ghost", tmp_path / "ghost")
 
 
 def test_ship_refuses_an_agent_the_report_does_not_hold(tmp_path):
