@@ -225,9 +225,9 @@ class PortfolioBatch:
             shares, withheld, step_budget = self._allocate(shares)
         out = np.empty((self.n_envs, self.n_plans, self.last.shape[-1]))
         self.platform.write_bids(self.inputs.dyn)
-        if self._step_fn is kernels.step_kernel and self._single_step(step_budget, out):
-            pass  # one env: the kernel on argument views kept between steps
-        else:
+        # One env runs the kernel on argument views kept between steps; a full event pool (or a batch, or
+        # the reference) goes through step_episodes, which grows the pool and runs the step again.
+        if not (self._step_fn is kernels.step_kernel and self._single_step(step_budget, out)):
             self.inputs = kernels.step_episodes(self.inputs, self.t, step_budget, out, self._step_fn)
         self.platform.after_step(self.t, out, step_budget)
         if self.backend == "numba":
