@@ -98,18 +98,34 @@ def scatter_rows(rows: th.Tensor, mask: th.Tensor) -> th.Tensor:
     return out
 
 
-def per_plan(net: nn.Module, plans: th.Tensor, mask: th.Tensor) -> th.Tensor:
-    """``net`` on every active plan's row: ``(B, P, F) -> (B, P, O)``, zeros where ``mask`` is False.
+def pool_rows(embedding: th.Tensor, owner: th.Tensor, mask: th.Tensor) -> th.Tensor:
+    """:func:`masked_pool` of the active plans' rows: ``(N, E)`` rows, their batch rows ``(N,)`` and the
+    mask ``(B, P)`` -> ``(B, 2E + 1)``. Same values (up to float rounding in the mean's sum) and the same
+    gradients as pooling the rows scattered back to the padded width, without the padded tensors (a
+    segment sum and a segment max, ``index_add`` and ``scatter_reduce(amax)``); zeros if no plan is active.
+    """
+    count = mask.sum(dim=1, keepdim=True).to(embedding.dtype)
+    shape = (mask.shape[0], embedding.shape[-1])
+    mean = embedding.new_zeros(shape).index_add(0, owner, embedding) / count.clamp(min=1.0)
+    index = owner.unsqueeze(-1).expand_as(embedding)
+    top = embedding.new_full(shape, _NEG).scatter_reduce(0, index, embedding, reduce="amax", include_self=True)
+    top = th.where(count > 0, top, th.zeros_like(top))
+    return th.cat([mean, top, th.log1p(count) / _LOG_SIZE], dim=-1)
 
-    It runs on the active rows only (a scenario family's portfolios fill about a third of the padded
-    width on average, so training's forward and backward passes do a third of the work), except while
-    the module is traced for export, where the graph keeps the padded shape (padded rows are then
-    computed and zeroed). Both give each active plan the same value up to float rounding.
+
+def pooled_embedding(net: nn.Module, plans: th.Tensor, mask: th.Tensor) -> th.Tensor:
+    """``masked_pool(net(plans), mask)``: the pooled summary ``(B, 2E + 1)`` of ``net`` on the active plans.
+
+    ``net`` runs on the active rows only, pooled by segment (:func:`pool_rows`: a scenario family's
+    portfolios fill about a third of the padded width on average, so training's forward and backward
+    passes do a third of the work and never touch the padding), except while the module is traced for
+    export, where the graph keeps the padded shape (padded rows are computed and masked out of the
+    pool). Both give the same summary up to float rounding.
     """
     if _exporting():
-        out = net(plans)
-        return th.where(mask.unsqueeze(-1), out, th.zeros_like(out))
-    return scatter_rows(net(plans[mask]), mask)
+        return masked_pool(net(plans), mask)
+    rows, owner = active_rows(plans, mask)
+    return pool_rows(net(rows), owner, mask)
 
 
 def mlp(in_dim: int, arch: list[int], activation_fn: type[nn.Module], out_dim: int | None = None) -> nn.Sequential:
@@ -157,11 +173,12 @@ class PlanScorer(nn.Module):
     def forward(self, obs: th.Tensor) -> tuple[th.Tensor, th.Tensor]:
         """``(B, width) -> (scores (B, P, n_outputs), mask (B, P))``; scores of masked plans are 0."""
         plans, glob, mask = split_observation(obs)
-        context = self.context_in(th.cat([masked_pool(per_plan(self.embed, plans, mask), mask), glob], dim=-1))
-        if _exporting():
+        if _exporting():  # the padded graph (see pooled_embedding)
+            context = self.context_in(th.cat([masked_pool(self.embed(plans), mask), glob], dim=-1))
             scores = self.head(self.plan_in(plans) + context.unsqueeze(1))
             return th.where(mask.unsqueeze(-1), scores, th.zeros_like(scores)), mask
-        rows, owner = active_rows(plans, mask)  # only the active plans (see per_plan)
+        rows, owner = active_rows(plans, mask)  # only the active plans (see pooled_embedding)
+        context = self.context_in(th.cat([pool_rows(self.embed(rows), owner, mask), glob], dim=-1))
         return scatter_rows(self.head(self.plan_in(rows) + context[owner]), mask), mask
 
 
@@ -187,7 +204,7 @@ class PooledValue(nn.Module):
         plans, glob, mask = split_observation(obs)
         if actions is not None:
             plans = th.cat([plans, actions.unsqueeze(-1)], dim=-1)
-        return self.net(th.cat([masked_pool(per_plan(self.embed, plans, mask), mask), glob], dim=-1))
+        return self.net(th.cat([pooled_embedding(self.embed, plans, mask), glob], dim=-1))
 
 
 def _arch(net_arch: list[int] | dict[str, list[int]] | None, key: str, default: list[int]) -> list[int]:

@@ -172,8 +172,9 @@ def test_logprob_plans_weighs_every_portfolio_as_that_many_plans():
 
 
 def test_active_rows_only_equals_the_padded_computation_with_its_gradients(monkeypatch):
-    # Training runs the per-plan networks on the active plans' rows only (agents.policies.per_plan);
-    # the exported graph runs them on every padded row and zeroes the padding. Both must give every
+    # Training runs the per-plan networks on the active plans' rows only and pools them by segment
+    # (agents.policies.pooled_embedding, pool_rows); the exported graph runs them on every padded row
+    # and masks the padding out. Both must give every
     # output, and every parameter's gradient, up to float rounding: a batch of portfolios of 0 to 16
     # active plans in a 16-wide observation.
     import agents.policies as policies
