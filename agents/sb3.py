@@ -77,7 +77,7 @@ OFF_POLICY = ("SAC", "TD3")
 POLICIES = ("mlp", "set")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU}
 VEC_ENVS = {"native": None, "dummy": DummyVecEnv, "subproc": SubprocVecEnv}
-AGENT_KEYS = ("name", "kind", "algo", "policy", "n_envs", "hyperparams", "policy_kwargs", "normalize")
+AGENT_KEYS = ("name", "kind", "algo", "policy", "n_envs", "hyperparams", "policy_kwargs", "normalize", "kickstart")
 
 # A training run folder (written by experiments.train, read by agents.trained and agents.export).
 #: The resolved config of the run.

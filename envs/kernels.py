@@ -62,12 +62,12 @@ price (a price is at least the market), so the market bid is drawn first and suc
 hashed at all. Plans bid above the market on most lots but run out of step budget, so most lots
 have no candidate and no auction: on ``default`` 78% of lots, on ``large`` 45%, and the auctions left
 hash a few bidders instead of every bidder of the segment (``default``'s kernel 109 -> 91 us a step,
-``large``'s 13 -> 5-6 ms). The opportunity's normals come from a quantile table rather than Box-Muller (``log``, ``sqrt``,
-``cos``, ``sin`` over two hashes): that cut the kernel's time on ``default`` by a quarter; the remaining
-per-opportunity cost is the auction itself, the quality's and market's ``exp`` and three hashes (the
-bidder noise hash vectorises and costs little). The funnel's draws (binomials, deep delays, still
-Box-Muller) run only for won lots, a few percent of opportunities: tables there did not measurably
-help. :func:`step_batch_kernel` runs many environments in one call (``prange`` over environments).
+``large``'s 13 -> 5-6 ms). The opportunity's normals come from a quantile table rather than Box-Muller
+(``log``, ``sqrt``, ``cos``, ``sin`` over two hashes): that cut the kernel's time on ``default`` by a
+quarter; the remaining per-opportunity cost is the auction itself, the quality's and market's ``exp``
+and three hashes (the bidder noise hash vectorises and costs little). The funnel's draws (binomials,
+deep delays, still Box-Muller) run only for won lots, a few percent of opportunities: tables there did
+not measurably help. :func:`step_batch_kernel` runs many environments in one call (``prange`` over environments).
 
 Inputs: the scenario's numbers and each episode's hidden truth and state travel as one
 :class:`KernelInputs`, packed here beside the column constants (:func:`pack_inputs`,

@@ -788,7 +788,8 @@ def _notes(results: dict[str, Any], rows: dict[str, dict[str, Any]]) -> list[str
         lines.append(
             f"- **A single env is {1 / baseline['ratio']:.2f}x the speed of {baseline['baseline_commit']}, not 2x.** "
             f"2x needs a `default` step of {baseline['baseline_us_per_step'] / 2:,.0f} µs side by side; the kernel "
-            f"alone takes {kernel_us:,.0f} µs of this checkout's step, and the host side ~{step_us - kernel_us:,.0f} µs "
+            f"alone takes {kernel_us:,.0f} µs of this checkout's step, and the host side "
+            f"~{step_us - kernel_us:,.0f} µs "
             "(a dozen Numba calls and their dispatch, a few µs each)."
         )
     one = results.get("vector", {}).get("1", {})

@@ -62,6 +62,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback,
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.config import plain
+from agents.kickstart import kickstart, kickstart_spec
 from agents.sb3 import (
     OFF_POLICY,
     RUN_CONFIG,
@@ -301,6 +302,7 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
     """
     agent = plain(cfg.agent)
     check_agent(agent)
+    kick_spec = kickstart_spec(agent.get("kickstart"))
     scenario_from_config(cfg.env)  # a ScenarioError naming the field first
     scenario: Scenario = run_scenario(plain(cfg))
     family = run_family(plain(cfg))
@@ -323,6 +325,10 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
     session = {"session": "start"} if resumed_from is None else {"session": "resume", "resumed_from": resumed_from}
     provenance.append(run_dir, seed=cfg.seed, extra=session)
     history = evaluation_history(run_dir, resumed_from)
+    kicked = None
+    if kick_spec is not None and resumed_from is None:  # a resumed run's checkpoint already holds it
+        kicked = kickstart(model, train_env, kick_spec, cfg.seed, model.gamma)
+        log.info("kickstart from %s: %s", kick_spec.allocator, kicked)
     callbacks = make_callbacks(cfg, agent, run_dir, eval_env, history, callback_after_eval)
 
     done_before = model.num_timesteps
@@ -347,6 +353,8 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
     train_env.close()
     eval_env.close()
     summary = summarise(model, run_dir, done_before, wall_s)
+    if kicked is not None:
+        summary["kickstart"] = kicked
     if cfg.get("export", True):
         summary["bundle"] = export_run(run_dir)
     (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
