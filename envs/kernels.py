@@ -78,6 +78,7 @@ Inputs: the scenario's numbers and each episode's hidden truth and state travel 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from statistics import NormalDist
 from typing import NamedTuple
@@ -87,6 +88,15 @@ import numpy as np
 
 from envs.scenario import MAX_STAGES, N_SEGMENTS, Portfolio, Scenario
 from envs.shares import diurnal_traffic
+
+# The parallel kernels run on Numba's "workqueue" threads, not its OpenMP layer (unless the user chose
+# one with NUMBA_THREADING_LAYER). Numba's OpenMP layer sets the process's OpenMP thread count when it
+# launches a parallel kernel, and torch runs on the same OpenMP runtime: a training run with
+# torch_threads=1 ran its updates on 2 threads from its first evaluation on (the evaluation copies are
+# a batched env), slower, and no longer reproducible on a loaded machine (two runs of one config parted
+# after 10-20k steps). Set before the first parallel launch, which picks the layer for the process.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    nb.config.THREADING_LAYER = "workqueue"
 
 # Columns of a step's per-plan output (n_plans, N_STEP_FIELDS); deep stage counts follow.
 # OWN_PRICED counts won lots whose price another plan of the same advertiser set (0 under dedup).
