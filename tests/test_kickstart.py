@@ -1,0 +1,183 @@
+"""Kickstart (agents.kickstart): a heuristic's behaviour cloned into the set policy before PPO.
+
+The action that stands for a heuristic's shares must give those shares back through the env's
+softmax; the returns the critic is fitted to stop at episode ends and exist only for episodes that
+ended; cloning moves the policy's mean towards the teacher's actions, reproducibly; bad specs and
+vector envs the heuristic cannot read are refused by name; a kickstarted training run records it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch as th
+
+from agents.kickstart import (
+    KickstartSpec,
+    actions_from_shares,
+    collect,
+    discounted_returns,
+    kickstart,
+    kickstart_spec,
+)
+from agents.sb3 import AgentSpecError, build_model, build_vec_normalize, make_envs
+from envs.family import load_family
+from envs.scenario import load_scenario
+from envs.shares import masked_softmax
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_actions_give_the_heuristics_shares_back_through_the_softmax():
+    rng = np.random.default_rng(0)
+    temperature = 5.0
+    for n, max_plans in [(1, 4), (6, 8), (30, 96)]:
+        active = rng.random(n) < 0.8
+        active[0] = True
+        weights = np.where(active, rng.lognormal(0.0, 1.0, n), 0.0)
+        shares = weights / weights.sum()
+        action = actions_from_shares(shares, active, temperature, max_plans)
+        assert action.shape == (max_plans,) and action.dtype == np.float32
+        assert action.max() == pytest.approx(1.0) and action.min() >= -1.0
+        assert np.all(action[n:] == 0.0) and np.all(action[:n][~active] == 0.0)
+        back = masked_softmax(action[:n].astype(np.float64) * temperature, active)
+        np.testing.assert_allclose(back, shares, rtol=1e-5, atol=1e-9)
+    # A share of 0, or below exp(-2 T) of the largest, gets the smallest action the box allows.
+    action = actions_from_shares(np.array([0.7, 0.3, 0.0, 1e-9]), np.ones(4, dtype=bool), temperature, 4)
+    assert action[2] == -1.0 and action[3] == -1.0 and -1.0 < action[1] < 1.0
+
+
+def test_returns_stop_at_episode_ends_and_need_a_collected_end():
+    rewards = np.array([[1.0, 1.0], [2.0, 1.0], [3.0, 1.0], [4.0, 1.0]])
+    dones = np.array([[False, False], [True, False], [False, False], [False, True]])
+    target, valid = discounted_returns(rewards, dones, gamma=0.5)
+    # Copy 0: an episode of steps 0-1, then one still running at the end (steps 2-3: no complete return).
+    np.testing.assert_allclose(target[:2, 0], [1.0 + 0.5 * 2.0, 2.0])
+    assert valid[:2, 0].all() and not valid[2:, 0].any()
+    # Copy 1: one episode of four steps that ended on the last one.
+    np.testing.assert_allclose(target[:, 1], [1.875, 1.75, 1.5, 1.0])
+    assert valid[:, 1].all()
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        ({"allocater": "boost"}, "unknown field agent.kickstart.allocater"),
+        ({"allocator": "oracle"}, "agent.kickstart.allocator must be one of"),
+        ({"steps": 0}, r"agent.kickstart.steps must be an integer >= 1, got 0"),
+        ({"epochs": 2.5}, r"agent.kickstart.epochs must be an integer >= 1"),
+        ({"learning_rate": float("nan")}, "agent.kickstart.learning_rate must be a finite number"),
+        ({"learning_rate": 0}, "agent.kickstart.learning_rate must be > 0"),
+        ({"value_weight": -1}, "agent.kickstart.value_weight must be a finite number >= 0"),
+        ({"log_std": "low"}, "agent.kickstart.log_std must be a finite number or null"),
+        ({"log_std": float("inf")}, "agent.kickstart.log_std must be a finite number or null"),
+        ("boost", "agent.kickstart must be a mapping or null"),
+    ],
+)
+def test_a_bad_spec_is_refused_by_name(node, message):
+    with pytest.raises(AgentSpecError, match=message):
+        kickstart_spec(node)
+
+
+def test_the_defaults_and_null():
+    assert kickstart_spec(None) is None
+    assert kickstart_spec({}) == KickstartSpec()
+    assert kickstart_spec({"allocator": "thompson", "steps": 10}).allocator == "thompson"
+
+
+AGENT = {
+    "name": "generalist",
+    "kind": "sb3",
+    "algo": "PPO",
+    "policy": "set",
+    "n_envs": 2,
+    "hyperparams": {"n_steps": 32, "batch_size": 64, "n_epochs": 1, "gamma": 0.99},
+    "policy_kwargs": {"embed_arch": [16], "net_arch": {"pi": [16], "vf": [16]}, "logprob_plans": 24},
+    "normalize": {"norm_obs": True, "norm_reward": True, "clip_obs": 10.0, "gamma": 0.99},
+}
+
+
+def family_learner(seed: int = 0):
+    family = load_family("finance")
+    scenario = load_scenario("default")
+    venv = build_vec_normalize(make_envs(scenario, 2, seed, "dummy", family), AGENT, family.max_plans)
+    return build_model(AGENT, venv, seed), venv
+
+
+def imitation_error(policy, obs: np.ndarray, actions: np.ndarray) -> float:
+    with th.no_grad():
+        scores, mask = policy.mlp_extractor.actor(th.as_tensor(obs))
+    m = mask.numpy()
+    return float((((scores.squeeze(-1).numpy() - actions) ** 2) * m).sum() / m.sum())
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Training runs torch on ``torch_threads`` (1) threads; with more, a loaded machine may split sums differently."""
+    threads = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(threads)
+
+
+def test_cloning_moves_the_policy_to_the_teacher_reproducibly(one_torch_thread):
+    spec = KickstartSpec(allocator="boost", steps=600, epochs=4, batch_size=64)
+    runs = []
+    for _ in range(2):
+        model, venv = family_learner()
+        before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+        summary = kickstart(model, venv, spec, seed=3, gamma=0.99)
+        runs.append((model, venv, before, summary))
+    (model, venv, before, summary), (model2, _, _, summary2) = runs
+    assert summary["steps_collected"] == 600 and summary["episodes_completed"] >= 1
+    assert summary["actor_loss"][-1] < 0.5 * summary["actor_loss"][0]
+    assert summary["value_loss"][-1] < summary["value_loss"][0]
+    for key, value in model.policy.state_dict().items():  # same seed, same weights
+        th.testing.assert_close(value, model2.policy.state_dict()[key], rtol=0, atol=0)
+    assert summary["actor_loss"] == summary2["actor_loss"]
+    th.testing.assert_close(model.policy.log_std, before["log_std"])  # the exploration noise is PPO's to set
+
+    # On fresh states of the teacher (new episodes), the clone is far closer to it than the untrained policy.
+    fresh = collect(venv, "boost", 200, seed=99)
+    obs = venv.normalize_obs(fresh["obs"].reshape(-1, fresh["obs"].shape[-1])).astype(np.float32)
+    actions = fresh["action"].reshape(-1, fresh["action"].shape[-1])
+    untrained, _ = family_learner()
+    assert imitation_error(model.policy, obs, actions) < 0.5 * imitation_error(untrained.policy, obs, actions)
+
+
+def test_log_std_sets_the_exploration_ppo_starts_from(one_torch_thread):
+    model, venv = family_learner()
+    kickstart(model, venv, KickstartSpec(steps=64, epochs=1, batch_size=32, log_std=-1.5), seed=0, gamma=0.99)
+    assert model.policy.log_std.detach().tolist() == [-1.5]
+    with th.no_grad():
+        dist = model.policy.get_distribution(th.as_tensor(venv.normalize_obs(venv.get_original_obs())))
+    np.testing.assert_allclose(dist.distribution.stddev.numpy(), np.exp(-1.5), rtol=1e-6)
+
+
+def test_the_native_batch_is_refused():
+    scenario = load_scenario("small")
+    venv = build_vec_normalize(make_envs(scenario, 2, 0, "native"), AGENT, scenario.max_plans)
+    with pytest.raises(AgentSpecError, match="vec_env=dummy"):
+        collect(venv, "boost", 10, seed=0)
+
+
+def test_a_kickstarted_training_run_records_it_and_a_resume_does_not_repeat_it(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from experiments.train import train
+    from tests.test_family import _family_run
+
+    kick = "+agent.kickstart={steps: 48, epochs: 2, batch_size: 32}"
+    summary = train(_family_run(kick, "export=false"), tmp_path / "run")
+    assert summary["num_timesteps"] == 96  # PPO's steps; the teacher's are counted apart
+    assert summary["kickstart"]["steps_collected"] == 48 and len(summary["kickstart"]["actor_loss"]) == 2
+    resumed = train(_family_run(kick, "export=false", "resume=true", "total_timesteps=144"), tmp_path / "run")
+    assert resumed["resumed_from"] == 96 and "kickstart" not in resumed  # the checkpoint already holds it
+
+    overrides = ["agent=ppo", "env=small", "agent.n_envs=2", "+agent.kickstart={steps: 8}", "eval.freq=0"]
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        native = compose("train", overrides=[*overrides, "progress_bar=false", "tensorboard=false", "export=false"])
+    with pytest.raises(AgentSpecError, match="vec_env=dummy"):
+        train(native, tmp_path / "native")
