@@ -19,7 +19,9 @@ command finds the same folder) gets rl-baselines3-zoo's artifact set:
 - ``tensorboard/``: TensorBoard logs (``tensorboard --logdir <run>/tensorboard``);
 - ``config.yaml`` (resolved), ``cmd.txt`` (the command lines, one per session),
   ``provenance.json`` (a list with one record per session: start or resume, versions, git commit)
-  and ``train_summary.json`` (steps, wall time, steps/s, evaluation figures);
+  and ``train_summary.json`` (steps, wall time, steps/s, evaluation figures; with ``agent.kickstart``
+  the kickstart's record, :mod:`agents.kickstart`: its teacher's steps are not in ``num_timesteps``
+  and its seconds not in the wall time);
 - ``run_manifest.json``: the SHA-256 of the config and of every model and statistics file, written
   when training ends; :mod:`agents.trained` and :mod:`agents.export` refuse a file that is missing or
   differs. It sits in the folder it protects, so it detects corruption and accidental edits, not
