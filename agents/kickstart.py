@@ -75,15 +75,17 @@ def kickstart_spec(node: Mapping[str, Any] | None) -> KickstartSpec | None:
             raise AgentSpecError(f"agent.kickstart.{name} must be an integer >= 1, got {value!r}")
     for name in ("learning_rate", "value_weight"):
         value = getattr(spec, name)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        if not _finite(value) or value < 0:
             raise AgentSpecError(f"agent.kickstart.{name} must be a finite number >= 0, got {value!r}")
-    if spec.log_std is not None and (
-        isinstance(spec.log_std, bool) or not isinstance(spec.log_std, int | float) or not math.isfinite(spec.log_std)
-    ):
+    if spec.log_std is not None and not _finite(spec.log_std):
         raise AgentSpecError(f"agent.kickstart.log_std must be a finite number or null, got {spec.log_std!r}")
     if spec.learning_rate == 0:
         raise AgentSpecError("agent.kickstart.learning_rate must be > 0, got 0")
     return spec
+
+
+def _finite(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
 
 
 def actions_from_shares(shares: np.ndarray, active: np.ndarray, temperature: float, max_plans: int) -> np.ndarray:
@@ -149,8 +151,9 @@ def collect(vec_env: VecNormalize, allocator: str, steps: int, seed: int) -> dic
         out["obs"][t] = vec_env.get_original_obs()
         for i, e in enumerate(envs):
             env = _episode_env(e)
-            shares = heuristics[i].allocate(env.reporting_stats(), env.clock(), env.active_mask())
-            out["action"][t, i] = actions_from_shares(shares, env.active_mask(), env.scenario.temperature, max_plans)
+            active = env.active_mask()
+            shares = heuristics[i].allocate(env.reporting_stats(), env.clock(), active)
+            out["action"][t, i] = actions_from_shares(shares, active, env.scenario.temperature, max_plans)
         _, _, dones, _ = vec_env.step(out["action"][t])
         out["reward"][t] = vec_env.get_original_reward()
         out["done"][t] = dones

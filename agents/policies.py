@@ -75,10 +75,14 @@ def masked_pool(embedding: th.Tensor, mask: th.Tensor) -> th.Tensor:
     """
     m = mask.unsqueeze(-1).to(embedding.dtype)
     count = m.sum(dim=1)
-    mean = (embedding * m).sum(dim=1) / count.clamp(min=1.0)
     top = th.where(mask.unsqueeze(-1), embedding, th.full_like(embedding, _NEG)).max(dim=1).values
+    return _summary((embedding * m).sum(dim=1), top, count)
+
+
+def _summary(total: th.Tensor, top: th.Tensor, count: th.Tensor) -> th.Tensor:
+    """``[mean, max, size]`` from the sum and max over each portfolio's active plans and their count ``(B, 1)``."""
     top = th.where(count > 0, top, th.zeros_like(top))
-    return th.cat([mean, top, th.log1p(count) / _LOG_SIZE], dim=-1)
+    return th.cat([total / count.clamp(min=1.0), top, th.log1p(count) / _LOG_SIZE], dim=-1)
 
 
 def _exporting() -> bool:
@@ -108,12 +112,9 @@ def pool_rows(embedding: th.Tensor, owner: th.Tensor, mask: th.Tensor) -> th.Ten
     fraction of ``scatter_reduce(amax)``'s); zeros if no plan is active.
     """
     counts = mask.sum(dim=1)
-    count = counts.unsqueeze(-1).to(embedding.dtype)
-    mean = embedding.new_zeros(mask.shape[0], embedding.shape[-1]).index_add(0, owner, embedding)
-    mean = mean / count.clamp(min=1.0)
+    total = embedding.new_zeros(mask.shape[0], embedding.shape[-1]).index_add(0, owner, embedding)
     top = th.segment_reduce(embedding, "max", lengths=counts, axis=0, unsafe=True)  # -inf where empty
-    top = th.where(count > 0, top, th.zeros_like(top))
-    return th.cat([mean, top, th.log1p(count) / _LOG_SIZE], dim=-1)
+    return _summary(total, top, counts.unsqueeze(-1).to(embedding.dtype))
 
 
 def pooled_embedding(net: nn.Module, plans: th.Tensor, mask: th.Tensor) -> th.Tensor:
