@@ -77,6 +77,7 @@ Inputs: the scenario's numbers and each episode's hidden truth and state travel 
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 from collections.abc import Callable
@@ -89,14 +90,43 @@ import numpy as np
 from envs.scenario import MAX_STAGES, N_SEGMENTS, Portfolio, Scenario
 from envs.shares import diurnal_traffic
 
-# The parallel kernels run on Numba's "workqueue" threads, not its OpenMP layer (unless the user chose
-# one with NUMBA_THREADING_LAYER). Numba's OpenMP layer sets the process's OpenMP thread count when it
-# launches a parallel kernel, and torch runs on the same OpenMP runtime: a training run with
-# torch_threads=1 ran its updates on 2 threads from its first evaluation on (the evaluation copies are
-# a batched env), slower, and no longer reproducible on a loaded machine (two runs of one config parted
-# after 10-20k steps). Set before the first parallel launch, which picks the layer for the process.
+# The parallel kernels prefer Numba's OpenMP threading layer (unless the user chose one with
+# NUMBA_THREADING_LAYER): on the project's 2-core machines it ran 64 batched copies of `default` at ~15k
+# env steps/s against 11-12k on the "workqueue" layer. Numba's OpenMP layer sets the process's OpenMP
+# thread count when it starts its threads, and torch runs on the same OpenMP runtime: a training run
+# with torch_threads=1 then ran its updates on 2 threads from its first evaluation on (a batched env),
+# slower and no longer reproducible on a loaded machine. start_threads() starts the layer and puts the
+# count back; Numba's parallel regions name their thread count themselves, so they still use all of theirs.
+# Set before the first parallel launch, which picks the layer for the process.
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    nb.config.THREADING_LAYER = "workqueue"
+    nb.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
+_threads_started = False
+
+
+def _loaded_openmp() -> ctypes.CDLL | None:
+    """The GNU OpenMP runtime already loaded in this process (torch's or Numba's), or None."""
+    try:
+        return ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD)
+    except (OSError, AttributeError):  # not loaded (or no RTLD_NOLOAD on this platform)
+        return None
+
+
+def start_threads() -> None:
+    """Start Numba's threading layer once per process, leaving the OpenMP thread count as it was.
+
+    Numba's OpenMP layer calls ``omp_set_num_threads(NUMBA_NUM_THREADS)`` when it starts, which would
+    change torch's intra-op threads (torch.get_num_threads()) when both share libgomp; later launches do
+    not touch it. Called before every parallel kernel launch (a flag check after the first)."""
+    global _threads_started
+    if _threads_started:
+        return
+    runtime = _loaded_openmp()
+    before = runtime.omp_get_max_threads() if runtime is not None else None
+    nb.get_num_threads()  # starts the layer's threads
+    if before is not None and nb.threading_layer() == "omp":
+        runtime.omp_set_num_threads(before)
+    _threads_started = True
+
 
 # Columns of a step's per-plan output (n_plans, N_STEP_FIELDS); deep stage counts follow.
 # OWN_PRICED counts won lots whose price another plan of the same advertiser set (0 under dedup).
@@ -316,6 +346,7 @@ def step_episodes(
     done = np.ones(n_envs, dtype=np.bool_)
     shared = inputs[:N_SHARED_INPUTS]
     if step_fn is None:
+        start_threads()
         step_batch_kernel(t, *shared, *inputs[N_SHARED_INPUTS:], step_budget, out, done)
         step_fn = step_kernel
     else:

@@ -98,6 +98,7 @@ def _preset_mapping(name: str) -> dict[str, Any]:
 def bench_kernel(seconds: float) -> dict[str, Any]:
     all_threads = numba.config.NUMBA_NUM_THREADS
     streams = np.arange(4 * all_threads, dtype=np.uint64)
+    kernels.start_threads()
     kernels.auction_bench_batch_kernel(10, 8, streams)  # compile / load
     auction: dict[str, dict[str, float]] = {}
     opportunity: dict[str, dict[str, float]] = {}
