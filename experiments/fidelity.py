@@ -54,6 +54,7 @@ import hydra
 import numpy as np
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from joblib import Parallel, delayed
 from omegaconf import MISSING, DictConfig
 from scipy import stats as scipy_stats
 
@@ -485,26 +486,44 @@ class Episodes:
         return np.array([v.name for v in self.scenario.verticals])[self.portfolios[e].vertical]
 
 
-def play(scenario: Scenario, seeds: Sequence[int], only: Sequence[str] | None = None) -> Episodes:
+def play(scenario: Scenario, seeds: Sequence[int], only: Sequence[str] | None = None, n_jobs: int = 1) -> Episodes:
     """Play every heuristic, the oracle and the starved instrument (or the allocators named in ``only``)
-    on each env seed."""
-    env = gym.make(envs.ENV_ID, scenario=scenario).unwrapped
+    on each env seed.
+
+    :param n_jobs: worker processes, one allocator at a time each (joblib); the traces do not depend on
+        it (every episode is seeded by its env seed alone), only the wall time does."""
     names = (*HEURISTIC_NAMES, ORACLE, STARVED) if only is None else tuple(only)
-    allocators: dict[str, Allocator] = {
-        name: StarvedNewPlans() if name == STARVED else make_allocator({"name": name, "kind": "heuristic"})
-        for name in names
-    }
-    played = Episodes(scenario=env.scenario, seeds=[int(s) for s in seeds], portfolios=[])
-    for name, allocator in allocators.items():
-        traces = []
-        for e, env_seed in enumerate(played.seeds):
-            traces.append(play_episode(env, allocator, env_seed))
-            if len(played.portfolios) <= e:
-                played.portfolios.append(env.portfolio)
-            elif not np.array_equal(played.portfolios[e].channel, env.portfolio.channel):
-                raise RuntimeError(f"seed {env_seed} drew a different portfolio for {name}: resets are not seeded")
+    seeds = [int(s) for s in seeds]
+    if n_jobs < 1:
+        raise ValueError(f"n_jobs must be >= 1, got {n_jobs}")
+    if n_jobs == 1 or len(names) == 1:
+        parts = [_play_allocator(scenario, seeds, name) for name in names]
+    else:  # the oracle (a hindsight planner) is the longest: start it first
+        order = sorted(range(len(names)), key=lambda i: names[i] != ORACLE)
+        done = Parallel(n_jobs=min(n_jobs, len(names)), batch_size=1)(
+            delayed(_play_allocator)(scenario, seeds, names[i]) for i in order
+        )
+        parts = [done[order.index(i)] for i in range(len(names))]
+    played = Episodes(scenario=parts[0][0], seeds=seeds, portfolios=parts[0][2])
+    for name, (_, traces, portfolios) in zip(names, parts, strict=True):
+        for e, pf in enumerate(portfolios):
+            if not np.array_equal(played.portfolios[e].channel, pf.channel):
+                raise RuntimeError(f"seed {seeds[e]} drew a different portfolio for {name}: resets are not seeded")
         played.traces[name] = traces
     return played
+
+
+def _play_allocator(
+    scenario: Scenario, seeds: Sequence[int], name: str
+) -> tuple[Scenario, list[EpisodeTrace], list[Portfolio]]:
+    """One allocator's episodes on ``seeds``: the env's scenario, the traces and each episode's portfolio."""
+    env = gym.make(envs.ENV_ID, scenario=scenario).unwrapped
+    allocator = StarvedNewPlans() if name == STARVED else make_allocator({"name": name, "kind": "heuristic"})
+    traces, portfolios = [], []
+    for env_seed in seeds:
+        traces.append(play_episode(env, allocator, env_seed))
+        portfolios.append(env.portfolio)
+    return env.scenario, traces, portfolios
 
 
 # -------------------------------------------------------------------------------------------------
@@ -896,11 +915,12 @@ def _measure_scores(book: _FactBook) -> None:
         book.put(f"oracle_gap.{heuristic}", (scores[heuristic], scores[ORACLE]), offset=-1.0)
 
 
-def measure(scenario: Scenario, episodes: int, seed: int) -> list[Measurement]:
-    """Every fact of :data:`FACTS` on ``episodes`` episodes of ``scenario`` (seeds from ``seed``)."""
+def measure(scenario: Scenario, episodes: int, seed: int, n_jobs: int = 1) -> list[Measurement]:
+    """Every fact of :data:`FACTS` on ``episodes`` episodes of ``scenario`` (seeds from ``seed``), the
+    allocators played by ``n_jobs`` processes (the same numbers for any ``n_jobs``)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    played = play(scenario, episode_seeds(seed, episodes))
+    played = play(scenario, episode_seeds(seed, episodes), n_jobs=n_jobs)
     estimates = _measure_all(played, seed)
     return rows_from_estimates(estimates, scenario.name)
 
@@ -1069,6 +1089,7 @@ class FidelityConf:
     env: EnvConf = MISSING  # type: ignore[valid-type]
     seed: int = 0  # root of the episode seeds (SeedSequence(seed).spawn(episodes)) and of the bootstrap
     episodes: int = 96  # episodes per allocator
+    n_jobs: int = 2  # processes playing the allocators (the numbers do not depend on it)
     out: Optional[str] = None  # noqa: UP045 (OmegaConf) -- the JSON path; None: <run folder>/fidelity.json
     docs: Optional[str] = "docs/fidelity.md"  # noqa: UP045 -- the Markdown report to update; None: none
 
@@ -1081,7 +1102,7 @@ def run(cfg: DictConfig, run_dir: Path, command: str, env_source: str | None = N
     """Measure every fact for ``cfg`` and write the JSON, provenance and Markdown outputs."""
     scenario = scenario_from_config(cfg.env, source=env_source)
     started = time.perf_counter()
-    rows = measure(scenario, cfg.episodes, cfg.seed)
+    rows = measure(scenario, cfg.episodes, cfg.seed, n_jobs=cfg.n_jobs)
     runtime = time.perf_counter() - started
     record = provenance.collect(seed=cfg.seed)
     run_info = {
@@ -1089,6 +1110,7 @@ def run(cfg: DictConfig, run_dir: Path, command: str, env_source: str | None = N
         "seed": int(cfg.seed),
         "episodes": int(cfg.episodes),
         "episode_seeds": episode_seeds(cfg.seed, cfg.episodes),
+        "n_jobs": int(cfg.n_jobs),
         "command": command,
         "machine": machine(),
         "runtime_s": round(runtime, 1),

@@ -125,6 +125,22 @@ def test_measurement_is_deterministic(small_rows):
     assert [r.to_dict() for r in again] == [r.to_dict() for r in small_rows]
 
 
+def test_allocators_played_in_parallel_give_the_same_traces():
+    seeds = [5, 6]
+    names = ("uniform", "boost", fidelity.ORACLE, fidelity.STARVED)
+    alone = fidelity.play(load_scenario("small"), seeds, only=names)
+    pooled = fidelity.play(load_scenario("small"), seeds, only=names, n_jobs=2)
+    assert list(pooled.traces) == list(names) and pooled.seeds == seeds
+    for e in range(len(seeds)):
+        assert np.array_equal(pooled.portfolios[e].channel, alone.portfolios[e].channel)
+    for name in names:
+        for a, b in zip(alone.traces[name], pooled.traces[name], strict=True):
+            for key, value in dataclasses.asdict(a).items():
+                assert np.array_equal(value, getattr(b, key)), f"{name}.{key} differs with n_jobs=2"
+    with pytest.raises(ValueError, match="n_jobs must be >= 1"):
+        fidelity.play(load_scenario("small"), seeds, n_jobs=0)
+
+
 def test_json_round_trips(small_rows, tmp_path):
     run = {"preset": "small", "seed": 0, "episodes": 2, "command": "test"}
     path = tmp_path / "fidelity.json"
@@ -229,7 +245,7 @@ def _outside(rows: list[Measurement], preset: str) -> list[str]:
 
 @pytest.mark.slow
 def test_default_meets_every_band():
-    rows = fidelity.measure(load_scenario("default"), episodes=SLOW_EPISODES["default"], seed=0)
+    rows = fidelity.measure(load_scenario("default"), episodes=SLOW_EPISODES["default"], seed=0, n_jobs=2)
     assert _outside(rows, "default") == []
     # default has every channel and vertical: every banded fact has a value (nothing silently n/a).
     unmeasured = [r.key for r in _banded_rows(rows, "default") if r.value is None]
@@ -239,7 +255,7 @@ def test_default_meets_every_band():
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["credit", "insurance"])
 def test_single_vertical_presets_meet_the_bands_that_apply(preset):
-    rows = fidelity.measure(load_scenario(preset), episodes=SLOW_EPISODES[preset], seed=0)
+    rows = fidelity.measure(load_scenario(preset), episodes=SLOW_EPISODES[preset], seed=0, n_jobs=2)
     assert _outside(rows, preset) == []
     by_key = {r.key: r for r in rows}
     assert by_key[f"search_cost_per_deep.{preset}"].value is not None  # the preset's own vertical is measured
