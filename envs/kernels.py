@@ -91,8 +91,8 @@ from envs.scenario import MAX_STAGES, N_SEGMENTS, Portfolio, Scenario
 from envs.shares import diurnal_traffic
 
 # The parallel kernels prefer Numba's OpenMP threading layer (unless the user chose one with
-# NUMBA_THREADING_LAYER): on the project's 2-core machines it ran 64 batched copies of `default` at ~15k
-# env steps/s against 11-12k on the "workqueue" layer. Numba's OpenMP layer sets the process's OpenMP
+# NUMBA_THREADING_LAYER): on the project's 2-core machines it ran 64 batched copies of `default` at 15-17k
+# env steps/s against 9-12k on the "workqueue" layer (README, Speed). Numba's OpenMP layer sets the process's OpenMP
 # thread count when it starts its threads, and torch runs on the same OpenMP runtime: a training run
 # with torch_threads=1 then ran its updates on 2 threads from its first evaluation on (a batched env),
 # slower and no longer reproducible on a loaded machine. start_threads() starts the layer and puts the
