@@ -2,8 +2,9 @@
 
 It implements the model documented in :mod:`envs.kernels` with Python integers for the hash (so
 nothing relies on Numba's unsigned arithmetic) and NumPy vectors over a channel's bidders, in the same
-order of events. It shares one draw primitive with the kernel, :func:`envs.kernels.normal_quantile` (a
-knot table and a tail function), called on uniforms it draws itself; the dynamics are its own. The
+order of events. It shares one draw primitive with the kernel, :func:`envs.kernels.lognormal_quantile` (a
+knot table of the scenario's log-normal and the normal's tail function), called on uniforms it draws
+itself with the tables of the inputs it is given; the dynamics are its own. The
 alignment test steps the kernel and this function side by side and expects equal counts and money equal
 to 1e-9 relative. :func:`step_reference` has the kernel's signature (``t``, the fields of
 :class:`envs.kernels.KernelInputs` for one episode, ``step_budget``, ``out``) and runs through the same
@@ -59,7 +60,7 @@ from envs.kernels import (
     STATE_CONVERSIONS,
     STATE_IMPRESSIONS,
     STREAM_COUNT,
-    normal_quantile,
+    lognormal_quantile,
 )
 from envs.scenario import N_SEGMENTS
 
@@ -146,9 +147,11 @@ def step_reference(
     horizon,
     lot,
     quality_sigma,
+    quality_knots,
     noise_floor,
     dedup,
     chan,
+    market_knots,
     chan_diurnal,
     chan_market_hour,
     key,
@@ -212,8 +215,8 @@ def step_reference(
             h = child(h_chan, o)
             segment = int(uniform(h, SLOT_SEGMENT) * N_SEGMENTS)
             u_quality, u_market = uniform_pair32(h, SLOT_Z1)
-            quality = math.exp(quality_sigma * normal_quantile(u_quality) - 0.5 * quality_sigma * quality_sigma)
-            market = market_base * math.exp(chan[c, CH_MARKET_SIGMA] * normal_quantile(u_market))
+            quality = lognormal_quantile(u_quality, quality_sigma, -0.5 * quality_sigma * quality_sigma, quality_knots)
+            market = market_base * lognormal_quantile(u_market, chan[c, CH_MARKET_SIGMA], 0.0, market_knots[c])
             u, delivery_draw = uniforms(h, SLOT_BIDDER + bidders)
             targeting = learning[bidders] + (1.0 - learning[bidders]) * quality
             bids = base_bid[bidders] * targeting * (1.0 + noise_amp[bidders] * (2.0 * u - 1.0))

@@ -1,9 +1,10 @@
-"""The opportunity's draw primitives: 32-bit split uniforms and the table normal quantile function.
+"""The opportunity's draw primitives: 32-bit split uniforms and the table quantile functions.
 
 The step kernel draws an opportunity's user quality and market bid from one hash split into two 32-bit
-uniforms, each turned into a normal by :func:`envs.kernels.normal_quantile` (knot table with linear
-interpolation in the body, an exact tail function beyond). These tests pin what the simulator's
-statistics rely on: the quantiles match scipy's within the stated tolerance, the moments of z and of the
+uniforms, each turned into a log-normal by :func:`envs.kernels.lognormal_quantile` (a knot table of
+``exp(sigma z + shift)`` at the knots of :func:`envs.kernels.normal_quantile`, linear interpolation in
+the body, ``exp`` of the exact normal tail beyond). These tests pin what the simulator's statistics
+rely on: the quantiles match scipy's within the stated tolerance, the moments of z and of the
 lognormal user quality are those of the exact normal, the two uniforms are in (0, 1) and independent,
 and the kernel's split equals the reference's (Python integers) bit for bit.
 """
@@ -21,6 +22,8 @@ from envs.kernels import (
     QUANTILE_TAIL,
     SLOT_Z1,
     hash_at,
+    lognormal_knots,
+    lognormal_quantile,
     normal_quantile,
     uniform_pair32,
 )
@@ -37,6 +40,14 @@ def _quantiles(u):
     for i in range(u.shape[0]):
         z[i] = normal_quantile(u[i])
     return z
+
+
+@nb.njit
+def _lognormals(u, sigma, shift, knots):
+    x = np.empty(u.shape[0])
+    for i in range(u.shape[0]):
+        x[i] = lognormal_quantile(u[i], sigma, shift, knots)
+    return x
 
 
 @nb.njit
@@ -100,6 +111,41 @@ def test_opportunity_normals_are_standard_and_independent():
         assert abs(column.mean()) < 5.0 / np.sqrt(len(column))
         assert column.var() == pytest.approx(1.0, abs=0.01)
     assert abs(np.corrcoef(z.T)[0, 1]) < 5.0 / np.sqrt(len(z))
+
+
+# Linear interpolation of exp(sigma z(u)) between knots 1/2048 apart: the relative error grows with
+# sigma (the curvature of exp(sigma z) in u), largest in the first and last body intervals.
+LOGNORMAL_BODY_RTOL = {0.15: 1e-5, 0.4: 3e-5, 2.0: 2e-4, 3.0: 3.5e-4}  # 3: the largest market_sigma
+
+
+@pytest.mark.parametrize("sigma", sorted(LOGNORMAL_BODY_RTOL))
+def test_lognormal_quantiles_match_the_exact_ones(sigma):
+    shift = -0.5 * sigma * sigma
+    knots = lognormal_knots(sigma, shift)
+    lo, hi = QUANTILE_TAIL / QUANTILE_INTERVALS, 1.0 - QUANTILE_TAIL / QUANTILE_INTERVALS
+    body = lo + (hi - lo) * _midpoints(1 << 20)
+    exact = np.exp(sigma * stats.norm.ppf(body) + shift)
+    error = np.abs(_lognormals(body, sigma, shift, knots) / exact - 1.0)
+    assert error.max() <= LOGNORMAL_BODY_RTOL[sigma]
+    assert error.max() > 1e-3 * LOGNORMAL_BODY_RTOL[sigma]  # the body really is interpolated
+    # The tails are exp of normal_quantile's exact tail function.
+    tail = np.geomspace(2.0**-33, lo, 2000, endpoint=False)
+    for u in (tail, 1.0 - tail):
+        exact_tail = np.exp(sigma * _quantiles(u) + shift)
+        np.testing.assert_allclose(_lognormals(u, sigma, shift, knots), exact_tail, rtol=1e-14)
+    # Monotone, and continuous where body and tails meet.
+    assert np.all(np.diff(_lognormals(_midpoints(1 << 20), sigma, shift, knots)) > 0)
+    for u in (lo, hi):
+        below, above = _lognormals(np.array([np.nextafter(u, 0.0), u]), sigma, shift, knots)
+        assert abs(above / below - 1.0) < 1e-8
+
+
+@pytest.mark.parametrize("sigma", [0.4, 1.0])
+def test_table_user_quality_has_mean_one(sigma):
+    """The user quality exp(sigma z - sigma^2 / 2) read off its table still averages 1 (quadrature)."""
+    shift = -0.5 * sigma * sigma
+    quality = _lognormals(_midpoints(1 << 22), sigma, shift, lognormal_knots(sigma, shift))
+    assert quality.mean() == pytest.approx(1.0, abs=5e-5)
 
 
 @pytest.mark.parametrize("word", [0, 1, (1 << 32) - 1, 1 << 32, (1 << 64) - 1, 0x9E3779B97F4A7C15])
