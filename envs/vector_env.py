@@ -44,6 +44,11 @@ _STEP_COLUMNS = (
     ("deep_value", DEEP_VALUE),
     ("own_priced", OWN_PRICED),
 )
+_RESULT_KEYS = ("budget", "shares", "cap_withheld")
+# The keys of a step's vector infos, each entry followed by its ``_`` mask (Gymnasium's layout).
+_INFO_KEYS = tuple(
+    k for key in ("step", *(k for k, _ in _STEP_COLUMNS), "deep_events", *_RESULT_KEYS) for k in (key, "_" + key)
+)
 
 
 class BudgetShiftVectorEnv(VectorEnv):
@@ -52,7 +57,8 @@ class BudgetShiftVectorEnv(VectorEnv):
 
     Spaces are those of :class:`envs.budget_env.BudgetShiftEnv`, batched: actions
     ``(num_envs, max_plans)`` in [-1, 1], observations ``(num_envs, obs_size)`` float32. Rewards,
-    terminations and truncations are ``(num_envs,)``; an episode never truncates. ``infos`` holds the
+    terminations and truncations are ``(num_envs,)``; an episode never truncates (``truncations`` is one
+    read-only array of False, as the info masks of a step where no episode ended are). ``infos`` holds the
     single env's per-step entries batched (``spend``, ``impressions``, ``clicks``, ``conversions``,
     ``deep_value``, ``budget``, ``shares`` shaped ``(num_envs, n_plans)``, ``deep_events``
     ``(num_envs, n_plans, n_stages)``, ``cap_withheld`` and ``step`` ``(num_envs,)``), each with its
@@ -102,6 +108,8 @@ class BudgetShiftVectorEnv(VectorEnv):
         self._rngs: list[np.random.Generator | None] = [None] * self.num_envs
         self._every_env = np.ones(self.num_envs, dtype=bool)  # the info masks of a step where no episode ended
         self._every_env.flags.writeable = False
+        self._never_truncated = np.zeros(self.num_envs, dtype=bool)  # episodes end by the horizon only
+        self._never_truncated.flags.writeable = False
         self._started = False
 
     # ---------------------------------------------------------------------------------------------
@@ -174,12 +182,10 @@ class BudgetShiftVectorEnv(VectorEnv):
     def _step(self, shares: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         result = self.sim.step(shares)
         terminated = result["terminated"]
-        truncated = np.zeros(self.num_envs, dtype=bool)
+        truncated = self._never_truncated
+        if not result["score"]:  # no episode ended (``score`` holds each one that did): the common step
+            return self.sim.observe(), result["reward"], terminated, truncated, _step_info(result, self._every_env)
         step_info = _step_info(result)
-        if not terminated.any():
-            infos: dict[str, Any] = {}
-            _fill_batched(infos, step_info, self._every_env)
-            return self.sim.observe(), result["reward"], terminated, truncated, infos
 
         # Same-step autoreset of the sub-envs whose episode ended.
         done = terminated.copy()
@@ -220,15 +226,17 @@ class BudgetShiftVectorEnv(VectorEnv):
         return self.sim.active_mask(env_index)
 
 
-def _step_info(result: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _step_info(result: Mapping[str, Any], mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The step's per-env entries; with ``mask``, already in Gymnasium's vector layout with ``mask``
+    beside every entry (a step where no episode ended: the hot path, no second dict)."""
     out = result["out"]
-    info = {"step": result["step"]}
+    info = {} if mask is None else dict.fromkeys(_INFO_KEYS, mask)  # every key in its place, masks set
+    info["step"] = result["step"]
     for key, column in _STEP_COLUMNS:
         info[key] = out[..., column]
     info["deep_events"] = out[..., DEEP0:]
-    info["budget"] = result["budget"]
-    info["shares"] = result["shares"]
-    info["cap_withheld"] = result["cap_withheld"]
+    for key in _RESULT_KEYS:
+        info[key] = result[key]
     return info
 
 

@@ -77,6 +77,27 @@ def test_make_vec_returns_the_batched_env_with_same_step_autoreset() -> None:
     assert obs.dtype == np.float32 and obs in venv.observation_space
 
 
+def test_a_step_without_ended_episodes_gives_sync_vector_envs_infos() -> None:
+    """The hot path's infos: every single-env entry batched, each with an all-True mask, as
+    SyncVectorEnv lays them out; truncations are False (and read-only, shared between steps)."""
+    venv = BudgetShiftVectorEnv(2, scenario="small")
+    sync = gym.vector.SyncVectorEnv(
+        [lambda: BudgetShiftEnv("small") for _ in range(2)], autoreset_mode=AutoresetMode.SAME_STEP
+    )
+    venv.reset(seed=4)
+    sync.reset(seed=4)
+    for actions in _batched_actions(2, venv.max_plans, 3, seed=9):
+        _, _, terminated, truncated, infos = venv.step(actions)
+        _, _, _, sync_truncated, sync_infos = sync.step(actions)
+        assert not terminated.any() and not truncated.any() and not truncated.flags.writeable
+        assert sorted(infos) == sorted(sync_infos)
+        for key, value in sync_infos.items():
+            if key.startswith("_"):
+                assert infos[key].all(), key
+            else:
+                np.testing.assert_array_equal(infos[key], value, err_msg=key)
+
+
 def test_sub_envs_follow_single_envs_through_two_episodes() -> None:
     # small: 48 steps; 80 steps cover a whole episode, the autoreset and most of the next one.
     venv = BudgetShiftVectorEnv(3, scenario="small")
