@@ -18,6 +18,7 @@ from scipy import stats
 
 from envs import reference
 from envs.kernels import (
+    NORMAL_KNOTS,
     QUANTILE_INTERVALS,
     QUANTILE_TAIL,
     SLOT_Z1,
@@ -25,8 +26,10 @@ from envs.kernels import (
     lognormal_knots,
     lognormal_quantile,
     normal_quantile,
+    pack_inputs,
     uniform_pair32,
 )
+from envs.scenario import load_scenario
 
 # Linear interpolation between knots 1/2048 apart: the largest error is at the first body interval
 # (u = 1/64, z = -2.15), 4.1e-5; the tail function is Acklam's approximation refined by a Halley step.
@@ -138,6 +141,21 @@ def test_lognormal_quantiles_match_the_exact_ones(sigma):
     for u in (lo, hi):
         below, above = _lognormals(np.array([np.nextafter(u, 0.0), u]), sigma, shift, knots)
         assert abs(above / below - 1.0) < 1e-8
+
+
+@pytest.mark.parametrize("preset", ["default", "credit"])
+def test_pack_inputs_builds_each_tables_knots_from_the_scenario(preset):
+    """The kernel and the reference read the same tables, so alignment cannot catch a wrong one: each
+    channel's market table is exp(its own market_sigma z), the quality's exp(sigma z - sigma^2 / 2)."""
+    sc = load_scenario(preset)
+    inputs = pack_inputs(sc, 2)
+    z = NORMAL_KNOTS
+    sigma_q = sc.user_quality_sigma
+    np.testing.assert_allclose(inputs.quality_knots, np.exp(sigma_q * z - 0.5 * sigma_q**2), rtol=1e-15)
+    assert len({spec.market_sigma for spec in sc.channels}) > 1  # a channel mix-up would show
+    assert inputs.market_knots.shape == (len(sc.channels), len(z))
+    for c, spec in enumerate(sc.channels):
+        np.testing.assert_allclose(inputs.market_knots[c], np.exp(spec.market_sigma * z), rtol=1e-15)
 
 
 @pytest.mark.parametrize("sigma", [0.4, 1.0])
