@@ -190,6 +190,8 @@ class KernelInputs(NamedTuple):
     horizon: int  # the episode's steps; deep events maturing later are counted in ``late``
     lot: int  # impressions per opportunity
     quality_sigma: float  # log-sd of an opportunity's user quality
+    # The knot tables hold exp(sigma z + shift) for the sigmas beside them (quality_sigma; chan's
+    # CH_MARKET_SIGMA column): pack_inputs builds both; whoever changes a sigma rebuilds its table.
     quality_knots: np.ndarray  # (N_KNOTS,) float64 its quantile function's body (lognormal_knots)
     noise_floor: float  # bid noise amplitude of a mature plan
     dedup: bool  # one ad per advertiser per request: its own plans never set each other's prices
@@ -424,13 +426,14 @@ def normal_pair_at(h, slot):
     return r * np.cos(angle), r * np.sin(angle)
 
 
-# The normal quantile function z = Phi^-1(u) that turns one uniform into one normal (the opportunity's
-# user quality and market bid): linear interpolation in a table of knots at u = i / QUANTILE_INTERVALS
-# in the body (absolute error below 5e-5, tests/test_draws.py), the exact tail function in the outer
-# QUANTILE_TAIL intervals of each side (u < 1/64 or u > 63/64: there the table's curvature would cost
-# more). The knots are Python's statistics.NormalDist().inv_cdf (Wichura's AS241, double precision),
-# built at import: deterministic, no data file. The primitives live here, beside the hash, rather than in
-# a module of their own: Numba's on-disk cache of a kernel only notices edits to the kernel's own file.
+# The normal quantile function z = Phi^-1(u) that turns one uniform into one normal (its knots are those
+# of the opportunity's log-normal tables, its tails theirs: :func:`lognormal_quantile`): linear
+# interpolation in a table of knots at u = i / QUANTILE_INTERVALS in the body (absolute error below 5e-5,
+# tests/test_draws.py), the exact tail function in the outer QUANTILE_TAIL intervals of each side
+# (u < 1/64 or u > 63/64: there the table's curvature would cost more). The knots are Python's
+# statistics.NormalDist().inv_cdf (Wichura's AS241, double precision), built at import: deterministic, no
+# data file. The primitives live here, beside the hash, rather than in a module of their own: Numba's
+# on-disk cache of a kernel only notices edits to the kernel's own file.
 QUANTILE_INTERVALS, QUANTILE_TAIL = 2048, 32
 NORMAL_KNOTS = np.array(
     [NormalDist().inv_cdf(i / QUANTILE_INTERVALS) for i in range(QUANTILE_TAIL, QUANTILE_INTERVALS - QUANTILE_TAIL + 1)]

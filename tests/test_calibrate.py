@@ -211,10 +211,12 @@ def _calibration_gaps(preset: str, seed: int, days: int, path: Path, episodes: i
     return gaps
 
 
-# Several logged portfolios per preset: one log's calibrated gap can sit near 0 (securities, log seed 2, 14
+# Several logged portfolios per preset: one log's calibrated ranking can reverse (securities, log seed 2, 14
 # days: thompson - uniform +34k +- 15k on the truth, -17k +- 8k calibrated over 32 paired episodes on
-# 2026-11-30; +7k +- 9k the day before, after a change that moved money by 1e-7 relative), so a single
-# log's sign is a coin flip there; the claim is about calibration on average over the portfolios it sees.
+# 2026-11-30, about 2 standard errors below 0; +7k +- 9k the day before, after a change that moved money by
+# 1e-7 relative: these fixed seeds are chaotic), so the claim tested is about calibration on average over
+# the portfolios it sees, with a margin: each pooled mean (16 paired episodes a log) at least 2 standard
+# errors above 0 (securities on 2026-11-30: truth +35k +- 10k, calibrated +42k +- 8k).
 RANKING_LOGS = {"credit": ((5, 21), (6, 21), (7, 21)), "securities": ((2, 14), (3, 14), (4, 14), (5, 14))}
 
 
@@ -223,13 +225,15 @@ RANKING_LOGS = {"credit": ((5, 21), (6, 21), (7, 21)), "securities": ((2, 14), (
 def test_allocator_ranking_survives_calibration(preset: str, tmp_path: Path) -> None:
     gaps = {"truth": [], "calibrated": []}
     for seed, days in RANKING_LOGS[preset]:
-        for name, gap in _calibration_gaps(preset, seed, days, tmp_path / f"log{seed}.csv", 8).items():
+        for name, gap in _calibration_gaps(preset, seed, days, tmp_path / f"log{seed}.csv", 16).items():
             gaps[name].append(gap)
     pooled = {name: np.concatenate(g) for name, g in gaps.items()}
+    se = {name: g.std(ddof=1) / np.sqrt(len(g)) for name, g in pooled.items()}
     print(preset, {name: [round(float(g.mean())) for g in per_log] for name, per_log in gaps.items()})
+    print(preset, {name: (round(float(g.mean())), round(float(se[name]))) for name, g in pooled.items()})
     # The stronger heuristic is stronger on the truth (the test can fail), and on the calibrated plans too.
-    assert pooled["truth"].mean() > 0, pooled
-    assert pooled["calibrated"].mean() > 0, pooled
+    assert pooled["truth"].mean() > 2 * se["truth"], (pooled["truth"].mean(), se["truth"])
+    assert pooled["calibrated"].mean() > 2 * se["calibrated"], (pooled["calibrated"].mean(), se["calibrated"])
 
 
 # -------------------------------------------------------------------------------------------------
