@@ -767,6 +767,7 @@ def step_kernel(
             continue
         market_base = chan[c, CH_MARKET] * chan_market_hour[c, hour] * market_day[day, c] * lot
         market_sigma = chan[c, CH_MARKET_SIGMA]
+        channel_knots = market_knots[c]
         first_price = chan[c, CH_FIRST_PRICE] > 0.5
         for o in range(n_opp):
             h = hash_at(h_chan, o)
@@ -778,7 +779,7 @@ def step_kernel(
             # One hash, two 32-bit uniforms: the user quality's normal and the market bid's.
             u_quality, u_market = uniform_pair32(hash_at(h, SLOT_Z1))
             quality = lognormal_quantile(u_quality, quality_sigma, quality_shift, quality_knots)
-            market = market_base * lognormal_quantile(u_market, market_sigma, 0.0, market_knots[c])
+            market = market_base * lognormal_quantile(u_market, market_sigma, 0.0, channel_knots)
             n_cand = candidates(lo, hi, quality, market, ceil_a, ceil_b, bidder_rem, cand)
             if n_cand == 0:
                 continue  # no bidder can bid above the market and afford it: the market takes the lot

@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 import tracemalloc
@@ -237,8 +238,6 @@ def _one_copy_against_plain(
     loops in turn (the batched one first in even rounds, the plain one first in odd ones, so neither
     always runs second): the ratio is the median of the rounds' ratios (both loops see the same machine;
     its speed drifts by a few percent within minutes), each rate the median of its rounds."""
-    import statistics
-
     ratios, batched_rates, plain_rates, plain_cpu = [], [], [], []
     for i in range(rounds):
         if i % 2 == 0:
@@ -442,7 +441,6 @@ def bench_baseline(seconds: float, baseline: Path, rounds: int = 2) -> dict[str,
     """A single ``default`` env of this checkout against ``baseline`` (another checkout of the project,
     e.g. ``git worktree add /tmp/base <commit>``), side by side: each round measures both, one fresh
     process each, alternating, so both see the same machine. The ratio is of the rounds' medians."""
-    import statistics
     import subprocess
 
     if not (baseline / "envs" / "kernels.py").is_file():
