@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.base import Allocator
-from envs.features import STATUSES, Clock
-from envs.shares import redistribute_over_caps, vertical_caps
+from envs.features import CHANNELS, STATUSES, Clock
+from envs.shares import diurnal_traffic, pacing, redistribute_over_caps, vertical_caps
 
 
 class ParamsError(ValueError):
@@ -372,6 +372,158 @@ class ThompsonAllocator(HeuristicAllocator):
         return weights
 
 
+@dataclass
+class FillParams:
+    """The knobs of the capacity fill shared by ``rank`` and ``oracle_rank``."""
+
+    headroom: float = 1.5  # budget given to a plan = headroom x its estimated capacity this step
+    full_use: float = 0.95  # a plan that spent this share of its budget was not capacity-bound
+    capacity_smoothing: float = 0.5  # weight of a new capacity observation in its running estimate
+
+    def __post_init__(self) -> None:
+        _check("headroom", self.headroom, self.headroom >= 1.0, ">= 1")
+        _check("full_use", self.full_use, 0.0 < self.full_use <= 1.0, "in (0, 1]")
+        _check("capacity_smoothing", self.capacity_smoothing, 0.0 < self.capacity_smoothing <= 1.0, "in (0, 1]")
+
+
+class FillAllocator(HeuristicAllocator):
+    """Base of the rules that rank plans by a worth and fill each up to the spend it can absorb.
+
+    Each step the plans are walked from the highest :meth:`worth` to the lowest and each gets
+    ``headroom`` x the spend it can absorb this step (its capacity; unknown at first, so the first
+    plan walked takes everything), until the shares sum to 1; verticals' compliance caps are respected
+    on the way. Capacity is learned from reporting alone: a plan that spent less than ``full_use`` of its
+    last budget was capacity-bound, and what it spent, divided by its channel's share of the day's
+    traffic that step (the scenario's public diurnal curve), updates its estimate (weight
+    ``capacity_smoothing``); one that used its budget may absorb ``headroom`` x more. Money that a
+    top plan could not spend is thus not parked on it: it goes down the ranking.
+
+    Subclasses give the worth: ``rank`` from the reporting, ``oracle_rank`` (:mod:`agents.oracle`) from
+    the hidden truth. ``leader`` (a plan index or None) is walked first whatever its worth (the
+    planner's candidates).
+    """
+
+    Params: type = FillParams
+
+    def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
+        super().reset(scenario, portfolio, seed)
+        sc = scenario
+        # Each channel's share of the day's traffic by step (what a plan's capacity scales with) and
+        # of the rest of the day (the env's pacing), by the channel's index in features.CHANNELS (the
+        # reporting's); channels the scenario lacks get equal shares (no plan runs there).
+        traffic, rest = pacing(diurnal_traffic(sc.channels), sc.steps_per_day)
+        self.traffic = np.full((len(CHANNELS), sc.steps_per_day), 1.0 / sc.steps_per_day)
+        self.rest = np.cumsum(self.traffic[:, ::-1], axis=1)[:, ::-1]
+        rows = [CHANNELS.index(c.name) for c in sc.channels]
+        self.traffic[rows], self.rest[rows] = traffic, rest
+        self.capacity = np.full(sc.n_plans, np.inf)  # spend per unit of traffic index; inf = not yet known
+        self.leader: int | None = None
+        self.t = 0
+
+    def plan_channels(self, stats: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(n_plans,) each plan's channel as an index into :data:`envs.features.CHANNELS`."""
+        return np.asarray(stats["channel"], dtype=np.int64)
+
+    @abstractmethod
+    def worth(self, stats: Mapping[str, np.ndarray], clock: Clock, active: np.ndarray) -> np.ndarray:
+        """(n_plans,) what a unit of budget is worth on each plan now: the fill's order."""
+
+    def _learn_capacity(self, stats: Mapping[str, np.ndarray], channel: np.ndarray) -> None:
+        p = self.params
+        budget, spend = stats["budget_last"], stats["spend_last"]
+        if self.t == 0:
+            return
+        prev = (self.t - 1) % self.scenario.steps_per_day
+        traffic = self.traffic[channel, prev]
+        given = budget > 0
+        bound = given & (spend < p.full_use * budget)
+        observed = spend / traffic
+        known = np.isfinite(self.capacity)
+        smoothed = np.where(
+            known, (1 - p.capacity_smoothing) * self.capacity + p.capacity_smoothing * observed, observed
+        )
+        self.capacity = np.where(bound, smoothed, self.capacity)
+        unbound = given & ~bound
+        self.capacity = np.where(unbound, np.maximum(self.capacity, p.headroom * observed), self.capacity)
+
+    def weights(self, stats, clock, active):
+        p = self.params
+        if self.capacity.shape != active.shape:
+            raise ValueError(f"{self.name} was reset for {len(self.capacity)} plans and given {len(active)}")
+        channel = self.plan_channels(stats)
+        self._learn_capacity(stats, channel)
+        step_of_day = self.t % self.scenario.steps_per_day
+        worth = np.asarray(self.worth(stats, clock, active), dtype=np.float64)
+        if self.leader is not None:
+            worth = np.where(np.arange(len(worth)) == self.leader, np.inf, worth)
+        self.t += 1
+
+        # Share of the rest of the day's budget that lets plan p spend its capacity this step: the env
+        # gives a share s about s x traffic share x min(daily budget, left / rest of its channel's day).
+        rest = self.rest[channel, step_of_day]
+        day_budget = np.minimum(clock.daily_budget, max(clock.budget_left_today, 1e-9) / np.maximum(rest, 1e-9))
+        budget_now = np.maximum(day_budget * self.traffic[channel, step_of_day], 1e-9)
+        need = p.headroom * self.capacity * self.traffic[channel, step_of_day] / budget_now
+        shares = np.zeros(active.shape)
+        left = 1.0
+        plan_vertical = np.asarray(stats["vertical"], dtype=np.int64)
+        vertical_left = self.vertical_cap.copy()  # share each vertical may still get (compliance caps)
+        for plan in np.argsort(-worth, kind="stable"):
+            if not active[plan] or left <= 0:
+                continue
+            v = plan_vertical[plan]
+            give = min(need[plan], left, vertical_left[v])
+            if not math.isfinite(give) or give <= 0:
+                continue
+            shares[plan] = give
+            left -= give
+            vertical_left[v] -= give
+        if shares.sum() <= 0:
+            return active.astype(np.float64)
+        return shares
+
+
+@dataclass
+class RankParams(FillParams):
+    prior_spend: float = 0.03  # pseudo-exposure at the portfolio's rate, as a fraction of the daily budget
+    immature_weight: float = 0.4  # how much of the last 24 h's spend counts as exposure
+    learning_bonus: float = 3.0  # a plan in its learning phase ranks as if worth this many times more
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check("prior_spend", self.prior_spend, self.prior_spend > 0, "> 0")
+        _check("immature_weight", self.immature_weight, 0 <= self.immature_weight <= 1, "in [0, 1]")
+        _check("learning_bonus", self.learning_bonus, self.learning_bonus >= 1, ">= 1")
+
+
+class RankAllocator(FillAllocator):
+    """``rank``: fund plans in order of observed deep value per cost, each up to what it can spend.
+
+    Rule: a plan's worth is ``proportional``'s smoothed matured deep value per unit of exposure
+    (:func:`value_per_cost`), times ``learning_bonus`` while the platform reports it in its learning
+    phase (getting a plan through learning pays for weeks; a starved one fails). Plans are then
+    funded from the best down, each with ``headroom`` x the spend it can absorb this step, learned
+    from its reporting (:class:`FillAllocator`): the reporting-only twin of ``oracle_rank``, which
+    ranks by the true worth. Where ``proportional`` and ``boost`` give the best plans a share that
+    grows with their worth whether or not they can spend it, ``rank`` gives each plan what it can
+    use and moves the rest down the ranking. While no deep value has matured every plan ties and
+    they are explored in their reporting order, one more each step as capacities are learned.
+
+    Knobs (:class:`RankParams`): ``headroom``, ``full_use``, ``capacity_smoothing`` (the fill's),
+    ``prior_spend``, ``immature_weight`` (as in ``proportional``), ``learning_bonus``. Defaults are
+    the other rules' (``boost``'s factor 3 for learning plans), not tuned on the evaluation episodes.
+    """
+
+    name = "rank"
+    Params = RankParams
+
+    def worth(self, stats, clock, active):
+        p = self.params
+        vpc = value_per_cost(stats, active, p.prior_spend * clock.daily_budget, p.immature_weight)
+        learning = np.asarray(stats["status"]) == STATUSES.index("learning")
+        return vpc * np.where(learning, p.learning_bonus, 1.0)
+
+
 HEURISTICS: dict[str, type[HeuristicAllocator]] = {
     cls.name: cls
     for cls in (
@@ -381,5 +533,6 @@ HEURISTICS: dict[str, type[HeuristicAllocator]] = {
         CpaGuardAllocator,
         BoostAllocator,
         ThompsonAllocator,
+        RankAllocator,
     )
 }

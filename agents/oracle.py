@@ -9,14 +9,13 @@ first-stage deep events) per conversion, by the step the conversion happens
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from agents.heuristics import HeuristicAllocator, ParamsError
+from agents.heuristics import FillAllocator, FillParams, ParamsError
+from envs.features import CHANNELS
 from envs.scenario import MAX_STAGES
-from envs.shares import diurnal_traffic, pacing
 
 PRICES = ("target", "observed")
 
@@ -49,21 +48,13 @@ def attributable_per_conversion(scenario, portfolio, delay_draws: int) -> tuple[
 
 
 @dataclass
-class OracleRankParams:
-    headroom: float = 1.5  # budget given to a plan = headroom x its estimated capacity this step
-    full_use: float = 0.95  # a plan that spent this share of its budget was not capacity-bound
-    capacity_smoothing: float = 0.5  # weight of a new capacity observation in its running estimate
+class OracleRankParams(FillParams):
     delay_draws: int = 256  # Monte Carlo draws of each plan's deep-funnel delays (attribution odds)
     price: str = "target"  # cost per conversion: "target" (its target CPA) or "observed" (reporting)
     price_prior: float = 5.0  # "observed": pseudo conversions at the target CPA shrinking the observed price
 
     def __post_init__(self) -> None:
-        if not self.headroom >= 1.0:
-            raise ParamsError(f"agent.params.headroom must be >= 1, got {self.headroom!r}")
-        if not 0.0 < self.full_use <= 1.0:
-            raise ParamsError(f"agent.params.full_use must be in (0, 1], got {self.full_use!r}")
-        if not 0.0 < self.capacity_smoothing <= 1.0:
-            raise ParamsError(f"agent.params.capacity_smoothing must be in (0, 1], got {self.capacity_smoothing!r}")
+        super().__post_init__()
         if not self.delay_draws >= 1:
             raise ParamsError(f"agent.params.delay_draws must be >= 1, got {self.delay_draws!r}")
         if self.price not in PRICES:
@@ -72,7 +63,7 @@ class OracleRankParams:
             raise ParamsError(f"agent.params.price_prior must be > 0, got {self.price_prior!r}")
 
 
-class OracleRankAllocator(HeuristicAllocator):
+class OracleRankAllocator(FillAllocator):
     """``oracle_rank``: knows the hidden truth; funds plans in order of true deep value per cost.
 
     Rule: a plan's worth is its expected attributable deep value per conversion
@@ -84,12 +75,9 @@ class OracleRankAllocator(HeuristicAllocator):
     actually charge). So it knows which plans are potential plans (good, still underpriced by the
     platform) and which are traps (cheap leads, poor deep rates).
 
-    Each step it walks the plans from best to worst and gives each ``headroom`` x the spend it can
-    absorb this step (its capacity, unknown at first: the first plan takes everything), until the
-    shares sum to 1; verticals' compliance caps are respected on the way. Capacity is learned from
-    reporting: a plan that spent less than ``full_use`` of its last budget was capacity-bound, and
-    what it spent, divided by its channel's traffic that hour, updates its capacity estimate
-    (weight ``capacity_smoothing``); one that used its budget may absorb ``headroom`` x more.
+    Plans are funded from the best down, each up to ``headroom`` x the spend it can absorb this step,
+    learned from reporting (:class:`agents.heuristics.FillAllocator`, shared with ``rank``, its
+    reporting-only twin, which ranks by observed value per cost instead).
 
     It is the cheap variant of the oracle: one pass, no look-ahead. The upper reference is the
     hindsight planner ``oracle`` (:mod:`agents.planner`), which also replays this rule as one of
@@ -103,19 +91,17 @@ class OracleRankAllocator(HeuristicAllocator):
     Params = OracleRankParams
 
     def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
-        super().reset(scenario, portfolio, seed)
         if portfolio is None:
             raise ValueError(f"{self.name} needs the hidden truth: call reset(scenario, portfolio)")
+        super().reset(scenario, portfolio, seed)
         sc, pf = scenario, portfolio
         self.portfolio = pf
-        self.plan_channel = np.asarray(pf.channel, dtype=np.int64)
-        # Each channel's share of the day's traffic by step (what a plan's capacity scales with) and
-        # of the rest of the day (the env's pacing), both (C, steps_per_day).
-        self.traffic, self.rest = pacing(diurnal_traffic(sc.channels), sc.steps_per_day)
+        vocabulary = np.array([CHANNELS.index(c.name) for c in sc.channels], dtype=np.int64)
+        self.plan_channel = vocabulary[np.asarray(pf.channel, dtype=np.int64)]  # the truth's, not the reporting's
         self.value_per_conversion, _ = attributable_per_conversion(sc, pf, self.params.delay_draws)  # (T, P)
-        self.capacity = np.full(sc.n_plans, np.inf)  # spend per unit of traffic index; inf = not yet known
-        self.leader: int | None = None  # a plan funded first whatever its worth (the planner's candidates)
-        self.t = 0
+
+    def plan_channels(self, stats) -> np.ndarray:
+        return self.plan_channel
 
     def plan_worth(self, t: int, stats=None) -> np.ndarray:
         """(n_plans,) expected attributable deep value per unit of cost of a conversion made at step ``t``
@@ -127,53 +113,5 @@ class OracleRankAllocator(HeuristicAllocator):
         k = self.params.price_prior
         return value * (stats["conversions_total"] + k) / (stats["spend_total"] + k * target)
 
-    def _learn_capacity(self, stats) -> None:
-        p = self.params
-        budget, spend = stats["budget_last"], stats["spend_last"]
-        if self.t == 0:
-            return
-        prev = (self.t - 1) % self.scenario.steps_per_day
-        traffic = self.traffic[self.plan_channel, prev]
-        given = budget > 0
-        bound = given & (spend < p.full_use * budget)
-        observed = spend / traffic
-        known = np.isfinite(self.capacity)
-        smoothed = np.where(
-            known, (1 - p.capacity_smoothing) * self.capacity + p.capacity_smoothing * observed, observed
-        )
-        self.capacity = np.where(bound, smoothed, self.capacity)
-        unbound = given & ~bound
-        self.capacity = np.where(unbound, np.maximum(self.capacity, p.headroom * observed), self.capacity)
-
-    def weights(self, stats, clock, active):
-        p = self.params
-        self._learn_capacity(stats)
-        step_of_day = self.t % self.scenario.steps_per_day
-        worth = self.plan_worth(self.t, stats)
-        if self.leader is not None:
-            worth = np.where(np.arange(len(worth)) == self.leader, np.inf, worth)
-        self.t += 1
-
-        # Share of the rest of the day's budget that lets plan p spend its capacity this step: the env
-        # gives a share s about s x traffic share x min(daily budget, left / rest of its channel's day).
-        rest = self.rest[self.plan_channel, step_of_day]
-        day_budget = np.minimum(clock.daily_budget, max(clock.budget_left_today, 1e-9) / np.maximum(rest, 1e-9))
-        budget_now = np.maximum(day_budget * self.traffic[self.plan_channel, step_of_day], 1e-9)
-        need = p.headroom * self.capacity * self.traffic[self.plan_channel, step_of_day] / budget_now
-        shares = np.zeros(active.shape)
-        left = 1.0
-        plan_vertical = np.asarray(stats["vertical"], dtype=np.int64)
-        vertical_left = self.vertical_cap.copy()  # share each vertical may still get (compliance caps)
-        for plan in np.argsort(-worth, kind="stable"):
-            if not active[plan] or left <= 0:
-                continue
-            v = plan_vertical[plan]
-            give = min(need[plan], left, vertical_left[v])
-            if not math.isfinite(give) or give <= 0:
-                continue
-            shares[plan] = give
-            left -= give
-            vertical_left[v] -= give
-        if shares.sum() <= 0:
-            return active.astype(np.float64)
-        return shares
+    def worth(self, stats, clock, active) -> np.ndarray:
+        return self.plan_worth(self.t, stats)

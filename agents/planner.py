@@ -29,19 +29,21 @@ planner uses that to plan in hindsight on a private copy of the episode (an
    parametric search: the LP's own prediction of the score picks the ``lp_plans`` best levels. A
    plan's daily spend becomes a constant share of the day (the env paces it by the plan's channel);
    budget the funded plans cannot use goes to those that are capacity-bound.
-3. **Commit.** The LP plans are replayed too, and the planner plays the row with the best replayed
+3. **Commit.** The LP plans are replayed too, beside the reporting-only rule ``rank``
+   (:mod:`agents.heuristics`, default knobs: the strongest heuristic, which on some episodes outscores
+   ``oracle_rank``; it does not feed the LP), and the planner plays the row with the best replayed
    score, share for share: the real episode then follows the replay exactly (same portfolio, same
    draws, same shares), so its score is the best score of every plan it tried. In particular it
-   never scores below ``oracle_rank``.
+   never scores below ``oracle_rank`` nor below ``rank`` with its default knobs.
 
 The replays run on the numba backend and score with the scenario's :class:`envs.objective.DeepValueScore`:
 an env built with ``backend="reference"`` (whose controller may differ in the last bit) or a custom
 ``objective`` is not what the planner replays, so its guarantees (the replay's score, never below
-``oracle_rank``) hold for the default env only.
+``oracle_rank`` or ``rank``) hold for the default env only.
 
-Cost: ``1 + candidates`` replays in one batched kernel call, then ``lp_plans`` more; large
+Cost: ``1 + candidates`` replays in one batched kernel call, then ``lp_plans`` more and ``rank``; large
 portfolios replay fewer rows (at most ``max_replay_plans`` plan-rows per batch, and never fewer than
-the ranker and one LP plan).
+the ranker, one LP plan and ``rank``).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linprog
 
-from agents.heuristics import HeuristicAllocator, ParamsError
+from agents.heuristics import HeuristicAllocator, ParamsError, RankAllocator
 from agents.oracle import OracleRankAllocator, OracleRankParams, attributable_per_conversion
 from envs.features import VERTICALS, Clock
 from envs.kernels import BUDGET, CONVERSIONS, SPEND
@@ -187,9 +189,9 @@ class OracleAllocator(HeuristicAllocator):
         rankers = [self._ranker(None)] + [self._ranker(int(leader)) for leader in leaders]
         first = self.replay(rankers)
         plans = self.lp_schedules(self.plan_days(first), max(1, min(p.lp_plans, rows_per_batch)))
-        replays = [first]
-        if plans:
-            replays.append(self.replay(plans))
+        rank = RankAllocator()  # the best reporting-only rule: the oracle must never score below it
+        rank.reset(sc, pf, seed)
+        replays = [first, self.replay([*plans, rank])]
         best_score, best = -np.inf, None
         for replay in replays:
             row = int(np.argmax(replay.score))

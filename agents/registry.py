@@ -1,7 +1,7 @@
 """Build any allocator from its ``conf/agent/<name>.yaml`` node: ``make_allocator(agent_cfg)``.
 
 - ``kind: heuristic``: ``name`` picks the rule in :data:`agents.config.HEURISTIC_ALLOCATORS`
-  (``static``, ``uniform``, ``proportional``, ``cpa_guard``, ``boost``, ``thompson``, ``oracle_rank``,
+  (``static``, ``uniform``, ``proportional``, ``cpa_guard``, ``boost``, ``thompson``, ``rank``, ``oracle_rank``,
   ``oracle``);
   ``params`` are checked against the rule's ``Params`` dataclass (unknown key, wrong type, value
   out of range: an error naming ``agent.params.<key>``).

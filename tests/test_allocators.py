@@ -3,6 +3,8 @@ a hand-made situation, and the ranking on the default portfolio that the compari
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,6 +17,8 @@ from agents.heuristics import (
     BoostParams,
     CpaGuardAllocator,
     ProportionalAllocator,
+    RankAllocator,
+    RankParams,
     StaticAllocator,
     ThompsonAllocator,
     ThompsonParams,
@@ -22,9 +26,9 @@ from agents.heuristics import (
 )
 from agents.oracle import OracleRankAllocator
 from agents.registry import make_allocator
-from envs.features import GOALS, NUMERIC_STATS, STATUSES, VERTICALS, Clock
+from envs.features import CHANNELS, GOALS, NUMERIC_STATS, STATUSES, VERTICALS, Clock
 from envs.scenario import KIND_POTENTIAL, KIND_REGULAR, KIND_TRAP, PortfolioGenerator, load_scenario
-from envs.shares import redistribute_over_caps
+from envs.shares import diurnal_traffic, pacing, redistribute_over_caps
 from experiments.common import episode_seeds
 from experiments.evaluate import evaluate_allocator
 
@@ -212,6 +216,46 @@ def test_thompson_concentrates_on_the_plan_with_the_best_posterior_and_is_seeded
     assert not np.array_equal(run(2), shares)
 
 
+def test_rank_funds_the_best_observed_plan_first_and_moves_on_when_it_is_full():
+    allocator = RankAllocator()
+    allocator.reset(scenario_with(4))  # no portfolio: it reads the reporting only
+    active = np.ones(4, dtype=bool)
+    stats = blank_stats(4)
+    stats["spend_total"] = np.full(4, 4000.0)
+    stats["deep_value_total"] = np.array([4000.0, 12000.0, 8000.0, 2000.0])  # plan 1 best, then 2
+    first = allocator.allocate(stats, clock(hour=0), active)
+    assert first[1] > 0.9  # capacity unknown: the best plan takes it all
+    stats["budget_last"] = first * 1000.0
+    stats["spend_last"] = np.where(np.arange(4) == 1, 20.0, 0.0)  # it could spend only a fraction
+    after = allocator.allocate(stats, clock(hour=1), active)
+    assert 0 < after[1] < 0.5
+    assert after[2] > after[1] > after[0]  # the next best takes the rest, the worse ones wait
+    assert after[3] <= after[0]
+
+
+def test_rank_puts_learning_plans_ahead_by_its_bonus():
+    stats = blank_stats(2)
+    stats["spend_total"] = np.full(2, 4000.0)
+    stats["deep_value_total"] = np.array([8000.0, 4000.0])  # plan 0 worth about twice plan 1
+    stats["status"] = np.array([LEARNED, LEARNING])
+    for bonus, leader in ((1.0, 0), (3.0, 1)):
+        allocator = RankAllocator(RankParams(learning_bonus=bonus))
+        allocator.reset(scenario_with(2))
+        assert allocator.allocate(stats, clock(hour=0), np.ones(2, dtype=bool)).argmax() == leader
+
+
+def test_rank_paces_a_plan_by_its_own_channel_even_where_the_scenario_lists_channels_otherwise():
+    """The reporting names channels by CHANNELS' index; a scenario may list fewer, in another order."""
+    base = scenario_with(2)
+    search_only = dataclasses.replace(base, channels=base.channels[-1:])
+    assert search_only.channels[0].name == "search" and CHANNELS.index("search") != 0
+    allocator = RankAllocator()
+    allocator.reset(search_only)
+    traffic, rest = pacing(diurnal_traffic(search_only.channels), search_only.steps_per_day)
+    np.testing.assert_array_equal(allocator.traffic[CHANNELS.index("search")], traffic[0])
+    np.testing.assert_array_equal(allocator.rest[CHANNELS.index("search")], rest[0])
+
+
 def test_oracle_rank_funds_the_truly_best_plan_first_and_moves_on_when_it_is_full():
     allocator, scenario, portfolio = make("oracle_rank", 6, seed=3)
     portfolio.kind[:] = KIND_REGULAR
@@ -277,6 +321,8 @@ def test_oracle_scores_at_least_as_high_as_every_heuristic_on_default(default_sc
         ("proportional", "uniform"),
         ("thompson", "uniform"),
         ("boost", "thompson"),
+        ("rank", "boost"),
+        ("rank", "thompson"),
     ],
 )
 def test_adaptive_heuristics_beat_static_and_uniform_on_default(default_scores, learner, baseline):

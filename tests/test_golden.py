@@ -28,7 +28,7 @@ from agents.registry import make_allocator
 GOLDEN = Path(__file__).resolve().parent / "golden" / "golden.json"
 ROLLOUT_PRESETS = ("small", "default", "credit", "insurance", "securities", "default_shock")
 ALLOCATOR_PRESETS = ("small", "default")
-ALLOCATORS = ("static", "uniform", "proportional", "cpa_guard", "boost", "thompson", "oracle")
+ALLOCATORS = ("static", "uniform", "proportional", "cpa_guard", "boost", "thompson", "rank", "oracle")
 INFO_ARRAYS = ("spend", "impressions", "clicks", "conversions", "deep_events", "deep_value", "budget", "shares")
 
 
