@@ -448,6 +448,8 @@ class FillAllocator(HeuristicAllocator):
 
     def weights(self, stats, clock, active):
         p = self.params
+        if self.scenario is None:
+            raise RuntimeError(f"{self.name} learns capacities over an episode: call reset(scenario) before allocate()")
         if self.capacity.shape != active.shape:
             raise ValueError(f"{self.name} was reset for {len(self.capacity)} plans and given {len(active)}")
         channel = self.plan_channels(stats)

@@ -233,6 +233,15 @@ def test_rank_funds_the_best_observed_plan_first_and_moves_on_when_it_is_full():
     assert after[3] <= after[0]
 
 
+def test_rank_says_what_is_wrong_when_not_reset_for_the_portfolio():
+    allocator = RankAllocator()
+    with pytest.raises(RuntimeError, match=r"call reset\(scenario\) before allocate"):
+        allocator.allocate(blank_stats(3), clock(), np.ones(3, dtype=bool))
+    allocator.reset(scenario_with(3))
+    with pytest.raises(ValueError, match="reset for 3 plans and given 4"):
+        allocator.allocate(blank_stats(4), clock(), np.ones(4, dtype=bool))
+
+
 def test_rank_puts_learning_plans_ahead_by_its_bonus():
     stats = blank_stats(2)
     stats["spend_total"] = np.full(2, 4000.0)
