@@ -2,7 +2,8 @@
 
 Each heuristic is a plain, documented policy over what an advertiser's reporting shows
 (:data:`envs.features.STAT_NAMES`), the clock and the mask of plans that exist. None of them reads
-the portfolio's hidden truth; ``static`` reads only the morning's plan budgets
+the portfolio's hidden truth (``oracle_rank``, :mod:`agents.oracle`, reuses :class:`FillAllocator` with
+a true worth); ``static`` reads only the morning's plan budgets
 (``portfolio.static_share``, the advertiser's own setting). Knobs live in one ``Params`` dataclass
 per allocator: the same dataclasses are the Hydra schema of ``conf/agent/<name>.yaml``'s ``params``
 (see :mod:`agents.config`), so a typo'd knob fails at compose time and a bad value at startup.
@@ -391,12 +392,12 @@ class FillAllocator(HeuristicAllocator):
 
     Each step the plans are walked from the highest :meth:`worth` to the lowest and each gets
     ``headroom`` x the spend it can absorb this step (its capacity; unknown at first, so the first
-    plan walked takes everything), until the shares sum to 1; verticals' compliance caps are respected
-    on the way. Capacity is learned from reporting alone: a plan that spent less than ``full_use`` of its
-    last budget was capacity-bound, and what it spent, divided by its channel's share of the day's
-    traffic that step (the scenario's public diurnal curve), updates its estimate (weight
-    ``capacity_smoothing``); one that used its budget may absorb ``headroom`` x more. Money that a
-    top plan could not spend is thus not parked on it: it goes down the ranking.
+    plan walked takes everything its vertical's cap allows), until the shares sum to 1; verticals'
+    compliance caps are respected on the way. Capacity is learned from reporting alone: a plan that
+    spent less than ``full_use`` of its last budget was capacity-bound, and what it spent, divided by
+    its channel's share of the day's traffic that step (the scenario's public diurnal curve), updates
+    its estimate (weight ``capacity_smoothing``); one that used its budget may absorb ``headroom`` x
+    more. Money that a top plan could not spend is thus not parked on it: it goes down the ranking.
 
     Subclasses give the worth: ``rank`` from the reporting, ``oracle_rank`` (:mod:`agents.oracle`) from
     the hidden truth. ``leader`` (a plan index or None) is walked first whatever its worth (the
@@ -508,8 +509,10 @@ class RankAllocator(FillAllocator):
     from its reporting (:class:`FillAllocator`): the reporting-only twin of ``oracle_rank``, which
     ranks by the true worth. Where ``proportional`` and ``boost`` give the best plans a share that
     grows with their worth whether or not they can spend it, ``rank`` gives each plan what it can
-    use and moves the rest down the ranking. While no deep value has matured every plan ties and
-    they are explored in their reporting order, one more each step as capacities are learned.
+    use and moves the rest down the ranking. While no deep value has matured the plans tie but for
+    the learning bonus, and are walked in that order (then the reporting's), each taking the rest of
+    the budget until its capacity is learned. A plan that was given budget and spent nothing gets
+    capacity 0 and is not funded again (a known limit, shared with ``oracle_rank``).
 
     Knobs (:class:`RankParams`): ``headroom``, ``full_use``, ``capacity_smoothing`` (the fill's),
     ``prior_spend``, ``immature_weight`` (as in ``proportional``), ``learning_bonus``. Defaults are

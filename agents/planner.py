@@ -42,8 +42,8 @@ an env built with ``backend="reference"`` (whose controller may differ in the la
 ``oracle_rank`` or ``rank``) hold for the default env only.
 
 Cost: ``1 + candidates`` replays in one batched kernel call, then ``lp_plans`` more and ``rank``; large
-portfolios replay fewer rows (at most ``max_replay_plans`` plan-rows per batch, and never fewer than
-the ranker, one LP plan and ``rank``).
+portfolios replay fewer rows (at most ``max_replay_plans`` plan-rows per batch, plus ``rank``'s row in the
+second, and never fewer than the ranker, one LP plan and ``rank``).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ CPA_LEVELS = (0.8, 0.9, 1.0, 1.05, 1.1, 1.2, 1.35, 1.5, float("inf"))
 class OracleParams:
     candidates: int = 5  # ranker replays that fund one of the truly best plans first
     lp_plans: int = 2  # LP plans (CPA levels) replayed
-    max_replay_plans: int = 200  # plan-rows per replay batch (fewer candidates on large portfolios)
+    max_replay_plans: int = 200  # plan-rows per replay batch (fewer candidates on large portfolios; rank's row on top)
     full_use: float = 0.95  # a plan-day that spent this share of its budget was not capacity-bound
     price_prior: float = 5.0  # pseudo conversions at the target CPA shrinking each measured value per cost
     delay_draws: int = 256  # Monte Carlo draws of each plan's deep-funnel delays (attribution odds)
@@ -190,7 +190,7 @@ class OracleAllocator(HeuristicAllocator):
         first = self.replay(rankers)
         plans = self.lp_schedules(self.plan_days(first), max(1, min(p.lp_plans, rows_per_batch)))
         rank = RankAllocator()  # the best reporting-only rule: the oracle must never score below it
-        rank.reset(sc, pf, seed)
+        rank.reset(sc, None, seed)  # no portfolio: it must not read the truth
         replays = [first, self.replay([*plans, rank])]
         best_score, best = -np.inf, None
         for replay in replays:

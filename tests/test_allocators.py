@@ -3,8 +3,6 @@ a hand-made situation, and the ranking on the default portfolio that the compari
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -255,14 +253,34 @@ def test_rank_puts_learning_plans_ahead_by_its_bonus():
 
 def test_rank_paces_a_plan_by_its_own_channel_even_where_the_scenario_lists_channels_otherwise():
     """The reporting names channels by CHANNELS' index; a scenario may list fewer, in another order."""
-    base = scenario_with(2)
-    search_only = dataclasses.replace(base, channels=base.channels[-1:])
-    assert search_only.channels[0].name == "search" and CHANNELS.index("search") != 0
+    base = load_scenario("small")
+    search_network = load_scenario(
+        {
+            "name": "test",
+            "accounts": 1,
+            "plans_per_account": 2,
+            "max_plans": 8,
+            "days": 2,
+            "steps_per_day": 24,
+            "daily_budget": base.daily_budget,
+            "cpa_target": base.cpa_target,
+            "channels": {"search": {"share": 0.6}, "network": {"share": 0.4}},
+            "verticals": {"credit": {"share": 1.0}},
+        }
+    )
+    assert [c.name for c in search_network.channels] == ["search", "network"]
+    traffic, _ = pacing(diurnal_traffic(search_network.channels), search_network.steps_per_day)
     allocator = RankAllocator()
-    allocator.reset(search_only)
-    traffic, rest = pacing(diurnal_traffic(search_only.channels), search_only.steps_per_day)
-    np.testing.assert_array_equal(allocator.traffic[CHANNELS.index("search")], traffic[0])
-    np.testing.assert_array_equal(allocator.rest[CHANNELS.index("search")], rest[0])
+    allocator.reset(search_network)
+    stats = blank_stats(2)
+    stats["channel"] = np.array([CHANNELS.index("search"), CHANNELS.index("network")])
+    active = np.ones(2, dtype=bool)
+    allocator.allocate(stats, clock(hour=0), active)  # first step: nothing to learn yet
+    stats["budget_last"] = np.array([1000.0, 1000.0])
+    stats["spend_last"] = np.array([100.0, 300.0])  # both capacity-bound
+    allocator.allocate(stats, clock(hour=1), active)
+    # Each capacity is its spend over its own channel's share of the day's traffic in the step just played.
+    np.testing.assert_allclose(allocator.capacity, [100.0 / traffic[0, 0], 300.0 / traffic[1, 0]])
 
 
 def test_oracle_rank_funds_the_truly_best_plan_first_and_moves_on_when_it_is_full():

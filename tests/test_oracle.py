@@ -114,10 +114,14 @@ def test_the_episode_follows_the_replay_and_never_scores_below_the_ranker():
     env = BudgetShiftEnv("small")
     oracle = make_allocator({"name": "oracle", "kind": "heuristic"})
     ranker = make_allocator({"name": "oracle_rank", "kind": "heuristic"})
+    rank = make_allocator({"name": "rank", "kind": "heuristic"})
     for env_seed in episode_seeds(3, 3):
         played, _ = run_episode(env, oracle, env_seed)
         assert played["score"] == oracle.planned_score == oracle.scores.max()  # its replay, exactly
         assert played["score"] >= run_episode(env, ranker, env_seed)[0]["score"]  # row 0 replays the ranker
+        rank_score = run_episode(env, rank, env_seed)[0]["score"]
+        assert oracle.scores[-1] == rank_score  # the last row replays rank, exactly
+        assert played["score"] >= rank_score
 
 
 # --------------------------------------------------------------------------------------------
