@@ -68,6 +68,7 @@ from agents.allocator import (
     sha256_file,
     write_stats_csv,
 )
+from agents.residual import head_spec
 from agents.sb3 import ALGOS, RUN_CONFIG, RUN_MODELS, AgentSpecError, RunFolderError, load_run
 from envs.budget_env import BudgetShiftEnv
 from envs.features import (
@@ -397,6 +398,12 @@ def export_bundle(run_dir: Path, out_dir: Path, *, which: str = "final") -> Path
         model's by more than :data:`PARITY_TOLERANCE` on an episode of the training scenario.
     """
     run = read_run(Path(run_dir), which)
+    if head_spec(run.config["agent"].get("head")).residual:
+        raise ExportError(
+            f"{run_dir} trained a rank_residual head (agents/residual.py): its shares come from rank's fill, "
+            "which carries capacity estimates from hour to hour, and the production loader "
+            "(agents/allocator.py) is stateless; it cannot serve such a policy yet"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     policy_path = out_dir / POLICY_FILE

@@ -65,6 +65,7 @@ from torch import nn
 from agents.allocator import sha256_file
 from agents.config import env_mapping
 from agents.policies import ACTIVE, SET_POLICIES
+from agents.residual import HeadSpec, RankResidualEnv, head_spec
 from agents.vec_env import make_sb3_vec_env
 from envs.budget_env import BudgetShiftEnv
 from envs.family import FamilyEnv, ScenarioFamily, load_family
@@ -77,7 +78,18 @@ OFF_POLICY = ("SAC", "TD3")
 POLICIES = ("mlp", "set")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "elu": nn.ELU, "leaky_relu": nn.LeakyReLU}
 VEC_ENVS = {"native": None, "dummy": DummyVecEnv, "subproc": SubprocVecEnv}
-AGENT_KEYS = ("name", "kind", "algo", "policy", "n_envs", "hyperparams", "policy_kwargs", "normalize", "kickstart")
+AGENT_KEYS = (
+    "name",
+    "kind",
+    "algo",
+    "policy",
+    "n_envs",
+    "hyperparams",
+    "policy_kwargs",
+    "normalize",
+    "kickstart",
+    "head",
+)
 
 # A training run folder (written by experiments.train, read by agents.trained and agents.export).
 #: The resolved config of the run.
@@ -171,7 +183,12 @@ def build_vec_normalize(venv: VecEnv, agent: Mapping[str, Any], max_plans: int, 
 
 
 def make_envs(
-    scenario: Scenario, n_envs: int, seed: int, vec_env: str = "native", family: ScenarioFamily | None = None
+    scenario: Scenario,
+    n_envs: int,
+    seed: int,
+    vec_env: str = "native",
+    family: ScenarioFamily | None = None,
+    head: HeadSpec | None = None,
 ) -> VecEnv:
     """``n_envs`` copies of the env with episode statistics; copy ``i`` is first reset with ``seed + i``.
 
@@ -179,7 +196,10 @@ def make_envs(
     its SB3 adapter; ``dummy``/``subproc``: SB3's vector envs of single Monitor-wrapped envs. All three
     give the same episodes for the same seed. With ``family``, the copies are
     :class:`envs.family.FamilyEnv` (a new scenario every episode; ``scenario`` is then unused), which
-    only SB3's vector envs can hold: the native batch runs one scenario in one kernel call.
+    only SB3's vector envs can hold: the native batch runs one scenario in one kernel call. With a
+    ``rank_residual`` ``head`` (:mod:`agents.residual`) each copy is wrapped in
+    :class:`agents.residual.RankResidualEnv` (inside its Monitor, which then records the shares' rewards);
+    that needs single envs too.
     """
     if vec_env not in VEC_ENVS:
         raise AgentSpecError(f"vec_env must be one of {list(VEC_ENVS)}, got {vec_env!r}")
@@ -188,12 +208,21 @@ def make_envs(
             f"vec_env=native runs one scenario for all copies; family {family.name!r} draws a scenario per "
             "episode: use vec_env=dummy (or subproc)"
         )
+    residual = head is not None and head.residual
+    if residual and vec_env == "native":
+        raise AgentSpecError(
+            "agent.head rank_residual runs rank's fill in Python between the policy and each env copy: "
+            "use vec_env=dummy (or subproc)"
+        )
     if vec_env == "native":
         return VecMonitor(make_sb3_vec_env(scenario, n_envs=n_envs, seed=seed))
     kwargs = {"start_method": "fork"} if vec_env == "subproc" else None
     env_cls, env_kwargs = (
         (BudgetShiftEnv, {"scenario": scenario}) if family is None else (FamilyEnv, {"family": family})
     )
+    if residual:
+        env_kwargs = {"env_cls": env_cls, "env_kwargs": env_kwargs, "scale": head.scale}
+        env_cls = _residual_env
     return make_vec_env(
         env_cls,
         n_envs=n_envs,
@@ -202,6 +231,10 @@ def make_envs(
         vec_env_cls=VEC_ENVS[vec_env],
         vec_env_kwargs=kwargs,
     )
+
+
+def _residual_env(env_cls: type, env_kwargs: dict[str, Any], scale: float) -> RankResidualEnv:
+    return RankResidualEnv(env_cls(**env_kwargs), scale=scale)
 
 
 def run_family(config: Mapping[str, Any]) -> ScenarioFamily | None:
@@ -251,6 +284,15 @@ def check_agent(agent: Mapping[str, Any]) -> None:
     n_envs = agent.get("n_envs", 1)
     if not isinstance(n_envs, int) or n_envs < 1:
         raise AgentSpecError(f"agent.n_envs must be an integer >= 1, got {n_envs!r}")
+    try:
+        head = head_spec(agent.get("head"))
+    except ValueError as exc:
+        raise AgentSpecError(str(exc)) from None
+    if head.residual and agent.get("kickstart") is not None:
+        raise AgentSpecError(
+            "agent.kickstart clones a heuristic's shares into a softmax head; a rank_residual head starts "
+            "as rank itself (action 0): set agent.kickstart=null"
+        )
 
 
 def policy_class(agent: Mapping[str, Any]) -> str | type:

@@ -15,6 +15,10 @@ portfolio has at most that many plans (padded plans are inactive, as in training
 own width, normalised with the plan-pooled statistics tiled to that width
 (:meth:`agents.sb3.PlanPooledRunningMeanStd.stats_for`), and scored by the policy's
 ``plan_actions`` (:mod:`agents.policies`). A flat MLP has one input per plan slot and refuses them.
+
+A run with a ``rank_residual`` head (:mod:`agents.residual`) turns the clipped action into a tilt of
+``rank``'s worth and returns rank's fill, exactly as :class:`agents.residual.RankResidualEnv` did in
+training; ``reset`` then resets rank's capacity estimates for the episode's scenario.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import torch as th
 
 from agents.base import Allocator
+from agents.residual import TiltedRank, head_spec, tilt_from_action
 from agents.sb3 import PlanPooledRunningMeanStd, load_run
 from envs.features import N_GLOBAL_FEATURES, N_PLAN_FEATURES, Clock, build_observation
 from envs.shares import masked_softmax
@@ -54,12 +59,16 @@ class TrainedAllocator(Allocator):
         self.recurrent = self.agent["algo"] == "RecurrentPPO"
         self.deterministic = deterministic
         self.temperature = scenario.temperature
+        self.head = head_spec(self.agent.get("head"))
+        self.rank = TiltedRank() if self.head.residual else None
         self._state: Any = None
         self._episode_start = np.ones(1, dtype=bool)
 
     def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
         # The env turns actions into shares with its own scenario's temperature.
         self.temperature = scenario.temperature
+        if self.rank is not None:
+            self.rank.reset(scenario)  # never the portfolio: rank reads the reporting only
         self._state = None
         self._episode_start = np.ones(1, dtype=bool)
         if seed is not None and not self.deterministic:
@@ -72,6 +81,9 @@ class TrainedAllocator(Allocator):
             action = self._predict(build_observation(stats, clock, self.max_plans, active))
         else:
             action = self._predict_wide(build_observation(stats, clock, n_plans, active), n_plans)
+        if self.rank is not None:
+            self.rank.tilt = tilt_from_action(action, n_plans, self.head.scale)
+            return self.rank.allocate(stats, clock, active)
         logits = np.clip(np.asarray(action, dtype=np.float64)[:n_plans], -1.0, 1.0) * self.temperature
         return masked_softmax(logits, active)
 

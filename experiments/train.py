@@ -65,6 +65,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.config import plain
 from agents.kickstart import kickstart, kickstart_spec
+from agents.residual import head_spec
 from agents.sb3 import (
     OFF_POLICY,
     RUN_CONFIG,
@@ -314,9 +315,15 @@ def train(cfg: DictConfig, run_dir: Path, callback_after_eval: BaseCallback | No
 
     # Environments: training copies seeded seed + i; evaluation copies (one per evaluation episode)
     # reseeded eval.seed + i before every evaluation, with frozen statistics and raw rewards.
-    train_env = make_envs(scenario, agent["n_envs"], cfg.seed, cfg.vec_env, family)
+    # A rank_residual head (agents/residual.py) runs rank's fill between the policy and every copy.
+    head = head_spec(agent.get("head"))
+    train_env = make_envs(scenario, agent["n_envs"], cfg.seed, cfg.vec_env, family, head)
+    eval_vec = "dummy" if head.residual else "native"
     eval_env = build_vec_normalize(
-        make_envs(scenario, cfg.eval.n_episodes, cfg.eval.seed), agent, scenario.max_plans, training=False
+        make_envs(scenario, cfg.eval.n_episodes, cfg.eval.seed, eval_vec, head=head),
+        agent,
+        scenario.max_plans,
+        training=False,
     )
     tensorboard_log = str(run_dir / "tensorboard") if cfg.tensorboard else None
     model, train_env, resumed_from = start_or_resume(cfg, agent, run_dir, train_env, scenario, tensorboard_log)

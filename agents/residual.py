@@ -1,0 +1,132 @@
+"""A learned correction of ``rank``: the policy re-weights rank's ranking, rank's fill spends the budget.
+
+An agent config with ``head: {kind: rank_residual, scale: s}`` trains a policy whose action is not a
+softmax over plans but a *tilt* of ``rank``'s ranking (:class:`agents.heuristics.RankAllocator`): its
+action ``a`` (one entry per plan slot, clipped to [-1, 1]) multiplies each plan's worth by
+``exp(s * a)`` before rank's fill walks the plans from the best down, each funded with ``headroom``
+x the spend it can absorb. Action 0 is ``rank`` exactly; ``s = 2`` lets the policy move a plan's worth
+by up to ``e^2 ~ 7.4`` either way. Why: a per-plan softmax gives the best plans a share that grows
+with their score whether or not they can spend it, and the softmax generalist stays 0.12-0.28
+normalised below ``rank`` (README, "Where the learned agent stands"); fill-to-capacity is a
+sequential rule over a ranking, which this head keeps and the policy only has to correct.
+
+- :class:`TiltedRank`: ``rank`` with a per-plan ``tilt`` on its worth (``None``: rank itself).
+- :class:`RankResidualEnv`: the Gymnasium wrapper training runs in: ``step(action)`` tilts, fills and
+  steps the inner env with the shares (``BudgetShiftEnv.step_shares``; over a
+  :class:`envs.family.FamilyEnv` the family's reward scale is applied as its ``step`` does). Observation,
+  action space and info are the inner env's. Rank learns capacities over an episode, so the wrapper
+  resets it with every episode's scenario (never its portfolio: rank reads the reporting only).
+- :func:`head_spec`: the validated ``head`` node of an agent config.
+
+The evaluation allocator (:class:`agents.trained.TrainedAllocator`) runs the same tilt and fill.
+Production: the fill is stateful (capacity estimates carried from hour to hour), which the stateless
+production loader (:mod:`agents.allocator`) does not replay yet, so such runs are not exported
+(:mod:`agents.export` refuses them, naming why).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from agents.heuristics import RankAllocator
+from envs.budget_env import BudgetShiftEnv
+from envs.family import FamilyEnv
+
+#: ``head.kind`` values: ``softmax`` (the env's own action: logits of a masked softmax) or ``rank_residual``.
+HEAD_KINDS = ("softmax", "rank_residual")
+HEAD_KEYS = ("kind", "scale")
+
+
+class HeadSpecError(ValueError):
+    """An agent's ``head`` node that names an unknown kind or a bad scale."""
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    kind: str = "softmax"
+    scale: float = 2.0  # rank_residual: worth x exp(scale x action)
+
+    @property
+    def residual(self) -> bool:
+        return self.kind == "rank_residual"
+
+
+def head_spec(node: Mapping[str, Any] | None) -> HeadSpec:
+    """The validated ``head`` node of an agent config (None: the softmax head); errors name the field."""
+    if node is None:
+        return HeadSpec()
+    if not isinstance(node, Mapping):
+        raise HeadSpecError(f"agent.head must be a mapping or null, got {node!r}")
+    unknown = sorted(set(node) - set(HEAD_KEYS))
+    if unknown:
+        raise HeadSpecError(f"unknown field agent.head.{unknown[0]}; expected one of {list(HEAD_KEYS)}")
+    kind = node.get("kind", "softmax")
+    if kind not in HEAD_KINDS:
+        raise HeadSpecError(f"agent.head.kind must be one of {list(HEAD_KINDS)}, got {kind!r}")
+    scale = node.get("scale", HeadSpec.scale)
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (math.isfinite(scale) and scale > 0):
+        raise HeadSpecError(f"agent.head.scale must be a finite number > 0, got {scale!r}")
+    return HeadSpec(kind=kind, scale=float(scale))
+
+
+def tilt_from_action(action: np.ndarray, n_plans: int, scale: float) -> np.ndarray:
+    """(n_plans,) the worth multipliers ``exp(scale * clip(action, -1, 1))`` of the first ``n_plans`` slots."""
+    a = np.clip(np.asarray(action, dtype=np.float64)[:n_plans], -1.0, 1.0)
+    return np.exp(scale * a)
+
+
+class TiltedRank(RankAllocator):
+    """``rank`` whose worth is multiplied by ``self.tilt`` (set before each ``allocate``; None: rank)."""
+
+    name = "rank_tilted"
+
+    def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
+        super().reset(scenario, portfolio, seed)
+        self.tilt: np.ndarray | None = None
+
+    def worth(self, stats, clock, active):
+        worth = super().worth(stats, clock, active)
+        if self.tilt is None:
+            return worth
+        if np.shape(self.tilt) != np.shape(worth):
+            raise ValueError(f"tilt has shape {np.shape(self.tilt)}, the portfolio {np.shape(worth)}")
+        return worth * self.tilt
+
+
+class RankResidualEnv(gym.Wrapper):
+    """The training env of a ``rank_residual`` head (module docstring): action -> tilt -> rank's fill."""
+
+    def __init__(self, env: BudgetShiftEnv | FamilyEnv, scale: float = HeadSpec.scale) -> None:
+        if not isinstance(env, BudgetShiftEnv | FamilyEnv):
+            raise TypeError(f"RankResidualEnv wraps a BudgetShiftEnv or FamilyEnv, got {type(env).__name__}")
+        super().__init__(env)
+        self.scale = float(scale)
+        self.rank = TiltedRank()
+
+    def _inner(self) -> BudgetShiftEnv:
+        inner = self.env.env if isinstance(self.env, FamilyEnv) else self.env
+        if inner is None:
+            raise RuntimeError("call reset() before step()")
+        return inner
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.rank.reset(self._inner().scenario)
+        return obs, info
+
+    def step(self, action: np.ndarray):
+        inner = self._inner()
+        if np.shape(action) != self.action_space.shape:
+            raise ValueError(f"action must have shape {self.action_space.shape}, got {np.shape(action)}")
+        self.rank.tilt = tilt_from_action(action, inner.n_plans, self.scale)
+        shares = self.rank.allocate(inner.reporting_stats(), inner.clock(), inner.active_mask())
+        obs, reward, terminated, truncated, info = inner.step_shares(shares)
+        if isinstance(self.env, FamilyEnv):
+            reward *= self.env.reward_scale
+        return obs, reward, terminated, truncated, info
