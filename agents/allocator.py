@@ -20,6 +20,14 @@ Two allocators share one call, ``allocate(plan_stats, clock) -> Allocation``:
   smoothed deep value per cost) or ``uniform`` from :mod:`agents.heuristics` (NumPy only), so a
   service can keep allocating when no trained policy is deployed.
 
+A bundle whose manifest has a ``head`` (schema 3; :mod:`agents.residual`) holds a *rank_residual*
+policy: its graph outputs a ``tilt`` per plan, a multiplier on ``rank``'s worth, and the shares are
+rank's fill to capacity (:class:`agents.heuristics.TiltedRank`, NumPy). The fill learns each plan's
+capacity from the reporting hour by hour, so such a bundle is stateful: each ``Allocation`` carries
+``state`` (``{"capacity": {plan_id: number or null}}``), which the service passes to the next call
+(``allocate(..., state=...)``; the CLI reads it from ``--previous``). Without it the fill starts from
+scratch (first hour of a deployment): every plan's capacity unknown, then learned again.
+
 Corruption and tampering are different checks. The manifest's ``policy.sha256`` detects a graph
 damaged after export (a bad copy, a truncated upload), but it sits in the same writable folder, so
 whoever can swap the graph can rewrite the hash as well: it does not detect tampering. The bundle
@@ -74,8 +82,9 @@ from typing import IO, Any
 import numpy as np
 import onnxruntime as ort
 
-from agents.heuristics import HEURISTICS
+from agents.heuristics import HEURISTICS, ParamsError, RankParams, TiltedRank
 from envs.features import (
+    CHANNELS,
     N_GLOBAL_FEATURES,
     N_PLAN_FEATURES,
     NUMERIC_STATS,
@@ -93,7 +102,11 @@ from envs.shares import has_share_limits, project_shares, vertical_caps, withhol
 #: Version of the bundle layout this loader reads; :mod:`agents.export` writes it. Bump it when the
 #: manifest or the graph's inputs/outputs change in a way an older loader would misread.
 #: 2: the platform layer's reporting columns (status, goal, compensation_total) and their features.
-SCHEMA_VERSION = 2
+#: 3: the optional ``head`` of a rank_residual policy (graph output ``tilt``, state carried between calls);
+#: a bundle without ``head`` reads as in 2, and 2 is still served.
+SCHEMA_VERSION = 3
+#: What export writes for a bundle without ``head`` (a softmax policy): loaders since version 2 read it.
+PLAIN_SCHEMA_VERSION = 2
 #: Why each older schema cannot be served (a policy trained on another observation layout).
 _RETIRED_SCHEMAS = {
     1: "its policy was trained before the platform layer: its observation has no status, goal or "
@@ -106,6 +119,8 @@ EXAMPLE_FILE = "example_stats.csv"
 DIGEST_FILE = "bundle.sha256"
 #: Graph input and output names.
 OBS_INPUT, MASK_INPUT, SHARES_OUTPUT = "obs", "mask", "shares"
+#: The output of a rank_residual graph (manifest ``head``): each slot's multiplier on rank's worth.
+TILT_OUTPUT = "tilt"
 
 # Bounds: the simulator's own (envs.scenario's MAX_PLANS, MAX_DAYS and MAX_MONEY; a test checks that they
 # agree). Not imported from there: envs.scenario would bring PyYAML and the preset folder into the service.
@@ -174,9 +189,12 @@ class Allocation:
     withheld: float  # currency held back by compliance caps
     allocator: str
     details: dict[str, Any] = field(default_factory=dict)
+    #: What a stateful allocator (a rank_residual bundle) carries to the next call: pass it back as
+    #: ``allocate(..., state=...)`` (the CLI reads it from ``--previous``); None for the others.
+    state: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "allocator": self.allocator,
             **self.details,
             "budget_left_today": self.budget_left_today,
@@ -186,6 +204,9 @@ class Allocation:
                 for pid, s, b in zip(self.plan_ids, self.shares, self.budgets, strict=True)
             ],
         }
+        if self.state is not None:
+            out["state"] = self.state
+        return out
 
 
 # -------------------------------------------------------------------------------------------------
@@ -456,6 +477,31 @@ def check_previous_shares(previous_shares: Mapping[str, float], plan_ids: Sequen
     return previous
 
 
+def check_state(state: Any, plan_ids: Sequence[str]) -> np.ndarray | None:
+    """(n_plans,) the capacity estimates a rank_residual bundle's previous call returned (``inf``: not yet
+    known, for a plan absent from it or given ``null``), or None without a state. Plans in the state but
+    not in this call are dropped (a plan paused or removed)."""
+    if state is None:
+        return None
+    if not isinstance(state, Mapping) or set(state) != {"capacity"} or not isinstance(state["capacity"], Mapping):
+        raise AllocationInputError(
+            f"state must be the previous allocation's state, an object {{'capacity': {{plan_id: number or null}}}}, "
+            f"got {reprlib.repr(state)}"
+        )
+    capacity = np.full(len(plan_ids), np.inf)
+    for i, pid in enumerate(plan_ids):
+        value = state["capacity"].get(pid)
+        if value is None:
+            continue
+        if not _is_number(value, 0.0, MAX_AMOUNT):
+            raise AllocationInputError(
+                f"state capacity {reprlib.repr(value)} of plan {pid!r}; expected null (not known) or a number in "
+                f"[0, {MAX_AMOUNT:.0e}] (spend per unit of traffic, as the previous allocation returned it)"
+            )
+        capacity[i] = value
+    return capacity
+
+
 # -------------------------------------------------------------------------------------------------
 # Shares -> budgets: the training env's limits and caps
 
@@ -498,20 +544,33 @@ class TableAllocator(ABC):
     def shares(self, table: PlanTable, clock: Clock) -> np.ndarray:
         """Shares over ``table``'s plans before limits and caps (sum 1 over active plans)."""
 
-    def allocate(self, plan_stats: Any, clock: Clock, previous_shares: Mapping[str, float] | None = None) -> Allocation:
+    def decide(self, table: PlanTable, clock: Clock, state: Any) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """``(shares, next state)``; a stateless allocator ignores ``state`` and returns None."""
+        return self.shares(table, clock), None
+
+    def allocate(
+        self,
+        plan_stats: Any,
+        clock: Clock,
+        previous_shares: Mapping[str, float] | None = None,
+        state: Mapping[str, Any] | None = None,
+    ) -> Allocation:
         """Budgets for the plans in ``plan_stats`` at ``clock``.
 
         :param plan_stats: one row per plan, columns :data:`INPUT_COLUMNS` (+ optional ``active``).
         :param clock: hour, day, days, daily budget and budget left today.
         :param previous_shares: plan_id -> the share the previous step's allocation gave it after caps
             (``Allocation.budgets / budget_left_today``); only used when the bundle has ``max_change``.
+        :param state: the previous call's ``Allocation.state`` (a rank_residual bundle's capacity
+            estimates; None on the first call of a deployment, which then learns them anew); stateless
+            allocators ignore it.
         :raises AllocationInputError: on any input problem (no allocation is made).
         :raises BundleError: when a bundle's graph returns something other than shares.
         """
         table = self.parse(plan_stats)
         check_clock(clock)
         previous = None if previous_shares is None else check_previous_shares(previous_shares, table.plan_ids)
-        raw = self.shares(table, clock)
+        raw, next_state = self.decide(table, clock, state)
         shares, capped = self.limits.apply(raw, table, previous)
         left = float(clock.budget_left_today)
         return Allocation(
@@ -522,6 +581,7 @@ class TableAllocator(ABC):
             withheld=float((shares - capped).sum() * left),
             allocator=self.name,
             details=self.details(),
+            state=next_state,
         )
 
     def details(self) -> dict[str, Any]:
@@ -663,7 +723,61 @@ def _manifest_fields(max_plans: int) -> dict[str, _Field]:
         "policy": _Field("an object {file, sha256}", lambda v: isinstance(v, dict)),
         "parity": _OPTIONAL_OBJECT,
         "example": _OPTIONAL_OBJECT,
+        "head": _Field("an object (a rank_residual policy's fill)", lambda v: isinstance(v, dict), required=False),
     }
+
+
+_RESIDUAL_HEAD_FIELDS = {
+    "kind": _Field("'rank_residual'", lambda v: v == "rank_residual"),
+    "scale": _Field("a number in (0, 50]", lambda v: _is_number(v, 0.0, 50.0, lo_open=True)),
+    "rank": _Field("an object of rank's knobs (agents.heuristics.RankParams)", lambda v: isinstance(v, dict)),
+    "channels": _Field(f"the channel vocabulary {list(CHANNELS)}", lambda v: v == list(CHANNELS)),
+    "traffic": _Field("one list of step shares per channel", lambda v: isinstance(v, list)),
+    "note": _STRING,
+}
+
+
+@dataclass(frozen=True)
+class ResidualHead:
+    """A rank_residual bundle's fill: rank's knobs, the tilt's scale and each channel's traffic by step."""
+
+    params: RankParams
+    scale: float
+    traffic: np.ndarray  # (len(CHANNELS), steps_per_day), rows sum to 1
+
+    @property
+    def hours_per_step(self) -> int:
+        return 24 // self.traffic.shape[1]
+
+
+def residual_head(head: Any, source: str | Path) -> ResidualHead:
+    """The validated ``head`` of a manifest; :class:`BundleError` naming the field otherwise."""
+    _check_fields(head, _RESIDUAL_HEAD_FIELDS, "head.", source, BundleError, closed=True)
+    try:
+        params = RankParams(**head["rank"])
+    except (TypeError, ParamsError) as exc:
+        raise BundleError(f"{source}: field 'head.rank' holds no valid rank knobs: {exc}") from None
+    rows = head["traffic"]
+    steps = len(rows[0]) if rows and isinstance(rows[0], list) else 0
+    if not (
+        len(rows) == len(CHANNELS)
+        and steps > 0
+        and 24 % steps == 0
+        and all(isinstance(r, list) and len(r) == steps and all(_is_number(x, 0.0, 1.0) for x in r) for r in rows)
+    ):
+        raise BundleError(
+            f"{source}: field 'head.traffic' must hold {len(CHANNELS)} rows (one per channel) of the same "
+            "number of steps per day (a divisor of 24), each entry a number in [0, 1]"
+        )
+    traffic = np.array(rows, dtype=np.float64)
+    sums = traffic.sum(axis=1)
+    if np.any(np.abs(sums - 1.0) > SHARE_TOLERANCE):
+        bad = int(np.flatnonzero(np.abs(sums - 1.0) > SHARE_TOLERANCE)[0])
+        raise BundleError(
+            f"{source}: field 'head.traffic' row {bad} ({CHANNELS[bad]}) sums to {sums[bad]:.6g}; expected 1 "
+            "(the channel's share of the day's traffic, step by step)"
+        )
+    return ResidualHead(params=params, scale=float(head["scale"]), traffic=traffic)
 
 
 def check_manifest(manifest: Any, source: str | Path) -> dict[str, Any]:
@@ -695,6 +809,12 @@ def check_manifest(manifest: Any, source: str | Path) -> dict[str, Any]:
     problem = _caps_problem(manifest.get("compliance_caps", {}), "compliance_caps")
     if problem:
         raise BundleError(f"{source}: {problem}")
+    if "head" in manifest:
+        if manifest["schema_version"] < 3:
+            raise BundleError(
+                f"{source}: field 'head' needs schema_version 3, the manifest says {manifest['schema_version']}"
+            )
+        residual_head(manifest["head"], source)
     for i, feature in enumerate(manifest["features"]):
         _check_fields(feature, _FEATURE_FIELDS, f"features[{i}].", source, BundleError, closed=True)
     names = [f["name"] for f in manifest["features"]]
@@ -736,6 +856,8 @@ class Bundle(TableAllocator):
             f"{self.plan_limit}..{self.max_plans - 1} empty in training (a set-policy bundle serves up to max_plans)"
         )
         self.width = manifest["observation_size"]
+        self.residual = None if "head" not in manifest else residual_head(manifest["head"], path / MANIFEST_FILE)
+        self.output = SHARES_OUTPUT if self.residual is None else TILT_OUTPUT
         self.name = f"bundle:{manifest.get('algorithm', 'policy')}"
         self.default_days = manifest.get("training", {}).get("days", TableAllocator.default_days)
         lim = manifest.get("action_limits") or {}
@@ -784,10 +906,11 @@ class Bundle(TableAllocator):
             raise BundleError(f"ONNX Runtime cannot load {policy_path}: {exc}") from exc
         inputs = {i.name: i.shape for i in session.get_inputs()}
         outputs = {o.name: o.shape for o in session.get_outputs()}
-        if set(inputs) != {OBS_INPUT, MASK_INPUT} or SHARES_OUTPUT not in outputs:
+        output = SHARES_OUTPUT if "head" not in manifest else TILT_OUTPUT
+        if set(inputs) != {OBS_INPUT, MASK_INPUT} or output not in outputs:
             raise BundleError(
                 f"{policy_path}: expected inputs {OBS_INPUT!r}, {MASK_INPUT!r} and output "
-                f"{SHARES_OUTPUT!r}, got inputs {list(inputs)} and outputs {list(outputs)}"
+                f"{output!r}, got inputs {list(inputs)} and outputs {list(outputs)}"
             )
         if inputs[OBS_INPUT][-1] != width or inputs[MASK_INPUT][-1] != max_plans:
             raise BundleError(
@@ -806,10 +929,10 @@ class Bundle(TableAllocator):
             raise AllocationInputError(f"mask must have shape ({obs.shape[0]}, {self.max_plans}), got {mask.shape}")
         if not np.all(np.isfinite(obs)):
             raise AllocationInputError("observation contains NaN or inf")
-        (shares,) = self.session.run([SHARES_OUTPUT], {OBS_INPUT: obs, MASK_INPUT: mask})
+        (shares,) = self.session.run([self.output], {OBS_INPUT: obs, MASK_INPUT: mask})
         if shares.shape != mask.shape:
             raise BundleError(
-                f"{self.path / POLICY_FILE} returned shares of shape {shares.shape} for {mask.shape[0]} "
+                f"{self.path / POLICY_FILE} returned {self.output} of shape {shares.shape} for {mask.shape[0]} "
                 f"observation(s); expected {mask.shape}"
             )
         return shares.astype(np.float64)
@@ -852,9 +975,55 @@ class Bundle(TableAllocator):
 
         :raises BundleError: the graph returned something other than shares (see :meth:`_check_output`).
         """
+        if self.residual is not None:
+            raise BundleError(
+                f"{self.path} is a rank_residual bundle: its graph gives a tilt (policy_tilt), not shares"
+            )
         shares = self._run(obs, mask)
         self._check_output(shares, np.asarray(mask) > 0.5, None)
         return shares
+
+    def policy_tilt(self, obs: np.ndarray, mask: np.ndarray, plan_ids: Sequence[str] | None = None) -> np.ndarray:
+        """A rank_residual graph's tilt for ``(batch, width)`` observations and ``(batch, max_plans)`` masks:
+        finite and positive on the mask, 0 outside it, else :class:`BundleError`."""
+        if self.residual is None:
+            raise BundleError(f"{self.path} is a softmax bundle: its graph gives shares (policy_shares), not a tilt")
+        tilt = self._run(obs, mask)
+        active = np.asarray(mask) > 0.5
+        for bad, what in (
+            (~np.isfinite(tilt), "NaN or infinite tilt(s)"),
+            (active & (tilt <= 0), "non-positive tilt(s) on active plans"),
+            (~active & (tilt != 0), "non-zero tilt(s) outside the plan mask"),
+        ):
+            if bad.any():
+                row = int(np.flatnonzero(bad.any(axis=1))[0])
+                slots = np.flatnonzero(bad[row])[:10].tolist()
+                named = [plan_ids[i] if plan_ids and i < len(plan_ids) else f"slot {i}" for i in slots]
+                raise BundleError(
+                    f"{self.path / POLICY_FILE} returned {what} for {named} of observation {row}; refusing to allocate"
+                )
+        return tilt
+
+    def decide(self, table: PlanTable, clock: Clock, state: Any) -> tuple[np.ndarray, dict[str, Any] | None]:
+        """A softmax bundle: the graph's shares. A rank_residual bundle: the graph's tilt on rank's worth,
+        then rank's fill from the capacity estimates carried in ``state`` (:func:`check_state`), exactly as
+        :class:`agents.residual.RankResidualEnv` ran it in training; returns the updated estimates."""
+        head = self.residual
+        if head is None:
+            return self.shares(table, clock), None
+        capacity = check_state(state, table.plan_ids)
+        obs, mask = self.observe(table, clock)
+        tilt = self.policy_tilt(obs[None], mask[None], table.plan_ids)[0]
+        n_plans, steps_per_day = len(table.active), head.traffic.shape[1]
+        rank = TiltedRank(head.params)
+        # t > 0 lets rank learn from the reporting's last step (nothing to learn where no budget was given);
+        # t mod steps_per_day is the step of the day, as in the env, whose episodes start at hour 0.
+        rank.start(head.traffic, n_plans, capacity, t=clock.hour // head.hours_per_step + steps_per_day)
+        rank.vertical_cap = vertical_caps(self.limits.vertical_caps)
+        rank.tilt = tilt[:n_plans]
+        shares = rank.allocate(table.stats, clock, table.active)
+        learned = zip(table.plan_ids, rank.capacity, strict=True)
+        return shares, {"capacity": {pid: float(c) if math.isfinite(c) else None for pid, c in learned}}
 
     def observe(self, table: PlanTable, clock: Clock) -> tuple[np.ndarray, np.ndarray]:
         """The raw observation and the mask that the graph takes, for one decision."""
@@ -864,6 +1033,8 @@ class Bundle(TableAllocator):
         return obs, mask
 
     def shares(self, table: PlanTable, clock: Clock) -> np.ndarray:
+        if self.residual is not None:
+            return self.decide(table, clock, None)[0]
         obs, mask = self.observe(table, clock)
         shares = self._run(obs[None], mask[None])
         self._check_output(shares, mask[None] > 0.5, table.plan_ids)
@@ -952,6 +1123,32 @@ def read_stats_csv(path: str | Path, max_plans: int = MAX_PLANS) -> dict[str, li
     return cols
 
 
+def _stat_rows(
+    plan_ids: Sequence[str], stats: Mapping[str, np.ndarray], active: np.ndarray | None
+) -> Iterator[list[Any]]:
+    """One input row per plan (columns ``[*INPUT_COLUMNS, ACTIVE]``) from stats as the simulator keeps them
+    (name columns as vocabulary indices): names for the vocabulary columns, floats for the rest."""
+    for i, pid in enumerate(plan_ids):
+        row: list[Any] = [pid]
+        for name in STAT_NAMES:
+            value = stats[name][i]
+            row.append(VOCABULARIES[name][int(value)] if name in VOCABULARIES else float(value))
+        row.append(1 if active is None or active[i] else 0)
+        yield row
+
+
+def stats_columns(
+    plan_ids: Sequence[str], stats: Mapping[str, np.ndarray], active: np.ndarray | None = None
+) -> dict[str, list[Any]]:
+    """The simulator's reporting stats (:meth:`envs.budget_env.BudgetShiftEnv.reporting_stats`) as
+    ``allocate``'s input: a dict of columns, vocabulary columns as names, plus ``active``."""
+    columns: dict[str, list[Any]] = {name: [] for name in (*INPUT_COLUMNS, ACTIVE)}
+    for row in _stat_rows(plan_ids, stats, active):
+        for name, value in zip(columns, row, strict=True):
+            columns[name].append(value)
+    return columns
+
+
 def write_stats_csv(
     path: str | Path, plan_ids: Sequence[str], stats: Mapping[str, np.ndarray], active: np.ndarray | None = None
 ) -> None:
@@ -959,13 +1156,8 @@ def write_stats_csv(
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([*INPUT_COLUMNS, ACTIVE])
-        for i, pid in enumerate(plan_ids):
-            row: list[Any] = [pid]
-            for name in STAT_NAMES:
-                value = stats[name][i]
-                row.append(VOCABULARIES[name][int(value)] if name in VOCABULARIES else repr(float(value)))
-            row.append(1 if active is None or active[i] else 0)
-            writer.writerow(row)
+        for row in _stat_rows(plan_ids, stats, active):
+            writer.writerow([repr(v) if isinstance(v, float) else v for v in row])
 
 
 _AMOUNT = f"a number in [0, {MAX_AMOUNT:.0e}]"
@@ -982,6 +1174,12 @@ _PREVIOUS_PLAN_FIELDS = {
 def read_previous(path: str | Path) -> dict[str, float]:
     """plan_id -> share after caps (``budget / budget_left_today``) from a previous allocation's JSON, as the
     CLI prints it; the shares themselves are checked by :func:`check_previous_shares`."""
+    return read_previous_allocation(path)[0]
+
+
+def read_previous_allocation(path: str | Path) -> tuple[dict[str, float], Any]:
+    """``(shares, state)`` of a previous allocation's JSON: :func:`read_previous`'s shares and its ``state``
+    (None if it has none; checked by :func:`check_state` when the allocator uses it)."""
     previous = _load_json(
         _read_bounded(Path(path), MAX_PREVIOUS_BYTES, "a previous allocation", AllocationInputError),
         path,
@@ -995,7 +1193,7 @@ def read_previous(path: str | Path) -> dict[str, float]:
         if plan["plan_id"] in shares:
             raise AllocationInputError(f"{path}: plan {plan['plan_id']!r} appears twice in 'plans'")
         shares[plan["plan_id"]] = plan["budget"] / left if left > 0 else 0.0
-    return shares
+    return shares, previous.get("state")
 
 
 def _error_line(exc: Exception) -> str:
@@ -1043,7 +1241,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="days in the planning period (default: the bundle's training episode, else 7)",
     )
-    parser.add_argument("--previous", default=None, help="JSON of the previous allocation (for max_change)")
+    parser.add_argument(
+        "--previous",
+        default=None,
+        help="JSON of the previous allocation (for max_change, and the state a rank_residual bundle carries)",
+    )
     parser.add_argument(
         "--expect-digest",
         default=None,
@@ -1060,9 +1262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             daily_budget=args.budget,
             budget_left_today=args.budget if args.budget_left is None else args.budget_left,
         )
-        previous = None if args.previous is None else read_previous(args.previous)
+        previous, state = (None, None) if args.previous is None else read_previous_allocation(args.previous)
         stats = read_stats_csv(args.stats, allocator.plan_limit)
-        allocation = allocator.allocate(stats, clock, previous)
+        allocation = allocator.allocate(stats, clock, previous, state)
     except (BundleError, AllocationInputError, OSError) as exc:
         print(_error_line(exc), file=sys.stderr)
         return 2

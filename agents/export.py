@@ -13,6 +13,10 @@ config, checked against the run's SHA-256 manifest: :func:`read_run`) and writes
   [-1, 1] as SB3's ``predict`` does, times the env's temperature, and the softmax masked to the active
   plans (float64 like the env's, all-zero when no plan is active), as
   :meth:`envs.budget_env.BudgetShiftEnv.action_to_shares`.
+  A ``rank_residual`` run (:mod:`agents.residual`) instead outputs ``tilt`` (batch x max_plans float64):
+  ``exp(scale x action)`` on the mask, 0 off it; its manifest (schema 3) adds ``head`` (scale, rank's
+  knobs, each channel's traffic by step), and parity also replays the episode through the loader hour
+  by hour with the state each call hands on (``parity.fill_max_abs_diff``).
 - ``manifest.json``: schema version, the ordered features with meaning and unit, ``max_plans``, the
   temperature, the action limits and compliance caps of the training scenario, the training config,
   algorithm and provenance, library versions, the sha256 of ``policy.onnx``, the export-time parity
@@ -59,16 +63,20 @@ from agents.allocator import (
     MANIFEST_FILE,
     MASK_INPUT,
     OBS_INPUT,
+    PLAIN_SCHEMA_VERSION,
     POLICY_FILE,
     SCHEMA_VERSION,
     SHARES_OUTPUT,
+    TILT_OUTPUT,
     Bundle,
     bundle_digest,
     read_stats_csv,
     sha256_file,
+    stats_columns,
     write_stats_csv,
 )
-from agents.residual import head_spec
+from agents.heuristics import RankParams, channel_traffic
+from agents.residual import HeadSpec, RankResidualEnv, head_spec
 from agents.sb3 import ALGOS, RUN_CONFIG, RUN_MODELS, AgentSpecError, RunFolderError, load_run
 from envs.budget_env import BudgetShiftEnv
 from envs.features import (
@@ -83,7 +91,7 @@ from envs.features import (
     observation_size,
 )
 from envs.scenario import Scenario
-from envs.shares import has_share_limits, masked_softmax
+from envs.shares import has_share_limits, masked_softmax, vertical_caps
 
 #: Max abs difference in shares between the trained model and the exported graph that export accepts.
 PARITY_TOLERANCE = 1e-5
@@ -123,6 +131,16 @@ class TrainedRun:
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
         return obs if self.vecnormalize is None else self.vecnormalize.normalize_obs(obs)
+
+    @property
+    def head(self) -> HeadSpec:
+        return head_spec(self.config["agent"].get("head"))
+
+    def tilt(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """A rank_residual run's tilt on rank's worth, as training computed it (0 outside the masks)."""
+        actions, _ = self.model.predict(self.normalize(obs), deterministic=True)
+        scale = self.head.scale
+        return np.where(masks, np.exp(scale * np.clip(actions.astype(np.float64), -1.0, 1.0)), 0.0)
 
     def shares(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """The trained model's budget shares, computed as training did: SB3's predict + the env's softmax."""
@@ -179,10 +197,20 @@ def policy_kind(model: BaseAlgorithm) -> str:
 
 
 class PolicyGraph(torch.nn.Module):
-    """Raw observation + mask -> budget shares: normalisation, deterministic action, masked softmax."""
+    """Raw observation + mask -> budget shares: normalisation, deterministic action, masked softmax.
 
-    def __init__(self, policy: torch.nn.Module, vecnormalize: VecNormalize | None, temperature: float) -> None:
+    With ``tilt_scale`` (a rank_residual head): -> the tilt ``exp(tilt_scale * action)`` on the mask, 0 off it.
+    """
+
+    def __init__(
+        self,
+        policy: torch.nn.Module,
+        vecnormalize: VecNormalize | None,
+        temperature: float,
+        tilt_scale: float | None = None,
+    ) -> None:
         super().__init__()
+        self.tilt_scale = tilt_scale
         self.policy = policy
         self.normalise = vecnormalize is not None and vecnormalize.norm_obs
         if self.normalise:
@@ -200,8 +228,11 @@ class PolicyGraph(torch.nn.Module):
         if self.normalise:
             x = ((obs.double() - self.obs_mean) / self.obs_std).clamp(-self.clip_obs, self.clip_obs).float()
         action = self.policy._predict(x, deterministic=True).reshape(obs.shape[0], -1)
-        logits = action.clamp(-1.0, 1.0).double() * self.temperature
         active = mask > 0.5
+        if self.tilt_scale is not None:
+            tilt = torch.exp(action.clamp(-1.0, 1.0).double() * self.tilt_scale)
+            return torch.where(active, tilt, torch.zeros_like(tilt))
+        logits = action.clamp(-1.0, 1.0).double() * self.temperature
         # Padded and inactive plans get a huge negative logit (not -inf: an all-masked row must not be NaN)
         # and are zeroed after the exp, so a row without active plans returns all zeros like the env.
         z = torch.where(active, logits, torch.full_like(logits, -1e30))
@@ -213,7 +244,11 @@ def export_onnx(run: TrainedRun, path: Path) -> None:
     """Write the policy graph of ``run`` to ``path`` and check it with ``onnx.checker``."""
     policy = run.model.policy
     policy.set_training_mode(False)
-    graph = PolicyGraph(policy, run.vecnormalize, run.scenario.temperature).eval()
+    head = run.head
+    graph = PolicyGraph(
+        policy, run.vecnormalize, run.scenario.temperature, head.scale if head.residual else None
+    ).eval()
+    output = TILT_OUTPUT if head.residual else SHARES_OUTPUT
     width, max_plans = observation_size(run.scenario.max_plans), run.scenario.max_plans
     obs = torch.zeros(2, width)
     mask = torch.ones(2, max_plans)
@@ -233,8 +268,8 @@ def export_onnx(run: TrainedRun, path: Path) -> None:
                 dynamo=False,
                 opset_version=OPSET,
                 input_names=[OBS_INPUT, MASK_INPUT],
-                output_names=[SHARES_OUTPUT],
-                dynamic_axes={OBS_INPUT: {0: "batch"}, MASK_INPUT: {0: "batch"}, SHARES_OUTPUT: {0: "batch"}},
+                output_names=[output],
+                dynamic_axes={OBS_INPUT: {0: "batch"}, MASK_INPUT: {0: "batch"}, output: {0: "batch"}},
             )
     finally:
         torch.distributions.Distribution.set_default_validate_args(validate)
@@ -255,12 +290,25 @@ class EpisodeRecord:
     example_active: np.ndarray  # (n_plans,) bool
     example_clock: dict[str, Any]
     example_obs: np.ndarray  # (width,) float32
+    # A rank_residual run: each step's (stats, clock, active) and the fill's shares (before the env's limits).
+    steps: list[tuple[dict[str, np.ndarray], Clock, np.ndarray]] | None = None
+    fill_shares: list[np.ndarray] | None = None
 
 
 def run_episode(run: TrainedRun, seed: int = 0) -> EpisodeRecord:
-    """One episode of the training scenario driven by the trained model (deterministic)."""
+    """One episode of the training scenario driven by the trained model (deterministic).
+
+    A rank_residual run plays in :class:`agents.residual.RankResidualEnv` with the fill's compliance caps
+    set to the bundle's (what the production fill applies), and records every step's reporting and fill.
+    """
+    residual = run.head.residual
     env = BudgetShiftEnv(run.scenario)
-    obs, _ = env.reset(seed=seed)
+    wrapper = RankResidualEnv(env, run.head.scale) if residual else None
+    obs, _ = (wrapper or env).reset(seed=seed)
+    steps: list[tuple[dict[str, np.ndarray], Clock, np.ndarray]] = []
+    fill_shares: list[np.ndarray] = []
+    if wrapper is not None:
+        wrapper.rank.vertical_cap = vertical_caps(_compliance_caps(run))
     sc = run.scenario
     example_t = min(sc.horizon - 1, (sc.steps_per_day if sc.days > 1 else 0) + EXAMPLE_HOUR // sc.hours_per_step)
     all_obs, masks, example = [], [], None
@@ -274,10 +322,18 @@ def run_episode(run: TrainedRun, seed: int = 0) -> EpisodeRecord:
         all_obs.append(obs)
         masks.append(mask)
         action, _ = run.model.predict(run.normalize(obs[None]), deterministic=True)
-        obs, reward, done, _, _ = env.step(action[0])
+        if wrapper is not None:
+            stats = {k: np.array(v, copy=True) for k, v in env.reporting_stats().items()}
+            steps.append((stats, env.clock(), env.active_mask().copy()))
+            obs, reward, done, _, _ = wrapper.step(action[0])
+            fill_shares.append(wrapper.last_shares)
+        else:
+            obs, reward, done, _, _ = env.step(action[0])
         score += reward
     assert example is not None
-    return EpisodeRecord(np.stack(all_obs), np.stack(masks), score, *example)
+    if wrapper is None:
+        return EpisodeRecord(np.stack(all_obs), np.stack(masks), score, *example)
+    return EpisodeRecord(np.stack(all_obs), np.stack(masks), score, *example, steps=steps, fill_shares=fill_shares)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -324,9 +380,27 @@ def build_manifest(run: TrainedRun, policy_path: Path, parity: dict[str, Any]) -
     vn = run.vecnormalize
     kind = policy_kind(run.model)
     provenance_path = run.run_dir / "provenance.json"
+    head = run.head
+    output = (
+        {TILT_OUTPUT: ["batch", sc.max_plans, "float64", "multiplier on rank's worth (0 off the mask)"]}
+        if head.residual
+        else {SHARES_OUTPUT: ["batch", sc.max_plans, "float64", "share of budget left today"]}
+    )
+    extra = {}
+    if head.residual:
+        extra["head"] = {
+            "kind": head.kind,
+            "scale": head.scale,
+            "rank": asdict(RankParams()),
+            "channels": list(CHANNELS),
+            "traffic": channel_traffic(sc).tolist(),
+            "note": "shares = rank's fill (agents.heuristics.TiltedRank) on rank's worth x the graph's tilt; "
+            "pass each allocation's state to the next call",
+        }
     return _jsonable(
         {
-            "schema_version": SCHEMA_VERSION,
+            **extra,
+            "schema_version": SCHEMA_VERSION if head.residual else PLAIN_SCHEMA_VERSION,
             "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
             "algorithm": run.algorithm,
             "policy_class": f"{type(run.model.policy).__module__}.{type(run.model.policy).__qualname__}",
@@ -353,7 +427,7 @@ def build_manifest(run: TrainedRun, policy_path: Path, parity: dict[str, Any]) -
                     OBS_INPUT: ["batch", observation_size(sc.max_plans), "float32", "raw observation"],
                     MASK_INPUT: ["batch", sc.max_plans, "float32", "1 = plan may receive budget"],
                 },
-                "outputs": {SHARES_OUTPUT: ["batch", sc.max_plans, "float64", "share of budget left today"]},
+                "outputs": output,
                 "obs_normalisation": None
                 if vn is None or not vn.norm_obs
                 else {"kind": "VecNormalize", "epsilon": vn.epsilon, "clip_obs": vn.clip_obs},
@@ -383,6 +457,24 @@ def build_manifest(run: TrainedRun, policy_path: Path, parity: dict[str, Any]) -
 # -------------------------------------------------------------------------------------------------
 
 
+def _replay_fill(bundle: Bundle, episode: EpisodeRecord, plan_ids: list[str]) -> float:
+    """Replay a rank_residual episode through the loader, hour by hour, each call given the previous call's
+    state; the largest difference from the fill's shares in training. Raises :class:`ExportError` above
+    :data:`PARITY_TOLERANCE`: a bundle whose production replay is not its training fill does not leave."""
+    assert episode.steps is not None and episode.fill_shares is not None
+    state, worst = None, 0.0
+    for t, ((stats, clock, active), trained) in enumerate(zip(episode.steps, episode.fill_shares, strict=True)):
+        allocation = bundle.allocate(stats_columns(plan_ids, stats, active), clock, state=state)
+        state = allocation.state
+        worst = max(worst, float(np.max(np.abs(allocation.shares - trained))))
+        if not worst <= PARITY_TOLERANCE:
+            raise ExportError(
+                f"the bundle's allocation at step {t} of the parity episode differs from the training fill's by "
+                f"{worst:.3g} (> {PARITY_TOLERANCE}): the loader's fill does not replay the training env's"
+            )
+    return worst
+
+
 def export_bundle(run_dir: Path, out_dir: Path, *, which: str = "final") -> Path:
     """Export the trained policy of ``run_dir`` as a bundle in ``out_dir`` (created); returns ``out_dir``.
 
@@ -398,12 +490,6 @@ def export_bundle(run_dir: Path, out_dir: Path, *, which: str = "final") -> Path
         model's by more than :data:`PARITY_TOLERANCE` on an episode of the training scenario.
     """
     run = read_run(Path(run_dir), which)
-    if head_spec(run.config["agent"].get("head")).residual:
-        raise ExportError(
-            f"{run_dir} trained a rank_residual head (agents/residual.py): its shares come from rank's fill, "
-            "which carries capacity estimates from hour to hour, and the production loader "
-            "(agents/allocator.py) is stateless; it cannot serve such a policy yet"
-        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     policy_path = out_dir / POLICY_FILE
@@ -412,36 +498,53 @@ def export_bundle(run_dir: Path, out_dir: Path, *, which: str = "final") -> Path
     episode = run_episode(run, seed=0)
     plan_ids = [f"plan{i:03d}" for i in range(run.scenario.n_plans)]
     write_stats_csv(out_dir / EXAMPLE_FILE, plan_ids, episode.example_stats, episode.example_active)
-    reference = run.shares(episode.obs, episode.masks)
+    residual = run.head.residual
+    reference = (run.tilt if residual else run.shares)(episode.obs, episode.masks)
     manifest = build_manifest(run, policy_path, parity={})
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
 
     bundle = Bundle.load(out_dir)
-    exported = bundle.policy_shares(episode.obs, episode.masks)
-    diff = float(np.max(np.abs(exported - reference)))
+    exported = (bundle.policy_tilt if residual else bundle.policy_shares)(episode.obs, episode.masks)
+    # The tilt multiplies worths: compare it relatively (its ~1e-6 float32 noise scales with it).
+    diff = float(np.max(np.abs(exported - reference) / np.maximum(reference, 1.0)))
+    what = "tilts (relative)" if residual else "shares"
     if not diff <= PARITY_TOLERANCE:
         raise ExportError(
-            f"exported shares differ from the trained model's by up to {diff:.3g} "
+            f"exported {what} differ from the trained model's by up to {diff:.3g} "
             f"(> {PARITY_TOLERANCE}) over {len(reference)} observations of {run.scenario.name!r}"
         )
-    clock = episode.example_clock
-    example_mask = np.zeros(run.scenario.max_plans, dtype=bool)
-    example_mask[: run.scenario.n_plans] = episode.example_active
-    example_shares = run.shares(episode.example_obs[None], example_mask[None])[0]
-    manifest["parity"] = {
+    parity = {
         "scenario": run.scenario.name,
         "episode_seed": 0,
         "n_observations": len(reference),
         "max_abs_diff": diff,
+        "compared": what,
         "tolerance": PARITY_TOLERANCE,
         "trained_episode_score": episode.score,
     }
-    manifest["example"] = {
-        "file": EXAMPLE_FILE,
-        "clock": clock,
-        "expected_policy_shares": {pid: float(s) for pid, s in zip(plan_ids, example_shares, strict=False)},
-        "note": "the trained model's shares for the example before action limits and compliance caps",
-    }
+    if residual:
+        parity["fill_max_abs_diff"] = _replay_fill(bundle, episode, plan_ids)
+    clock = episode.example_clock
+    example_mask = np.zeros(run.scenario.max_plans, dtype=bool)
+    example_mask[: run.scenario.n_plans] = episode.example_active
+    manifest["parity"] = parity
+    if residual:
+        example_tilt = run.tilt(episode.example_obs[None], example_mask[None])[0]
+        manifest["example"] = {
+            "file": EXAMPLE_FILE,
+            "clock": clock,
+            "expected_policy_tilt": {pid: float(t) for pid, t in zip(plan_ids, example_tilt, strict=False)},
+            "note": "the trained model's tilt for the example; its shares also depend on the state carried "
+            "from earlier hours",
+        }
+    else:
+        example_shares = run.shares(episode.example_obs[None], example_mask[None])[0]
+        manifest["example"] = {
+            "file": EXAMPLE_FILE,
+            "clock": clock,
+            "expected_policy_shares": {pid: float(s) for pid, s in zip(plan_ids, example_shares, strict=False)},
+            "note": "the trained model's shares for the example before action limits and compliance caps",
+        }
     (out_dir / MANIFEST_FILE).write_text(json.dumps(_jsonable(manifest), indent=1))
     digest = bundle_digest(out_dir)
     (out_dir / DIGEST_FILE).write_text(digest + "\n")

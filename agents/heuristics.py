@@ -373,6 +373,16 @@ class ThompsonAllocator(HeuristicAllocator):
         return weights
 
 
+def channel_traffic(scenario) -> np.ndarray:
+    """(len(CHANNELS), steps_per_day) each channel's share of the day's traffic by step (what a plan's
+    capacity scales with), rows by the channel's index in :data:`envs.features.CHANNELS` (the
+    reporting's); channels the scenario lacks get equal shares (no plan runs there)."""
+    traffic, _ = pacing(diurnal_traffic(scenario.channels), scenario.steps_per_day)
+    table = np.full((len(CHANNELS), scenario.steps_per_day), 1.0 / scenario.steps_per_day)
+    table[[CHANNELS.index(c.name) for c in scenario.channels]] = traffic
+    return table
+
+
 @dataclass
 class FillParams:
     """The knobs of the capacity fill shared by ``rank`` and ``oracle_rank``."""
@@ -408,18 +418,21 @@ class FillAllocator(HeuristicAllocator):
 
     def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
         super().reset(scenario, portfolio, seed)
-        sc = scenario
-        # Each channel's share of the day's traffic by step (what a plan's capacity scales with) and
-        # of the rest of the day (the env's pacing), by the channel's index in features.CHANNELS (the
-        # reporting's); channels the scenario lacks get equal shares (no plan runs there).
-        traffic, rest = pacing(diurnal_traffic(sc.channels), sc.steps_per_day)
-        self.traffic = np.full((len(CHANNELS), sc.steps_per_day), 1.0 / sc.steps_per_day)
+        self.start(channel_traffic(scenario), scenario.n_plans)
+
+    def start(self, traffic: np.ndarray, n_plans: int, capacity: np.ndarray | None = None, t: int = 0) -> None:
+        """Begin an episode without a scenario (the production loader): ``traffic`` is
+        :func:`channel_traffic`'s table, ``capacity`` the estimates carried over (None: none known yet,
+        ``inf`` entries: not known for that plan), ``t`` the step counter (its value mod the table's
+        steps per day is the step of the day; 0 learns nothing from the reporting's last step)."""
+        self.traffic = np.asarray(traffic, dtype=np.float64)
+        # Each channel's share of the rest of the day from each step on (the env's pacing).
         self.rest = np.cumsum(self.traffic[:, ::-1], axis=1)[:, ::-1]
-        rows = [CHANNELS.index(c.name) for c in sc.channels]
-        self.traffic[rows], self.rest[rows] = traffic, rest
-        self.capacity = np.full(sc.n_plans, np.inf)  # spend per unit of traffic index; inf = not yet known
+        self.steps_per_day = self.traffic.shape[1]
+        # Spend per unit of traffic index; inf = not yet known.
+        self.capacity = np.full(n_plans, np.inf) if capacity is None else np.array(capacity, dtype=np.float64)
         self.leader: int | None = None
-        self.t = 0
+        self.t = t
 
     def plan_channels(self, stats: Mapping[str, np.ndarray]) -> np.ndarray:
         """(n_plans,) each plan's channel as an index into :data:`envs.features.CHANNELS`."""
@@ -434,7 +447,7 @@ class FillAllocator(HeuristicAllocator):
         budget, spend = stats["budget_last"], stats["spend_last"]
         if self.t == 0:
             return
-        prev = (self.t - 1) % self.scenario.steps_per_day
+        prev = (self.t - 1) % self.steps_per_day
         traffic = self.traffic[channel, prev]
         given = budget > 0
         bound = given & (spend < p.full_use * budget)
@@ -449,13 +462,13 @@ class FillAllocator(HeuristicAllocator):
 
     def weights(self, stats, clock, active):
         p = self.params
-        if self.scenario is None:
+        if getattr(self, "capacity", None) is None:
             raise RuntimeError(f"{self.name} learns capacities over an episode: call reset(scenario) before allocate()")
         if self.capacity.shape != active.shape:
             raise ValueError(f"{self.name} was reset for {len(self.capacity)} plans and given {len(active)}")
         channel = self.plan_channels(stats)
         self._learn_capacity(stats, channel)
-        step_of_day = self.t % self.scenario.steps_per_day
+        step_of_day = self.t % self.steps_per_day
         worth = np.asarray(self.worth(stats, clock, active), dtype=np.float64)
         if self.leader is not None:
             worth = np.where(np.arange(len(worth)) == self.leader, np.inf, worth)
@@ -527,6 +540,29 @@ class RankAllocator(FillAllocator):
         vpc = value_per_cost(stats, active, p.prior_spend * clock.daily_budget, p.immature_weight)
         learning = np.asarray(stats["status"]) == STATUSES.index("learning")
         return vpc * np.where(learning, p.learning_bonus, 1.0)
+
+
+class TiltedRank(RankAllocator):
+    """``rank`` whose worth is multiplied by ``self.tilt`` (set before each ``allocate``; None: rank itself).
+
+    The fill of a ``rank_residual`` policy (:mod:`agents.residual`): the policy's action sets the tilt.
+    Here, not there, so that the production loader runs it with NumPy alone. Not a heuristic of its own
+    (not in :data:`HEURISTICS`)."""
+
+    name = "rank_tilted"
+    tilt: np.ndarray | None = None
+
+    def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
+        super().reset(scenario, portfolio, seed)
+        self.tilt = None
+
+    def worth(self, stats, clock, active):
+        worth = super().worth(stats, clock, active)
+        if self.tilt is None:
+            return worth
+        if np.shape(self.tilt) != np.shape(worth):
+            raise ValueError(f"tilt has shape {np.shape(self.tilt)}, the portfolio {np.shape(worth)}")
+        return worth * self.tilt
 
 
 HEURISTICS: dict[str, type[HeuristicAllocator]] = {

@@ -10,7 +10,8 @@ with their score whether or not they can spend it, and the softmax generalist st
 normalised below ``rank`` (README, "Where the learned agent stands"); fill-to-capacity is a
 sequential rule over a ranking, which this head keeps and the policy only has to correct.
 
-- :class:`TiltedRank`: ``rank`` with a per-plan ``tilt`` on its worth (``None``: rank itself).
+- :class:`agents.heuristics.TiltedRank`: ``rank`` with a per-plan ``tilt`` on its worth (``None``: rank
+  itself), in the NumPy-only heuristics module so that the production loader can run it.
 - :class:`RankResidualEnv`: the Gymnasium wrapper training runs in: ``step(action)`` tilts, fills and
   steps the inner env with the shares (``BudgetShiftEnv.step_shares``; over a
   :class:`envs.family.FamilyEnv` the family's reward scale is applied as its ``step`` does). Observation,
@@ -19,9 +20,13 @@ sequential rule over a ranking, which this head keeps and the policy only has to
 - :func:`head_spec`: the validated ``head`` node of an agent config.
 
 The evaluation allocator (:class:`agents.trained.TrainedAllocator`) runs the same tilt and fill.
-Production: the fill is stateful (capacity estimates carried from hour to hour), which the stateless
-production loader (:mod:`agents.allocator`) does not replay yet, so such runs are not exported
-(:mod:`agents.export` refuses them, naming why).
+Production: :mod:`agents.export` writes the graph's tilt (output ``tilt``) and the fill's knobs and
+traffic curves (manifest ``head``); :class:`agents.allocator.Bundle` runs rank's fill with NumPy and
+returns the fill's capacity estimates as the allocation's ``state``, which the next hour's call takes
+back (the fill learns capacities over the day; without the state it starts afresh). Export replays its
+parity episode through the loader that way and refuses a bundle whose fill differs from training's.
+Compliance caps: a family-trained bundle has none (as for softmax bundles), so its fill caps no
+vertical where the training env's drawn scenarios sometimes did.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from agents.heuristics import RankAllocator
+from agents.heuristics import TiltedRank
 from envs.budget_env import BudgetShiftEnv
 from envs.family import FamilyEnv
 
@@ -81,24 +86,6 @@ def tilt_from_action(action: np.ndarray, n_plans: int, scale: float) -> np.ndarr
     return np.exp(scale * a)
 
 
-class TiltedRank(RankAllocator):
-    """``rank`` whose worth is multiplied by ``self.tilt`` (set before each ``allocate``; None: rank)."""
-
-    name = "rank_tilted"
-
-    def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
-        super().reset(scenario, portfolio, seed)
-        self.tilt: np.ndarray | None = None
-
-    def worth(self, stats, clock, active):
-        worth = super().worth(stats, clock, active)
-        if self.tilt is None:
-            return worth
-        if np.shape(self.tilt) != np.shape(worth):
-            raise ValueError(f"tilt has shape {np.shape(self.tilt)}, the portfolio {np.shape(worth)}")
-        return worth * self.tilt
-
-
 class RankResidualEnv(gym.Wrapper):
     """The training env of a ``rank_residual`` head (module docstring): action -> tilt -> rank's fill."""
 
@@ -108,6 +95,7 @@ class RankResidualEnv(gym.Wrapper):
         super().__init__(env)
         self.scale = float(scale)
         self.rank = TiltedRank()
+        self.last_shares: np.ndarray | None = None
 
     def _inner(self) -> BudgetShiftEnv:
         inner = self.env.env if isinstance(self.env, FamilyEnv) else self.env
@@ -126,6 +114,7 @@ class RankResidualEnv(gym.Wrapper):
             raise ValueError(f"action must have shape {self.action_space.shape}, got {np.shape(action)}")
         self.rank.tilt = tilt_from_action(action, inner.n_plans, self.scale)
         shares = self.rank.allocate(inner.reporting_stats(), inner.clock(), inner.active_mask())
+        self.last_shares = shares  # before the env's limits and caps: what the production fill returns
         obs, reward, terminated, truncated, info = inner.step_shares(shares)
         if isinstance(self.env, FamilyEnv):
             reward *= self.env.reward_scale

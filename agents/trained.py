@@ -31,7 +31,8 @@ import numpy as np
 import torch as th
 
 from agents.base import Allocator
-from agents.residual import TiltedRank, head_spec, tilt_from_action
+from agents.heuristics import TiltedRank
+from agents.residual import head_spec, tilt_from_action
 from agents.sb3 import PlanPooledRunningMeanStd, load_run
 from envs.features import N_GLOBAL_FEATURES, N_PLAN_FEATURES, Clock, build_observation
 from envs.shares import masked_softmax

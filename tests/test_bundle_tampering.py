@@ -245,7 +245,7 @@ def _put_in(key: str, field: str, value: object) -> Callable[[dict], object]:
 MANIFEST_VIOLATIONS: dict[str, tuple[Callable[[dict], object], str]] = {
     "schema_version true": (_put("schema_version", True), r"field 'schema_version' is True; expected an integer"),
     "schema_version string": (_put("schema_version", "1"), r"field 'schema_version' is '1'; expected an integer"),
-    "schema_version 0": (_put("schema_version", 0), r"field 'schema_version' is 0; expected an integer in 1\.\.2"),
+    "schema_version 0": (_put("schema_version", 0), r"field 'schema_version' is 0; expected an integer in 1\.\.3"),
     "schema_version missing": (_drop("schema_version"), r"field 'schema_version' is missing"),
     "max_plans float": (
         _put("max_plans", 1e8),

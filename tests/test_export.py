@@ -18,7 +18,15 @@ import onnx
 import pytest
 from bundle_runs import load_model, make_run, observations, sb3_shares
 
-from agents.allocator import DIGEST_FILE, INPUT_COLUMNS, SCHEMA_VERSION, Bundle, bundle_digest, read_stats_csv
+from agents.allocator import (
+    DIGEST_FILE,
+    INPUT_COLUMNS,
+    PLAIN_SCHEMA_VERSION,
+    SCHEMA_VERSION,
+    Bundle,
+    bundle_digest,
+    read_stats_csv,
+)
 from agents.export import ExportError, export_bundle, read_run
 from agents.sb3 import write_run_manifest
 from envs.budget_env import BudgetShiftEnv
@@ -198,7 +206,7 @@ def test_bundle_contents(bundles):
     onnx.checker.check_model(onnx.load(str(bundle_dir / "policy.onnx")), full_check=True)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     scenario = load_scenario("small")
-    assert manifest["schema_version"] == SCHEMA_VERSION == 2
+    assert manifest["schema_version"] == PLAIN_SCHEMA_VERSION == SCHEMA_VERSION - 1 == 2  # 3 adds only the head
     assert [f["name"] for f in manifest["features"]] == feature_names(scenario.max_plans)
     assert all(f["meaning"] and f["unit"] for f in manifest["features"])
     assert manifest["max_plans"] == scenario.max_plans

@@ -3,7 +3,8 @@
 Action 0 must be ``rank`` exactly (same shares every step, same score), in the training wrapper and
 in the evaluation allocator; a tilt must reorder the fill; bad ``head`` nodes, a kickstart and the
 native batch are refused by name; a trained run evaluates through the same tilt and fill as it
-trained, and export refuses it, saying why.
+trained; its bundle replays the training fill hour by hour in the production loader, handing the
+fill's state from call to call (also through the CLI), and a broken head or state is refused by name.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from agents.heuristics import RankAllocator
-from agents.residual import HeadSpec, RankResidualEnv, TiltedRank, head_spec, tilt_from_action
+from agents.heuristics import RankAllocator, TiltedRank
+from agents.residual import HeadSpec, RankResidualEnv, head_spec, tilt_from_action
 from agents.sb3 import AgentSpecError, check_agent, make_envs
 from envs.budget_env import BudgetShiftEnv
 from envs.family import FamilyEnv
@@ -119,19 +120,22 @@ def test_a_kickstart_and_the_native_batch_are_refused():
         make_envs(load_scenario("small"), 2, 0, "native", head=HeadSpec("rank_residual"))
 
 
-@pytest.mark.slow
-def test_a_residual_run_evaluates_as_it_trained_and_is_not_exported(tmp_path):
-    from agents.export import ExportError, export_bundle
-    from agents.trained import TrainedAllocator
+@pytest.fixture(scope="module")
+def residual_run(tmp_path_factory):
     from experiments.train import train
     from tests.test_family import _family_run
 
-    summary = train(_family_run("+agent.head={kind: rank_residual, scale: 2.0}"), tmp_path)
-    assert summary["bundle"] is None  # refused by export, logged, training kept
-    with pytest.raises(ExportError, match="rank_residual head"):
-        export_bundle(tmp_path, tmp_path / "bundle")
+    run_dir = tmp_path_factory.mktemp("residual_run")
+    summary = train(_family_run("+agent.head={kind: rank_residual, scale: 2.0}"), run_dir)
+    return run_dir, summary
 
-    trained = TrainedAllocator(tmp_path)
+
+@pytest.mark.slow
+def test_a_residual_run_evaluates_as_it_trained(residual_run):
+    from agents.trained import TrainedAllocator
+
+    run_dir, _ = residual_run
+    trained = TrainedAllocator(run_dir)
     assert trained.rank is not None
     scenario = load_scenario("small")
     score = evaluate_allocator(trained, scenario, [5])[0]["score"]
@@ -143,3 +147,93 @@ def test_a_residual_run_evaluates_as_it_trained_and_is_not_exported(tmp_path):
         action = trained.model.predict(trained.normalize(obs[None]), deterministic=True)[0][0]
         obs, _, done, _, info = env.step(action)
     assert info["score"]["score"] == pytest.approx(score, rel=1e-12)
+
+
+@pytest.mark.slow
+def test_the_bundle_replays_the_training_fill_hour_by_hour_with_its_state(residual_run, tmp_path):
+    """Export replays its parity episode through the loader, each call given the last one's state, and
+    refuses a bundle whose fill differs; the state travels through the CLI's --previous JSON."""
+    import json
+    import subprocess
+    import sys
+
+    from agents.allocator import Bundle, BundleError, read_stats_csv
+    from envs.features import Clock
+
+    run_dir, summary = residual_run
+    bundle_dir = run_dir / summary["bundle"]
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    assert manifest["schema_version"] == 3 and manifest["head"]["kind"] == "rank_residual"
+    assert manifest["parity"]["fill_max_abs_diff"] == 0.0 and manifest["parity"]["n_observations"] > 0
+    bundle = Bundle.load(bundle_dir)
+    with pytest.raises(BundleError, match="policy_tilt"):
+        bundle.policy_shares(np.zeros((1, bundle.width)), np.ones((1, bundle.max_plans)))
+
+    stats = read_stats_csv(bundle_dir / "example_stats.csv")
+    clock = Clock(**manifest["example"]["clock"])
+    first = bundle.allocate(stats, clock)
+    assert set(first.state["capacity"]) == set(first.plan_ids)
+    assert first.shares.sum() == pytest.approx(1.0)
+    # A known capacity bounds what the plan walked first gets (headroom x capacity x its traffic share).
+    top = int(np.argmax(first.shares))
+    tight = {"capacity": {first.plan_ids[top]: 1e-3}}
+    assert bundle.allocate(stats, clock, state=tight).shares[top] < first.shares[top]
+
+    cli = [sys.executable, "-m", "agents.allocator", str(bundle_dir), str(bundle_dir / "example_stats.csv")]
+    args = [
+        "--budget",
+        str(clock.daily_budget),
+        "--hour",
+        str(clock.hour),
+        "--budget-left",
+        str(clock.budget_left_today),
+    ]
+    out = subprocess.run([*cli, *args], capture_output=True, text=True, check=True).stdout
+    (tmp_path / "prev.json").write_text(out)
+    assert json.loads(out)["state"] == json.loads(json.dumps(first.state))
+    again = subprocess.run([*cli, *args, "--previous", str(tmp_path / "prev.json")], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    expected = bundle.allocate(stats, clock, state=json.loads(out)["state"])
+    assert [p["share"] for p in json.loads(again.stdout)["plans"]] == pytest.approx(expected.shares.tolist(), abs=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda h: h["traffic"][0].__setitem__(0, 0.9), r"head.traffic' row 0 \(feed\) sums to"),
+        (lambda h: h["traffic"].pop(), "'head.traffic' must hold 3 rows"),
+        (lambda h: h["rank"].update(headroom=0.5), "head.rank' holds no valid rank knobs: .*headroom must be >= 1"),
+        (lambda h: h["rank"].update(speed=1), "head.rank' holds no valid rank knobs"),
+        (lambda h: h.update(scale=-1), "head.scale"),
+        (lambda h: h.update(extra=1), r"unknown field\(s\) \['extra'\] in head"),
+    ],
+)
+def test_a_broken_head_is_refused_by_name(residual_run, tmp_path, edit, message):
+    import json
+    import shutil
+
+    from agents.allocator import Bundle, BundleError
+
+    run_dir, summary = residual_run
+    copy = tmp_path / "bundle"
+    shutil.copytree(run_dir / summary["bundle"], copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest["head"])
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        Bundle.load(copy)
+
+
+def test_a_bad_state_is_refused_by_name():
+    from agents.allocator import AllocationInputError, check_state
+
+    assert check_state(None, ["a"]) is None
+    np.testing.assert_array_equal(check_state({"capacity": {"a": 2.0, "gone": 1.0}}, ["a", "b"]), [2.0, np.inf])
+    np.testing.assert_array_equal(check_state({"capacity": {"a": None}}, ["a"]), [np.inf])
+    with pytest.raises(AllocationInputError, match="state capacity -1.0 of plan 'a'"):
+        check_state({"capacity": {"a": -1.0}}, ["a"])
+    with pytest.raises(AllocationInputError, match="state capacity 'x' of plan 'a'"):
+        check_state({"capacity": {"a": "x"}}, ["a"])
+    with pytest.raises(AllocationInputError, match="state must be the previous allocation's state"):
+        check_state({"capacities": {}}, ["a"])
