@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The main job: train the generalist (PPO, set policy) on the scenario family conf/family/finance.yaml,
-# a new portfolio shape every episode; evaluate it beside every heuristic and the oracles on the same
-# env seeds of `default`, the vertical presets and the held-out presets; print the paired report.
+# The main job: train the generalist (PPO, set policy, a rank_residual head: the policy tilts rank's
+# ranking and rank's fill spends, agents/residual.py; conf/agent/residual.yaml) on the scenario family
+# conf/family/finance.yaml, a new portfolio shape every episode; evaluate it beside every heuristic and
+# the oracles on the same env seeds of `default`, the vertical presets and the held-out presets; print
+# the paired report.
 # Everything lands in $(RESULTS): train/ (model, VecNormalize stats, production bundle, TensorBoard
 # logs), eval/ (run folders), report.md, summary.csv, paired.csv and the plots.
 RESULTS ?= results/main
@@ -27,7 +29,7 @@ MAIN_ENVS ?= default,credit,insurance,securities,heldout_search,heldout_lean,hel
 
 run: $(STAMP)
 	rm -rf $(RESULTS)
-	$(PY) -m experiments.train agent=generalist family=finance env=default vec_env=dummy seed=0 \
+	$(PY) -m experiments.train agent=residual family=finance env=default vec_env=dummy seed=0 \
 		total_timesteps=$(MAIN_STEPS) hydra.run.dir=$(RESULTS)/train
 	$(PY) -m experiments.evaluate -m experiment=main hydra/launcher=joblib hydra.sweep.dir=$(RESULTS)/eval/heuristics \
 		env=$(MAIN_ENVS) seed=$(MAIN_SEEDS)

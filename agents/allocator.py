@@ -24,9 +24,12 @@ A bundle whose manifest has a ``head`` (schema 3; :mod:`agents.residual`) holds 
 policy: its graph outputs a ``tilt`` per plan, a multiplier on ``rank``'s worth, and the shares are
 rank's fill to capacity (:class:`agents.heuristics.TiltedRank`, NumPy). The fill learns each plan's
 capacity from the reporting hour by hour, so such a bundle is stateful: each ``Allocation`` carries
-``state`` (``{"capacity": {plan_id: number or null}}``), which the service passes to the next call
-(``allocate(..., state=...)``; the CLI reads it from ``--previous``). Without it the fill starts from
-scratch (first hour of a deployment): every plan's capacity unknown, then learned again.
+``state`` (``{"capacity": {plan_id: number or null}, "day": d, "hour": h}``), which the service passes
+to the next call (``allocate(..., state=...)``; the CLI reads it from ``--previous``); a state passed
+back to the hour that returned it is refused (:func:`check_state`). Without it the fill starts from
+scratch (first hour of a deployment): every plan's capacity unknown, then learned again. A plan that
+was funded and spent nothing gets capacity 0 and stays unfunded while the state is carried (``rank``'s
+known limit); drop its entry to let it be tried again.
 
 Corruption and tampering are different checks. The manifest's ``policy.sha256`` detects a graph
 damaged after export (a bad copy, a truncated upload), but it sits in the same writable folder, so
@@ -75,7 +78,7 @@ import reprlib
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import IO, Any
 
@@ -121,6 +124,8 @@ DIGEST_FILE = "bundle.sha256"
 OBS_INPUT, MASK_INPUT, SHARES_OUTPUT = "obs", "mask", "shares"
 #: The output of a rank_residual graph (manifest ``head``): each slot's multiplier on rank's worth.
 TILT_OUTPUT = "tilt"
+#: Largest ``head.scale`` (the tilt is exp(scale x action), action in [-1, 1]): e^50 spans any worth ratio.
+MAX_TILT_SCALE = 50.0
 
 # Bounds: the simulator's own (envs.scenario's MAX_PLANS, MAX_DAYS and MAX_MONEY; a test checks that they
 # agree). Not imported from there: envs.scenario would bring PyYAML and the preset folder into the service.
@@ -157,7 +162,7 @@ FALLBACKS: tuple[str, ...] = ("proportional", "uniform")
 #: ``load_allocator("generalist")`` loads one and refuses it if its manifest or graph differs from what
 #: was shipped. ``python -m experiments.ship`` writes a bundle there and prints the digest to pin here.
 SHIPPED_DIR = Path(__file__).resolve().parent / "bundles"
-SHIPPED_BUNDLES: dict[str, str] = {"generalist": "a8af96bf81258aac19277d25eb15dbeb434a8705c084d13a2483e2609d5990b9"}
+SHIPPED_BUNDLES: dict[str, str] = {"generalist": "5611696196970862e40025fb7067581d3d306428d5f9b53828606d2f4da1b325"}
 
 
 class BundleError(ValueError):
@@ -477,26 +482,41 @@ def check_previous_shares(previous_shares: Mapping[str, float], plan_ids: Sequen
     return previous
 
 
-def check_state(state: Any, plan_ids: Sequence[str]) -> np.ndarray | None:
+def check_state(state: Any, plan_ids: Sequence[str], clock: Clock | None = None) -> np.ndarray | None:
     """(n_plans,) the capacity estimates a rank_residual bundle's previous call returned (``inf``: not yet
     known, for a plan absent from it or given ``null``), or None without a state. Plans in the state but
-    not in this call are dropped (a plan paused or removed)."""
+    not in this call are dropped (a plan paused or removed). The state names the day and hour of the call
+    that returned it; one passed back to that same day and hour (a retried call given its own answer's
+    state) is refused: the fill would learn that hour's reporting twice."""
     if state is None:
         return None
-    if not isinstance(state, Mapping) or set(state) != {"capacity"} or not isinstance(state["capacity"], Mapping):
+    if (
+        not isinstance(state, Mapping)
+        or set(state) != {"capacity", "day", "hour"}
+        or not isinstance(state["capacity"], Mapping)
+        or not _is_int(state["day"], 0, MAX_DAYS)
+        or not _is_int(state["hour"], 0, 23)
+    ):
         raise AllocationInputError(
-            f"state must be the previous allocation's state, an object {{'capacity': {{plan_id: number or null}}}}, "
-            f"got {reprlib.repr(state)}"
+            "state must be the previous allocation's state, an object {'capacity': {plan_id: number or null}, "
+            f"'day': int, 'hour': int}}, got {reprlib.repr(state)}"
+        )
+    if clock is not None and (state["day"], state["hour"]) == (clock.day, clock.hour):
+        raise AllocationInputError(
+            f"state was returned by the call for day {clock.day}, hour {clock.hour}, which this call repeats: "
+            "pass the state of the call before it (the fill would learn this hour's reporting twice)"
         )
     capacity = np.full(len(plan_ids), np.inf)
     for i, pid in enumerate(plan_ids):
         value = state["capacity"].get(pid)
         if value is None:
             continue
-        if not _is_number(value, 0.0, MAX_AMOUNT):
+        # No upper bound but finiteness: capacity is spend per unit of traffic share, which can exceed any
+        # currency bound on a thin hour (spend / 0.004); the loader wrote it itself.
+        if not _is_number(value, 0.0, sys.float_info.max):
             raise AllocationInputError(
-                f"state capacity {reprlib.repr(value)} of plan {pid!r}; expected null (not known) or a number in "
-                f"[0, {MAX_AMOUNT:.0e}] (spend per unit of traffic, as the previous allocation returned it)"
+                f"state capacity {reprlib.repr(value)} of plan {pid!r}; expected null (not known) or a finite "
+                "number >= 0 (spend per unit of traffic, as the previous allocation returned it)"
             )
         capacity[i] = value
     return capacity
@@ -729,7 +749,7 @@ def _manifest_fields(max_plans: int) -> dict[str, _Field]:
 
 _RESIDUAL_HEAD_FIELDS = {
     "kind": _Field("'rank_residual'", lambda v: v == "rank_residual"),
-    "scale": _Field("a number in (0, 50]", lambda v: _is_number(v, 0.0, 50.0, lo_open=True)),
+    "scale": _Field(f"a number in (0, {MAX_TILT_SCALE:g}]", lambda v: _is_number(v, 0.0, MAX_TILT_SCALE, lo_open=True)),
     "rank": _Field("an object of rank's knobs (agents.heuristics.RankParams)", lambda v: isinstance(v, dict)),
     "channels": _Field(f"the channel vocabulary {list(CHANNELS)}", lambda v: v == list(CHANNELS)),
     "traffic": _Field("one list of step shares per channel", lambda v: isinstance(v, list)),
@@ -753,9 +773,15 @@ class ResidualHead:
 def residual_head(head: Any, source: str | Path) -> ResidualHead:
     """The validated ``head`` of a manifest; :class:`BundleError` naming the field otherwise."""
     _check_fields(head, _RESIDUAL_HEAD_FIELDS, "head.", source, BundleError, closed=True)
+    knobs, expected = head["rank"], [f.name for f in fields(RankParams)]
+    if sorted(knobs) != sorted(expected):
+        raise BundleError(f"{source}: field 'head.rank' has knobs {sorted(knobs)}; expected exactly {expected}")
+    for name, value in knobs.items():
+        if not _is_number(value, -MAX_AMOUNT, MAX_AMOUNT):
+            raise BundleError(f"{source}: field 'head.rank.{name}' is {reprlib.repr(value)}; expected a finite number")
     try:
-        params = RankParams(**head["rank"])
-    except (TypeError, ParamsError) as exc:
+        params = RankParams(**knobs)
+    except ParamsError as exc:
         raise BundleError(f"{source}: field 'head.rank' holds no valid rank knobs: {exc}") from None
     rows = head["traffic"]
     steps = len(rows[0]) if rows and isinstance(rows[0], list) else 0
@@ -763,11 +789,15 @@ def residual_head(head: Any, source: str | Path) -> ResidualHead:
         len(rows) == len(CHANNELS)
         and steps > 0
         and 24 % steps == 0
-        and all(isinstance(r, list) and len(r) == steps and all(_is_number(x, 0.0, 1.0) for x in r) for r in rows)
+        and all(
+            isinstance(r, list) and len(r) == steps and all(_is_number(x, 0.0, 1.0, lo_open=True) for x in r)
+            for r in rows
+        )
     ):
         raise BundleError(
             f"{source}: field 'head.traffic' must hold {len(CHANNELS)} rows (one per channel) of the same "
-            "number of steps per day (a divisor of 24), each entry a number in [0, 1]"
+            "number of steps per day (a divisor of 24), each entry a number in (0, 1] (capacities are "
+            "spend per unit of traffic)"
         )
     traffic = np.array(rows, dtype=np.float64)
     sums = traffic.sum(axis=1)
@@ -1011,7 +1041,7 @@ class Bundle(TableAllocator):
         head = self.residual
         if head is None:
             return self.shares(table, clock), None
-        capacity = check_state(state, table.plan_ids)
+        capacity = check_state(state, table.plan_ids, clock)
         obs, mask = self.observe(table, clock)
         tilt = self.policy_tilt(obs[None], mask[None], table.plan_ids)[0]
         n_plans, steps_per_day = len(table.active), head.traffic.shape[1]
@@ -1023,7 +1053,8 @@ class Bundle(TableAllocator):
         rank.tilt = tilt[:n_plans]
         shares = rank.allocate(table.stats, clock, table.active)
         learned = zip(table.plan_ids, rank.capacity, strict=True)
-        return shares, {"capacity": {pid: float(c) if math.isfinite(c) else None for pid, c in learned}}
+        capacity = {pid: float(c) if math.isfinite(c) else None for pid, c in learned}
+        return shares, {"capacity": capacity, "day": clock.day, "hour": clock.hour}
 
     def observe(self, table: PlanTable, clock: Clock) -> tuple[np.ndarray, np.ndarray]:
         """The raw observation and the mask that the graph takes, for one decision."""
@@ -1034,7 +1065,10 @@ class Bundle(TableAllocator):
 
     def shares(self, table: PlanTable, clock: Clock) -> np.ndarray:
         if self.residual is not None:
-            return self.decide(table, clock, None)[0]
+            raise BundleError(
+                f"{self.path} is a rank_residual bundle: its shares depend on the state carried between calls; "
+                "use allocate(..., state=...) or decide(table, clock, state)"
+            )
         obs, mask = self.observe(table, clock)
         shares = self._run(obs[None], mask[None])
         self._check_output(shares, mask[None] > 0.5, table.plan_ids)

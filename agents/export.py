@@ -464,9 +464,10 @@ def _replay_fill(bundle: Bundle, episode: EpisodeRecord, plan_ids: list[str]) ->
     assert episode.steps is not None and episode.fill_shares is not None
     state, worst = None, 0.0
     for t, ((stats, clock, active), trained) in enumerate(zip(episode.steps, episode.fill_shares, strict=True)):
-        allocation = bundle.allocate(stats_columns(plan_ids, stats, active), clock, state=state)
-        state = allocation.state
-        worst = max(worst, float(np.max(np.abs(allocation.shares - trained))))
+        # decide: the fill's shares before the bundle's action limits, as the wrapper's last_shares are.
+        table = bundle.parse(stats_columns(plan_ids, stats, active))
+        shares, state = bundle.decide(table, clock, state)
+        worst = max(worst, float(np.max(np.abs(shares - trained))))
         if not worst <= PARITY_TOLERANCE:
             raise ExportError(
                 f"the bundle's allocation at step {t} of the parity episode differs from the training fill's by "

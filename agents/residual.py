@@ -31,7 +31,6 @@ vertical where the training env's drawn scenarios sometimes did.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +38,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from agents.allocator import MAX_TILT_SCALE
 from agents.heuristics import TiltedRank
 from envs.budget_env import BudgetShiftEnv
 from envs.family import FamilyEnv
@@ -46,6 +46,8 @@ from envs.family import FamilyEnv
 #: ``head.kind`` values: ``softmax`` (the env's own action: logits of a masked softmax) or ``rank_residual``.
 HEAD_KINDS = ("softmax", "rank_residual")
 HEAD_KEYS = ("kind", "scale")
+#: Largest tilt scale (a bundle's manifest refuses more).
+MAX_SCALE = MAX_TILT_SCALE
 
 
 class HeadSpecError(ValueError):
@@ -75,8 +77,8 @@ def head_spec(node: Mapping[str, Any] | None) -> HeadSpec:
     if kind not in HEAD_KINDS:
         raise HeadSpecError(f"agent.head.kind must be one of {list(HEAD_KINDS)}, got {kind!r}")
     scale = node.get("scale", HeadSpec.scale)
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (math.isfinite(scale) and scale > 0):
-        raise HeadSpecError(f"agent.head.scale must be a finite number > 0, got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (0 < scale <= MAX_SCALE):
+        raise HeadSpecError(f"agent.head.scale must be a number in (0, {MAX_SCALE:g}], got {scale!r}")
     return HeadSpec(kind=kind, scale=float(scale))
 
 

@@ -27,7 +27,8 @@ from experiments.evaluate import evaluate_allocator
     "node, message",
     [
         ({"kind": "tilt"}, "agent.head.kind must be one of"),
-        ({"kind": "rank_residual", "scale": 0}, "agent.head.scale must be a finite number > 0"),
+        ({"kind": "rank_residual", "scale": 0}, r"agent.head.scale must be a number in \(0, 50\]"),
+        ({"kind": "rank_residual", "scale": 51}, "agent.head.scale"),
         ({"kind": "rank_residual", "scale": float("inf")}, "agent.head.scale"),
         ({"kind": "rank_residual", "scale": True}, "agent.head.scale"),
         ({"kind": "rank_residual", "temperature": 2}, "unknown field agent.head.temperature"),
@@ -157,7 +158,7 @@ def test_the_bundle_replays_the_training_fill_hour_by_hour_with_its_state(residu
     import subprocess
     import sys
 
-    from agents.allocator import Bundle, BundleError, read_stats_csv
+    from agents.allocator import AllocationInputError, Bundle, BundleError, read_stats_csv
     from envs.features import Clock
 
     run_dir, summary = residual_run
@@ -173,11 +174,18 @@ def test_the_bundle_replays_the_training_fill_hour_by_hour_with_its_state(residu
     clock = Clock(**manifest["example"]["clock"])
     first = bundle.allocate(stats, clock)
     assert set(first.state["capacity"]) == set(first.plan_ids)
+    assert (first.state["day"], first.state["hour"]) == (clock.day, clock.hour)
     assert first.shares.sum() == pytest.approx(1.0)
+    with pytest.raises(BundleError, match="use allocate"):
+        bundle.shares(bundle.parse(stats), clock)
     # A known capacity bounds what the plan walked first gets (headroom x capacity x its traffic share).
     top = int(np.argmax(first.shares))
-    tight = {"capacity": {first.plan_ids[top]: 1e-3}}
+    earlier = {"day": clock.day, "hour": clock.hour - 1}
+    tight = {"capacity": {first.plan_ids[top]: 1e-3}, **earlier}
     assert bundle.allocate(stats, clock, state=tight).shares[top] < first.shares[top]
+    # A call given its own answer's state would learn its hour twice: refused.
+    with pytest.raises(AllocationInputError, match="which this call repeats"):
+        bundle.allocate(stats, clock, state=first.state)
 
     cli = [sys.executable, "-m", "agents.allocator", str(bundle_dir), str(bundle_dir / "example_stats.csv")]
     args = [
@@ -187,13 +195,20 @@ def test_the_bundle_replays_the_training_fill_hour_by_hour_with_its_state(residu
         str(clock.hour),
         "--budget-left",
         str(clock.budget_left_today),
+        "--day",
+        str(clock.day),
+        "--days",
+        str(clock.days),
     ]
     out = subprocess.run([*cli, *args], capture_output=True, text=True, check=True).stdout
     (tmp_path / "prev.json").write_text(out)
     assert json.loads(out)["state"] == json.loads(json.dumps(first.state))
+    # The next hour (the example's stats again, for the sake of the test) with the previous hour's state.
+    args[3] = str(clock.hour + 1)
     again = subprocess.run([*cli, *args, "--previous", str(tmp_path / "prev.json")], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
-    expected = bundle.allocate(stats, clock, state=json.loads(out)["state"])
+    later = Clock(clock.hour + 1, clock.day, clock.days, clock.daily_budget, clock.budget_left_today)
+    expected = bundle.allocate(stats, later, state=json.loads(out)["state"])
     assert [p["share"] for p in json.loads(again.stdout)["plans"]] == pytest.approx(expected.shares.tolist(), abs=0)
 
 
@@ -204,7 +219,10 @@ def test_the_bundle_replays_the_training_fill_hour_by_hour_with_its_state(residu
         (lambda h: h["traffic"][0].__setitem__(0, 0.9), r"head.traffic' row 0 \(feed\) sums to"),
         (lambda h: h["traffic"].pop(), "'head.traffic' must hold 3 rows"),
         (lambda h: h["rank"].update(headroom=0.5), "head.rank' holds no valid rank knobs: .*headroom must be >= 1"),
-        (lambda h: h["rank"].update(speed=1), "head.rank' holds no valid rank knobs"),
+        (lambda h: h["rank"].update(speed=1), r"'head.rank' has knobs .*; expected exactly"),
+        (lambda h: h["rank"].pop("headroom"), r"'head.rank' has knobs .*; expected exactly"),
+        (lambda h: h["rank"].update(headroom=True), "'head.rank.headroom' is True; expected a finite number"),
+        (lambda h: h["traffic"][1].__setitem__(3, 0.0), "each entry a number in \\(0, 1\\]"),
         (lambda h: h.update(scale=-1), "head.scale"),
         (lambda h: h.update(extra=1), r"unknown field\(s\) \['extra'\] in head"),
     ],
@@ -227,13 +245,23 @@ def test_a_broken_head_is_refused_by_name(residual_run, tmp_path, edit, message)
 
 def test_a_bad_state_is_refused_by_name():
     from agents.allocator import AllocationInputError, check_state
+    from envs.features import Clock
 
+    at = {"day": 1, "hour": 5}
     assert check_state(None, ["a"]) is None
-    np.testing.assert_array_equal(check_state({"capacity": {"a": 2.0, "gone": 1.0}}, ["a", "b"]), [2.0, np.inf])
-    np.testing.assert_array_equal(check_state({"capacity": {"a": None}}, ["a"]), [np.inf])
-    with pytest.raises(AllocationInputError, match="state capacity -1.0 of plan 'a'"):
-        check_state({"capacity": {"a": -1.0}}, ["a"])
-    with pytest.raises(AllocationInputError, match="state capacity 'x' of plan 'a'"):
-        check_state({"capacity": {"a": "x"}}, ["a"])
-    with pytest.raises(AllocationInputError, match="state must be the previous allocation's state"):
-        check_state({"capacities": {}}, ["a"])
+    got = check_state({"capacity": {"a": 2.0, "gone": 1.0}, **at}, ["a", "b"])
+    np.testing.assert_array_equal(got, [2.0, np.inf])  # b: new, not known; gone: dropped
+    np.testing.assert_array_equal(check_state({"capacity": {"a": None}, **at}, ["a"]), [np.inf])
+    # Capacity is spend per unit of traffic share: beyond any currency bound on a thin hour, still accepted.
+    np.testing.assert_array_equal(check_state({"capacity": {"a": 5e12}, **at}, ["a"]), [5e12])
+    for bad in (-1.0, "x", True, 10**400):
+        with pytest.raises(AllocationInputError, match="state capacity .* of plan 'a'"):
+            check_state({"capacity": {"a": bad}, **at}, ["a"])
+    for state in ({"capacities": {}, **at}, {"capacity": {}}, {"capacity": {}, "day": 1, "hour": 24}):
+        with pytest.raises(AllocationInputError, match="state must be the previous allocation's state"):
+            check_state(state, ["a"])
+    same = Clock(hour=5, day=1, days=7, daily_budget=1.0, budget_left_today=1.0)
+    with pytest.raises(AllocationInputError, match="day 1, hour 5, which this call repeats"):
+        check_state({"capacity": {}, **at}, ["a"], same)
+    next_period = Clock(hour=0, day=0, days=7, daily_budget=1.0, budget_left_today=1.0)
+    assert check_state({"capacity": {}, **at}, ["a"], next_period) is not None  # a new planning period

@@ -111,9 +111,19 @@ def test_a_shipped_bundle_loads_by_name_and_reproduces_its_example(name):
     manifest = json.loads((SHIPPED_DIR / name / MANIFEST_FILE).read_text())
     example = manifest["example"]
     stats = read_stats_csv(SHIPPED_DIR / name / example["file"])
-    allocation = allocator.allocate(stats, Clock(**example["clock"]))
-    expected = np.array([example["expected_policy_shares"][p] for p in allocation.plan_ids])
-    assert np.abs(allocation.shares - expected).max() <= 1e-5
+    clock = Clock(**example["clock"])
+    allocation = allocator.allocate(stats, clock)
+    if "expected_policy_tilt" in example:  # a rank_residual bundle: the graph's tilt, then the stateful fill
+        obs, mask = allocator.observe(allocator.parse(stats), clock)
+        tilt = allocator.policy_tilt(obs[None], mask[None])[0, : len(allocation.plan_ids)]
+        expected = np.array([example["expected_policy_tilt"][p] for p in allocation.plan_ids])
+        on = expected > 0  # 0: a plan inactive in the example
+        assert np.all(tilt[~on] == 0) and np.abs(tilt[on] / expected[on] - 1.0).max() <= 1e-5
+        assert set(allocation.state["capacity"]) == set(allocation.plan_ids)
+        assert allocation.shares.sum() == pytest.approx(1.0)
+    else:
+        expected = np.array([example["expected_policy_shares"][p] for p in allocation.plan_ids])
+        assert np.abs(allocation.shares - expected).max() <= 1e-5
     assert manifest["training"]["evaluation"]["per_env"], "a shipped bundle records how it scored"
     assert manifest["training"]["config"]["family"]["name"] == "finance"
 
