@@ -967,28 +967,36 @@ class Bundle(TableAllocator):
             )
         return shares.astype(np.float64)
 
+    def _refuse_entries(self, checks: Sequence[tuple[np.ndarray, str]], plan_ids: Sequence[str] | None) -> None:
+        """Raise :class:`BundleError` at the first ``(bad, what)`` whose ``(batch, max_plans)`` mask has an entry,
+        naming its row's bad slots (``plan_ids`` name the slots of a single decision)."""
+        for bad, what in checks:
+            if not bad.any():
+                continue
+            row = int(np.flatnonzero(bad.any(axis=1))[0])
+            slots = np.flatnonzero(bad[row])
+            if plan_ids is None:
+                where = f"slot(s) {slots[:10].tolist()} of observation {row}"
+            else:
+                named = [plan_ids[i] for i in slots if i < len(plan_ids)][:10]
+                padding = [int(i) for i in slots if i >= len(plan_ids)][:10]
+                where = " and ".join(
+                    [f"plan(s) {named}"] * bool(named) + [f"padding slot(s) {padding}"] * bool(padding)
+                )
+            raise BundleError(f"{self.path / POLICY_FILE} returned {what} for {where}; refusing to allocate")
+
     def _check_output(self, shares: np.ndarray, active: np.ndarray, plan_ids: Sequence[str] | None) -> None:
         """Refuse graph output that is not a vector of shares per row: finite, >= 0, 0 outside the mask, sum 1
         over the mask (0 when nothing is active). ``plan_ids`` name the slots of a single decision."""
-
-        def where(row: int, slots: np.ndarray) -> str:
-            if plan_ids is None:
-                return f"slot(s) {slots[:10].tolist()} of observation {row}"
-            named = [plan_ids[i] for i in slots if i < len(plan_ids)][:10]
-            padding = [int(i) for i in slots if i >= len(plan_ids)][:10]
-            return " and ".join([f"plan(s) {named}"] * bool(named) + [f"padding slot(s) {padding}"] * bool(padding))
-
+        self._refuse_entries(
+            (
+                (~np.isfinite(shares), "NaN or infinite share(s)"),
+                (shares < 0, "negative share(s)"),
+                (~active & (shares != 0), "non-zero share(s) outside the plan mask"),
+            ),
+            plan_ids,
+        )
         source = self.path / POLICY_FILE
-        for bad, what in (
-            (~np.isfinite(shares), "NaN or infinite share(s)"),
-            (shares < 0, "negative share(s)"),
-            (~active & (shares != 0), "non-zero share(s) outside the plan mask"),
-        ):
-            if bad.any():
-                row = int(np.flatnonzero(bad.any(axis=1))[0])
-                raise BundleError(
-                    f"{source} returned {what} for {where(row, np.flatnonzero(bad[row]))}; refusing to allocate"
-                )
         totals = shares.sum(axis=1)
         expected = active.any(axis=1).astype(np.float64)
         off = np.abs(totals - expected) > SHARE_TOLERANCE
@@ -1020,18 +1028,14 @@ class Bundle(TableAllocator):
             raise BundleError(f"{self.path} is a softmax bundle: its graph gives shares (policy_shares), not a tilt")
         tilt = self._run(obs, mask)
         active = np.asarray(mask) > 0.5
-        for bad, what in (
-            (~np.isfinite(tilt), "NaN or infinite tilt(s)"),
-            (active & (tilt <= 0), "non-positive tilt(s) on active plans"),
-            (~active & (tilt != 0), "non-zero tilt(s) outside the plan mask"),
-        ):
-            if bad.any():
-                row = int(np.flatnonzero(bad.any(axis=1))[0])
-                slots = np.flatnonzero(bad[row])[:10].tolist()
-                named = [plan_ids[i] if plan_ids and i < len(plan_ids) else f"slot {i}" for i in slots]
-                raise BundleError(
-                    f"{self.path / POLICY_FILE} returned {what} for {named} of observation {row}; refusing to allocate"
-                )
+        self._refuse_entries(
+            (
+                (~np.isfinite(tilt), "NaN or infinite tilt(s)"),
+                (active & (tilt <= 0), "non-positive tilt(s) on active plans"),
+                (~active & (tilt != 0), "non-zero tilt(s) outside the plan mask"),
+            ),
+            plan_ids,
+        )
         return tilt
 
     def decide(self, table: PlanTable, clock: Clock, state: Any) -> tuple[np.ndarray, dict[str, Any] | None]:

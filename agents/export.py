@@ -76,7 +76,7 @@ from agents.allocator import (
     write_stats_csv,
 )
 from agents.heuristics import RankParams, channel_traffic
-from agents.residual import HeadSpec, RankResidualEnv, head_spec
+from agents.residual import HeadSpec, RankResidualEnv, head_spec, tilt_from_action
 from agents.sb3 import ALGOS, RUN_CONFIG, RUN_MODELS, AgentSpecError, RunFolderError, load_run
 from envs.budget_env import BudgetShiftEnv
 from envs.features import (
@@ -139,8 +139,7 @@ class TrainedRun:
     def tilt(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """A rank_residual run's tilt on rank's worth, as training computed it (0 outside the masks)."""
         actions, _ = self.model.predict(self.normalize(obs), deterministic=True)
-        scale = self.head.scale
-        return np.where(masks, np.exp(scale * np.clip(actions.astype(np.float64), -1.0, 1.0)), 0.0)
+        return np.where(masks, tilt_from_action(actions, self.head.scale), 0.0)
 
     def shares(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """The trained model's budget shares, computed as training did: SB3's predict + the env's softmax."""
@@ -331,9 +330,8 @@ def run_episode(run: TrainedRun, seed: int = 0) -> EpisodeRecord:
             obs, reward, done, _, _ = env.step(action[0])
         score += reward
     assert example is not None
-    if wrapper is None:
-        return EpisodeRecord(np.stack(all_obs), np.stack(masks), score, *example)
-    return EpisodeRecord(np.stack(all_obs), np.stack(masks), score, *example, steps=steps, fill_shares=fill_shares)
+    recorded = {"steps": steps, "fill_shares": fill_shares} if wrapper is not None else {}
+    return EpisodeRecord(np.stack(all_obs), np.stack(masks), score, *example, **recorded)
 
 
 # -------------------------------------------------------------------------------------------------

@@ -415,10 +415,15 @@ class FillAllocator(HeuristicAllocator):
     """
 
     Params: type = FillParams
+    capacity: np.ndarray | None = None  # spend per unit of traffic index by plan (inf: not yet known)
 
     def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
         super().reset(scenario, portfolio, seed)
         self.start(channel_traffic(scenario), scenario.n_plans)
+
+    @property
+    def steps_per_day(self) -> int:
+        return self.traffic.shape[1]
 
     def start(self, traffic: np.ndarray, n_plans: int, capacity: np.ndarray | None = None, t: int = 0) -> None:
         """Begin an episode without a scenario (the production loader): ``traffic`` is
@@ -428,8 +433,6 @@ class FillAllocator(HeuristicAllocator):
         self.traffic = np.asarray(traffic, dtype=np.float64)
         # Each channel's share of the rest of the day from each step on (the env's pacing).
         self.rest = np.cumsum(self.traffic[:, ::-1], axis=1)[:, ::-1]
-        self.steps_per_day = self.traffic.shape[1]
-        # Spend per unit of traffic index; inf = not yet known.
         self.capacity = np.full(n_plans, np.inf) if capacity is None else np.array(capacity, dtype=np.float64)
         self.leader: int | None = None
         self.t = t
@@ -462,7 +465,7 @@ class FillAllocator(HeuristicAllocator):
 
     def weights(self, stats, clock, active):
         p = self.params
-        if getattr(self, "capacity", None) is None:
+        if self.capacity is None:
             raise RuntimeError(f"{self.name} learns capacities over an episode: call reset(scenario) before allocate()")
         if self.capacity.shape != active.shape:
             raise ValueError(f"{self.name} was reset for {len(self.capacity)} plans and given {len(active)}")

@@ -46,8 +46,6 @@ from envs.family import FamilyEnv
 #: ``head.kind`` values: ``softmax`` (the env's own action: logits of a masked softmax) or ``rank_residual``.
 HEAD_KINDS = ("softmax", "rank_residual")
 HEAD_KEYS = ("kind", "scale")
-#: Largest tilt scale (a bundle's manifest refuses more).
-MAX_SCALE = MAX_TILT_SCALE
 
 
 class HeadSpecError(ValueError):
@@ -77,15 +75,14 @@ def head_spec(node: Mapping[str, Any] | None) -> HeadSpec:
     if kind not in HEAD_KINDS:
         raise HeadSpecError(f"agent.head.kind must be one of {list(HEAD_KINDS)}, got {kind!r}")
     scale = node.get("scale", HeadSpec.scale)
-    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (0 < scale <= MAX_SCALE):
-        raise HeadSpecError(f"agent.head.scale must be a number in (0, {MAX_SCALE:g}], got {scale!r}")
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not (0 < scale <= MAX_TILT_SCALE):
+        raise HeadSpecError(f"agent.head.scale must be a number in (0, {MAX_TILT_SCALE:g}], got {scale!r}")
     return HeadSpec(kind=kind, scale=float(scale))
 
 
-def tilt_from_action(action: np.ndarray, n_plans: int, scale: float) -> np.ndarray:
-    """(n_plans,) the worth multipliers ``exp(scale * clip(action, -1, 1))`` of the first ``n_plans`` slots."""
-    a = np.clip(np.asarray(action, dtype=np.float64)[:n_plans], -1.0, 1.0)
-    return np.exp(scale * a)
+def tilt_from_action(action: np.ndarray, scale: float) -> np.ndarray:
+    """The worth multipliers ``exp(scale * clip(action, -1, 1))`` (float64, the action's shape)."""
+    return np.exp(scale * np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0))
 
 
 class RankResidualEnv(gym.Wrapper):
@@ -114,7 +111,7 @@ class RankResidualEnv(gym.Wrapper):
         inner = self._inner()
         if np.shape(action) != self.action_space.shape:
             raise ValueError(f"action must have shape {self.action_space.shape}, got {np.shape(action)}")
-        self.rank.tilt = tilt_from_action(action, inner.n_plans, self.scale)
+        self.rank.tilt = tilt_from_action(action[: inner.n_plans], self.scale)
         shares = self.rank.allocate(inner.reporting_stats(), inner.clock(), inner.active_mask())
         self.last_shares = shares  # before the env's limits and caps: what the production fill returns
         obs, reward, terminated, truncated, info = inner.step_shares(shares)

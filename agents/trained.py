@@ -83,7 +83,7 @@ class TrainedAllocator(Allocator):
         else:
             action = self._predict_wide(build_observation(stats, clock, n_plans, active), n_plans)
         if self.rank is not None:
-            self.rank.tilt = tilt_from_action(action, n_plans, self.head.scale)
+            self.rank.tilt = tilt_from_action(action[:n_plans], self.head.scale)
             return self.rank.allocate(stats, clock, active)
         logits = np.clip(np.asarray(action, dtype=np.float64)[:n_plans], -1.0, 1.0) * self.temperature
         return masked_softmax(logits, active)

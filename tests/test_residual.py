@@ -46,7 +46,7 @@ def test_the_default_head_is_the_softmax():
 
 
 def test_the_tilt_clips_the_action_and_keeps_the_portfolio_slots():
-    tilt = tilt_from_action(np.array([0.0, 1.0, -3.0, 0.5, 9.0], dtype=np.float32), 4, 2.0)
+    tilt = tilt_from_action(np.array([0.0, 1.0, -3.0, 0.5, 9.0], dtype=np.float32)[:4], 2.0)
     np.testing.assert_allclose(tilt, np.exp([0.0, 2.0, -2.0, 1.0]))
 
 
