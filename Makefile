@@ -23,7 +23,7 @@ install: $(STAMP)
 # Everything lands in $(RESULTS): train/ (model, VecNormalize stats, production bundle, TensorBoard
 # logs), eval/ (run folders), report.md, summary.csv, paired.csv and the plots.
 RESULTS ?= results/main
-MAIN_STEPS ?= 200000
+MAIN_STEPS ?= 336000
 MAIN_SEEDS ?= 0,1,2,3,4
 MAIN_ENVS ?= default,credit,insurance,securities,heldout_search,heldout_lean,heldout_wide
 

@@ -162,7 +162,7 @@ FALLBACKS: tuple[str, ...] = ("proportional", "uniform")
 #: ``load_allocator("generalist")`` loads one and refuses it if its manifest or graph differs from what
 #: was shipped. ``python -m experiments.ship`` writes a bundle there and prints the digest to pin here.
 SHIPPED_DIR = Path(__file__).resolve().parent / "bundles"
-SHIPPED_BUNDLES: dict[str, str] = {"generalist": "5611696196970862e40025fb7067581d3d306428d5f9b53828606d2f4da1b325"}
+SHIPPED_BUNDLES: dict[str, str] = {"generalist": "5a5920d303807b9056b5fb2de4112b5b41da82d9918deeeb82c032488c0e3769"}
 
 
 class BundleError(ValueError):
