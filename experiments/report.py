@@ -21,7 +21,11 @@ env x agent x seed combination of the sweep with no folder). It writes into the 
   allocator against the best heuristic and against uniform on the episodes both played (matched by
   env, env seed and setup; refused, naming the runs, when they do not match), the mean paired
   difference with a 95% bootstrap interval (stratified by env on ``all``), the probability of
-  improvement and the verdict: "A beats B" only where the interval excludes 0;
+  improvement and the verdict: "A beats B" only where the interval excludes 0. A learned allocator
+  evaluated from several training runs (``agent=trained agent.run=<run0>,<run1>,...`` in one sweep,
+  or their sweeps gathered under one folder) is compared with each episode's score averaged over
+  its training runs (``training_runs`` says how many; :func:`experiments.stats.pool_training_runs`);
+  in ``summary.csv`` its runs are its training runs x env seeds;
 - ``profiles.csv``: performance profiles (fraction of episodes with normalised score above tau, with bands);
 - ``report.md``: the tables, the paired verdicts, the failed, duplicate and missing runs, the
   episodes left out of or refusing a pairing, the figures and how to read them;
@@ -206,6 +210,9 @@ def paired_sentence(r: pd.Series) -> str:
     what = "per episode" + (f", {_fmt(r.diff_pct, '+.1%')} of {b}'s score" if unit == "score" else " (normalised)")
     odds = f"P({a} > {b}) = {_fmt(r.poi, '.2f')} [{_fmt(r.poi_ci_low, '.2f')}, {_fmt(r.poi_ci_high, '.2f')}]"
     n = f"{int(r.episodes)} paired episodes"
+    runs = r.get("training_runs")
+    if isinstance(runs, int | float) and np.isfinite(runs) and runs > 1:
+        n += f", {a}'s score the mean over its {int(runs)} training runs"
     if r.verdict == "better":
         claim = f"**{a} beats {b}** ({r.env}): {a} - {b} = {interval} {what}; {odds}; {n}"
     elif r.verdict == "worse":

@@ -16,7 +16,9 @@ per-episode difference ``d = score_A - score_B`` over the episodes both played, 
 seed and setup (:func:`experiments.sweep.episode_table`); episodes are never paired by position.
 A pair whose runs share no episode, or hold episodes with the same env seed under different env
 configs or ``max_steps``, or an allocator holding one episode twice, is refused, naming the run
-folders; episodes only one side played are left out and listed. Statistics, with rliable 1.2
+folders; episodes only one side played are left out and listed. A trained allocator's training runs
+(several ``agent.run`` under one name: its training seeds) are averaged per episode before pairing
+(:func:`pool_training_runs`), if each played the same env seeds. Statistics, with rliable 1.2
 (``rliable.library.get_interval_estimates``, percentile method, stratified by env):
 
 - the mean paired difference with a 95% bootstrap interval; with several envs (``env = all``) the
@@ -256,6 +258,9 @@ def match_episodes(episodes: pd.DataFrame, env: str, agent: str, baseline: str) 
         if len(unseeded):
             notes.append(f"{len(unseeded)} episodes of {who} record no env seed, not paired ({_runs(unseeded)})")
         mine = mine.dropna(subset=["env_seed"])
+        mine, refusal = pool_training_runs(mine, who)
+        if refusal:
+            return None, refusal
         twice = mine[mine.env_seed.duplicated(keep=False)]
         if len(twice):
             return None, (
@@ -279,8 +284,53 @@ def match_episodes(episodes: pd.DataFrame, env: str, agent: str, baseline: str) 
         if len(alone):
             other = baseline if who == agent else agent
             notes.append(f"{len(alone)} episodes of {who} have no counterpart in {other} ({_runs(alone)}): left out")
-    columns = ["env_seed", "score_x", "score_y", "run_x", "run_y"]
+    columns = ["env_seed", "score_x", "score_y", "run_x", "run_y", "training_runs_x"]
     return pairs[columns].reset_index(drop=True), "; ".join(notes)
+
+
+def pool_training_runs(mine: pd.DataFrame, who: str) -> tuple[pd.DataFrame, str]:
+    """One allocator's episodes on one env with its training seeds averaged: ``(episodes, refusal)``.
+
+    A learned allocator is judged over several training seeds (issue 12: at least 3), each evaluated
+    on the same episodes as the heuristics. Its rows then hold each env seed once per training run
+    (``training_run``, :func:`experiments.sweep.episode_table`); pooled, each env seed's score is the
+    mean over the training runs, so the paired difference is that of the training seeds' average on
+    the same episodes (the interval is over episodes, for these training runs). Every training run
+    must have played the same env seeds under the same setup, else ``refusal`` names the runs and
+    nothing is averaged. The episodes come back with ``training_runs``: how many training runs were
+    pooled (0 for an allocator that was not trained, 1 for a single run, which is left as it is).
+    """
+    trained = mine.training_run.notna()
+    runs = sorted(mine.training_run[trained].unique())
+    mine = mine.assign(training_runs=len(runs))
+    if len(runs) < 2:
+        return mine, ""
+    if not trained.all():
+        return mine, ""  # trained and untrained rows under one name: left to the ambiguity check
+    by_run = {run: g for run, g in mine.groupby("training_run")}
+    if any(g.env_seed.duplicated().any() for g in by_run.values()):
+        return mine, ""  # one training run holding an episode twice: left to the ambiguity check
+    first, *rest = runs
+    seeds = set(by_run[first].env_seed)
+    for run in rest:
+        if set(by_run[run].env_seed) != seeds:
+            return mine, (
+                f"{who}'s training runs `{first}` and `{run}` played different episodes "
+                f"({_runs(by_run[first])} vs {_runs(by_run[run])}): its training seeds are averaged only "
+                "over the same env seeds"
+            )
+    if mine.groupby("env_seed").setup.nunique().max() > 1 or mine.groupby("env_seed").steps.nunique().max() > 1:
+        return mine, f"{who}'s training runs played the same env seeds under different setups ({_runs(mine)})"
+    pooled = mine.groupby("env_seed", as_index=False).agg(
+        env=("env", "first"),
+        agent=("agent", "first"),
+        steps=("steps", "first"),
+        score=("score", "mean"),
+        setup=("setup", "first"),
+        run=("run", "min"),
+        training_runs=("training_runs", "first"),
+    )
+    return pooled, ""
 
 
 def best_heuristic(episodes: pd.DataFrame, env: str) -> str | None:
@@ -315,6 +365,7 @@ def _comparison(
         if pairs is None:
             return {**row, "verdict": "not compared", "note": "; ".join(notes)}
         matched.append((e, pairs))
+    row["training_runs"] = max(int(p.training_runs_x.max()) for _, p in matched)
     if env == "all":
         missing = [e for e in envs if e not in refs]
         counts = {e: len(p) for e, p in matched}
@@ -356,6 +407,7 @@ PAIRED_COLUMNS = [
     "baseline",
     "role",
     "episodes",
+    "training_runs",
     "diff",
     "diff_ci_low",
     "diff_ci_high",

@@ -363,13 +363,18 @@ def episode_table(runs: list[Run]) -> pd.DataFrame:
     An episode is identified by its env, the env seed it was reset with (``env_seed``, as the
     evaluator records it; NaN in a ``metrics.json`` without one) and the setup it ran under
     (``setup``: the run's resolved ``env`` config and ``max_steps``, as canonical JSON), so two
-    allocators' rows are the same episode only where all three agree. ``run`` is the run folder.
+    allocators' rows are the same episode only where all three agree. ``run`` is the run folder;
+    ``training_run`` the training run a ``trained`` allocator was loaded from (its ``agent.run``; None
+    for the others), which tells apart the training seeds of one learned allocator
+    (:func:`experiments.stats.match_episodes` averages over them).
     """
     rows = []
     for r in runs:
         if not r.counted:
             continue
         setup = json.dumps({"env": r.config.get("env"), "max_steps": r.config.get("max_steps")}, sort_keys=True)
+        agent_cfg = _mapping(r.config, "agent")
+        training_run = agent_cfg.get("run") if agent_cfg.get("kind") == "trained" else None
         for e in r.metrics["per_episode"]:
             env_seed = e.get("env_seed")
             rows.append(
@@ -383,9 +388,10 @@ def episode_table(runs: list[Run]) -> pd.DataFrame:
                     "score": float(e["score"]),
                     "setup": setup,
                     "run": r.path,
+                    "training_run": None if training_run is None else str(training_run),
                 }
             )
-    columns = ["env", "agent", "seed", "episode", "env_seed", "steps", "score", "setup", "run"]
+    columns = ["env", "agent", "seed", "episode", "env_seed", "steps", "score", "setup", "run", "training_run"]
     return pd.DataFrame(rows, columns=columns).astype({"env_seed": "Int64"})
 
 

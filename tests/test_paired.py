@@ -27,17 +27,28 @@ ENV = {"name": "toy", "daily_budget": 10000.0, "plans_per_account": 4}
 
 
 def write_run(
-    sweep: Path, agent: str, seed: int, scores: list[float], *, env: dict | None = None, folder: str | None = None
+    sweep: Path,
+    agent: str,
+    seed: int,
+    scores: list[float],
+    *,
+    env: dict | None = None,
+    folder: str | None = None,
+    training_run: str | None = None,
 ) -> Path:
     """A finished run folder as ``experiments.evaluate`` leaves it (no steps table), with these episode scores.
 
     Episode ``i`` of seed ``s`` has env seed ``1000 * s + i``, the same for every allocator (as
-    ``experiments.common.episode_seeds`` makes them).
+    ``experiments.common.episode_seeds`` makes them). ``training_run``: a ``trained`` allocator loaded
+    from that run (``agent.run``).
     """
     env = env or ENV
     run_dir = sweep / (folder or f"{env['name']}_{agent}_s{seed}")
     (run_dir / ".hydra").mkdir(parents=True)
-    config = {"env": env, "agent": {"name": agent, "kind": "heuristic"}, "seed": seed, "episodes": len(scores)}
+    agent_cfg = {"name": agent, "kind": "heuristic"}
+    if training_run is not None:
+        agent_cfg = {"name": agent, "kind": "trained", "run": training_run}
+    config = {"env": env, "agent": agent_cfg, "seed": seed, "episodes": len(scores)}
     config |= {"max_steps": None, "backend": "numba", "steps_table": "none"}
     for path in (run_dir / "config.yaml", run_dir / ".hydra" / "config.yaml"):
         path.write_text(yaml.safe_dump(config))
@@ -47,7 +58,13 @@ def write_run(
         episodes.append({"episode": i, "env_seed": 1000 * seed + i, "steps": 24, **metrics, "score": float(score)})
     mean = {k: (None if k in UNDEFINED_WITHOUT_CONVERSIONS else 0.0) for k in EPISODE_METRICS}
     mean["score"] = float(np.mean(scores))
-    metrics_json = {"agent": agent, "kind": "heuristic", "env": env["name"], "seed": seed, "episodes": len(scores)}
+    metrics_json = {
+        "agent": agent,
+        "kind": agent_cfg["kind"],
+        "env": env["name"],
+        "seed": seed,
+        "episodes": len(scores),
+    }
     metrics_json |= {"mean": mean, "per_episode": episodes}
     (run_dir / "metrics.json").write_text(json.dumps(metrics_json))
     return run_dir
@@ -162,6 +179,49 @@ def test_an_allocator_holding_one_episode_twice_is_not_paired(tmp_path):
     assert row.verdict == "not compared"
     assert row.note.startswith("thompson played the episode with env seed 0 more than once")
     assert "`toy_thompson_s0_a`, `toy_thompson_s0_b`" in row.note
+
+
+def test_a_learned_allocator_is_paired_on_the_mean_over_its_training_runs(tmp_path):
+    boost = write_sweep(tmp_path, {})
+    # Three training seeds of one learned allocator on the same episodes: +3,000, -1,000 and +4,000 a
+    # episode over boost, each with its own episode-to-episode noise; pooled, +2,000 on average.
+    rng = np.random.default_rng(11)
+    offsets = {"runs/a": 3000.0, "runs/b": -1000.0, "runs/c": 4000.0}
+    scores = {}
+    for i, (training_run, offset) in enumerate(offsets.items()):
+        scores[training_run] = boost + offset + rng.normal(0.0, 300.0, boost.shape)
+        for seed in SEEDS:
+            folder = f"toy_generalist_s{seed}_{i}"
+            write_run(
+                tmp_path, "generalist", seed, list(scores[training_run][seed]), folder=folder, training_run=training_run
+            )
+    result = build_report(tmp_path, reps=1000)
+
+    row = comparison(result, "generalist", "boost")
+    pooled = np.mean(list(scores.values()), axis=0)
+    assert row.training_runs == 3 and row.episodes == len(SEEDS) * EPISODES  # each env seed once, averaged
+    assert row["diff"] == pytest.approx((pooled - boost).mean())
+    assert row.diff_ci_low > 0 and row.verdict == "better" and not row.note
+    assert comparison(result, "uniform", "boost").training_runs == 0
+    report = result["report"].read_text()
+    assert "**generalist beats boost** (toy)" in report
+    assert "generalist's score the mean over its 3 training runs" in report
+    summary = result["summary"].set_index("agent")
+    assert summary.loc["generalist", "seeds"] == 3 * len(SEEDS)  # its runs: training runs x env seeds
+
+
+def test_training_runs_that_played_different_episodes_are_not_pooled(tmp_path):
+    boost = write_sweep(tmp_path, {})
+    for seed in SEEDS:
+        write_run(tmp_path, "generalist", seed, list(boost[seed] + 1000), folder=f"a_s{seed}", training_run="runs/a")
+    for seed in SEEDS[:-1]:  # the second training run missed env seed 3's episodes
+        write_run(tmp_path, "generalist", seed, list(boost[seed] + 2000), folder=f"b_s{seed}", training_run="runs/b")
+    result = build_report(tmp_path, reps=200)
+
+    row = comparison(result, "generalist", "boost")
+    assert row.verdict == "not compared" and np.isnan(row["diff"])
+    assert row.note.startswith("generalist's training runs `runs/a` and `runs/b` played different episodes")
+    assert "`a_s3`" in row.note
 
 
 def test_probability_of_improvement_on_a_hand_computed_case():
