@@ -24,8 +24,10 @@ env x agent x seed combination of the sweep with no folder). It writes into the 
   improvement and the verdict: "A beats B" only where the interval excludes 0. A learned allocator
   evaluated from several training runs (``agent=trained agent.run=<run0>,<run1>,...`` in one sweep,
   or their sweeps gathered under one folder) is compared with each episode's score averaged over
-  its training runs (``training_runs`` says how many; :func:`experiments.stats.pool_training_runs`);
-  in ``summary.csv`` its runs are its training runs x env seeds;
+  its training runs (``training_runs`` says how many; :func:`experiments.stats.pool_training_runs`;
+  the interval is over episodes, for those trained models, not over training seeds); in
+  ``summary.csv`` and the profiles its runs are its training runs x evaluation seeds, which replay the
+  same episodes, so their intervals are too narrow;
 - ``profiles.csv``: performance profiles (fraction of episodes with normalised score above tau, with bands);
 - ``report.md``: the tables, the paired verdicts, the failed, duplicate and missing runs, the
   episodes left out of or refusing a pairing, the figures and how to read them;

@@ -18,7 +18,8 @@ A pair whose runs share no episode, or hold episodes with the same env seed unde
 configs or ``max_steps``, or an allocator holding one episode twice, is refused, naming the run
 folders; episodes only one side played are left out and listed. A trained allocator's training runs
 (several ``agent.run`` under one name: its training seeds) are averaged per episode before pairing
-(:func:`pool_training_runs`), if each played the same env seeds. Statistics, with rliable 1.2
+(:func:`pool_training_runs`), if each played the same env seeds; the interval is then over episodes
+for those trained models, not over training seeds. Statistics, with rliable 1.2
 (``rliable.library.get_interval_estimates``, percentile method, stratified by env):
 
 - the mean paired difference with a 95% bootstrap interval; with several envs (``env = all``) the
@@ -51,6 +52,7 @@ import json
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -232,8 +234,13 @@ def verdict(low: float, high: float) -> str:
     return "better" if low > 0 else "worse" if high < 0 else "not resolved"
 
 
-def _runs(frame: pd.DataFrame) -> str:
-    return ", ".join(f"`{p.name}`" for p in sorted(set(frame["run"])))
+def _folders(run: Path | tuple[Path, ...]) -> list[Path]:
+    return list(run) if isinstance(run, tuple) else [run]  # a pooled episode holds a tuple of folders
+
+
+def _runs(frame: pd.DataFrame, column: str = "run") -> str:
+    """The run folders of ``frame``'s rows, as a list of names."""
+    return ", ".join(f"`{p.name}`" for p in sorted({p for run in frame[column] for p in _folders(run)}))
 
 
 def _setup_difference(setup_a: str, setup_b: str) -> str:
@@ -257,8 +264,7 @@ def match_episodes(episodes: pd.DataFrame, env: str, agent: str, baseline: str) 
         unseeded = mine[mine.env_seed.isna()]
         if len(unseeded):
             notes.append(f"{len(unseeded)} episodes of {who} record no env seed, not paired ({_runs(unseeded)})")
-        mine = mine.dropna(subset=["env_seed"])
-        mine, refusal = pool_training_runs(mine, who)
+        mine, refusal = pool_training_runs(mine, who)  # also drops the unseeded episodes
         if refusal:
             return None, refusal
         twice = mine[mine.env_seed.duplicated(keep=False)]
@@ -276,60 +282,72 @@ def match_episodes(episodes: pd.DataFrame, env: str, agent: str, baseline: str) 
     if len(differ):
         first = differ.iloc[0]
         return None, (
-            f"episodes with the same env seed ran under different setups in `{first.run_x.name}` ({agent}) and "
-            f"`{first.run_y.name}` ({baseline}): {_setup_difference(first.setup_x, first.setup_y) or 'steps differ'}"
+            f"episodes with the same env seed ran under different setups in {_runs(differ.head(1), 'run_x')} "
+            f"({agent}) and {_runs(differ.head(1), 'run_y')} ({baseline}): "
+            f"{_setup_difference(first.setup_x, first.setup_y) or 'steps differ'}"
         )
     for who, side in ((agent, x), (baseline, y)):
         alone = side[~side.env_seed.isin(pairs.env_seed)]
         if len(alone):
             other = baseline if who == agent else agent
             notes.append(f"{len(alone)} episodes of {who} have no counterpart in {other} ({_runs(alone)}): left out")
-    columns = ["env_seed", "score_x", "score_y", "run_x", "run_y", "training_runs_x"]
+    columns = ["env_seed", "score_x", "score_y", "run_x", "run_y", "training_runs_x", "training_set_x"]
     return pairs[columns].reset_index(drop=True), "; ".join(notes)
 
 
 def pool_training_runs(mine: pd.DataFrame, who: str) -> tuple[pd.DataFrame, str]:
-    """One allocator's episodes on one env with its training seeds averaged: ``(episodes, refusal)``.
+    """One allocator's episodes on one env, unseeded ones dropped, training seeds averaged: ``(episodes, refusal)``.
 
     A learned allocator is judged over several training seeds (issue 12: at least 3), each evaluated
     on the same episodes as the heuristics. Its rows then hold each env seed once per training run
     (``training_run``, :func:`experiments.sweep.episode_table`); pooled, each env seed's score is the
-    mean over the training runs, so the paired difference is that of the training seeds' average on
-    the same episodes (the interval is over episodes, for these training runs). Every training run
-    must have played the same env seeds under the same setup, else ``refusal`` names the runs and
-    nothing is averaged. The episodes come back with ``training_runs``: how many training runs were
-    pooled (0 for an allocator that was not trained, 1 for a single run, which is left as it is).
+    mean over the training runs, so the paired difference is that of the training runs' average on
+    the same episodes. Its interval resamples episodes and holds these trained models fixed: it says
+    whether these runs beat the baseline on average, not how a new training seed would do. Every
+    training run must have played the same env seeds under the same setup, and trained and untrained
+    runs must not share a name; else ``refusal`` names the runs and nothing is averaged. The episodes
+    come back with ``training_runs`` (how many training runs; 0 for an allocator that was not
+    trained, 1 for a single run, left as it is) and ``training_set`` (their ``agent.run``), and a
+    pooled episode's ``run`` is the tuple of its run folders.
     """
     trained = mine.training_run.notna()
     runs = sorted(mine.training_run[trained].unique())
-    mine = mine.assign(training_runs=len(runs))
+    if trained.any() and not trained.all():
+        return mine, (
+            f"{who} names both trained runs ({_runs(mine[trained])}) and runs that are not "
+            f"({_runs(mine[~trained])}): which episodes are its is ambiguous"
+        )
+    seeded = mine.dropna(subset=["env_seed"]).assign(training_runs=len(runs), training_set=", ".join(runs))
     if len(runs) < 2:
-        return mine, ""
-    if not trained.all():
-        return mine, ""  # trained and untrained rows under one name: left to the ambiguity check
-    by_run = {run: g for run, g in mine.groupby("training_run")}
+        return seeded, ""
+    lost = sorted(set(runs) - set(seeded.training_run))
+    if lost:
+        return seeded, f"{who}'s training run `{lost[0]}` recorded no env seed ({_runs(mine)}): nothing averaged"
+    by_run = {run: g for run, g in seeded.groupby("training_run")}
     if any(g.env_seed.duplicated().any() for g in by_run.values()):
-        return mine, ""  # one training run holding an episode twice: left to the ambiguity check
+        return seeded, ""  # one training run holding an episode twice: left to the ambiguity check
     first, *rest = runs
     seeds = set(by_run[first].env_seed)
     for run in rest:
         if set(by_run[run].env_seed) != seeds:
-            return mine, (
+            return seeded, (
                 f"{who}'s training runs `{first}` and `{run}` played different episodes "
                 f"({_runs(by_run[first])} vs {_runs(by_run[run])}): its training seeds are averaged only "
                 "over the same env seeds"
             )
-    if mine.groupby("env_seed").setup.nunique().max() > 1 or mine.groupby("env_seed").steps.nunique().max() > 1:
-        return mine, f"{who}'s training runs played the same env seeds under different setups ({_runs(mine)})"
-    pooled = mine.groupby("env_seed", as_index=False).agg(
+    by_seed = seeded.groupby("env_seed")
+    if by_seed.setup.nunique().max() > 1 or by_seed.steps.nunique().max() > 1:
+        return seeded, f"{who}'s training runs played the same env seeds under different setups ({_runs(seeded)})"
+    pooled = by_seed.agg(
         env=("env", "first"),
         agent=("agent", "first"),
         steps=("steps", "first"),
         score=("score", "mean"),
         setup=("setup", "first"),
-        run=("run", "min"),
+        run=("run", lambda folders: tuple(sorted(folders))),
         training_runs=("training_runs", "first"),
-    )
+        training_set=("training_set", "first"),
+    ).reset_index()
     return pooled, ""
 
 
@@ -365,7 +383,15 @@ def _comparison(
         if pairs is None:
             return {**row, "verdict": "not compared", "note": "; ".join(notes)}
         matched.append((e, pairs))
-    row["training_runs"] = max(int(p.training_runs_x.max()) for _, p in matched)
+    sets = {e: p.training_set_x.iloc[0] for e, p in matched}
+    row["training_runs"] = int(matched[0][1].training_runs_x.iloc[0])
+    if len(set(sets.values())) > 1:  # `all` would average different models on different envs
+        listed = "; ".join(f"{e}: {runs or 'none'}" for e, runs in sets.items())
+        return {
+            **row,
+            "verdict": "not compared",
+            "note": f"{agent} was trained by different runs on different envs ({listed})",
+        }
     if env == "all":
         missing = [e for e in envs if e not in refs]
         counts = {e: len(p) for e, p in matched}
@@ -460,6 +486,7 @@ def with_paired(summary: pd.DataFrame, paired: pd.DataFrame) -> pd.DataFrame:
         mine = paired[paired.role == role].set_index(["env", "agent"])
         columns = {
             "baseline": prefix,
+            "training_runs": f"{prefix}_training_runs",
             "diff": f"{prefix}_diff",
             "diff_ci_low": f"{prefix}_diff_ci_low",
             "diff_ci_high": f"{prefix}_diff_ci_high",

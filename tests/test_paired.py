@@ -224,6 +224,59 @@ def test_training_runs_that_played_different_episodes_are_not_pooled(tmp_path):
     assert "`a_s3`" in row.note
 
 
+def test_training_runs_are_pooled_only_where_the_allocator_is_the_same_everywhere(tmp_path):
+    boost = write_sweep(tmp_path, {})
+    other = {**ENV, "name": "toy2"}
+    for seed in SEEDS:
+        for agent, offset in {"uniform": -20_000.0, "oracle": 60_000.0, "boost": 0.0}.items():
+            write_run(tmp_path, agent, seed, list(boost[seed] + offset), env=other)
+        for run in ("runs/a", "runs/b"):  # on toy, runs a and b; on toy2, runs a and c
+            write_run(
+                tmp_path,
+                "generalist",
+                seed,
+                list(boost[seed] + 1000),
+                folder=f"toy_{run[-1]}_s{seed}",
+                training_run=run,
+            )
+        for run in ("runs/a", "runs/c"):
+            folder = f"toy2_{run[-1]}_s{seed}"
+            write_run(
+                tmp_path, "generalist", seed, list(boost[seed] + 1000), env=other, folder=folder, training_run=run
+            )
+    # A trained run and an untrained one under one name: which are its episodes?
+    write_run(tmp_path, "mixed", 0, list(boost[0]), folder="mixed_trained", training_run="runs/m")
+    write_run(tmp_path, "mixed", 1, list(boost[1]), folder="mixed_rule")
+    result = build_report(tmp_path, reps=200)
+
+    assert comparison(result, "generalist", "boost", env="toy").training_runs == 2
+    row = comparison(result, "generalist", "boost", env="all")
+    assert row.verdict == "not compared"
+    assert (
+        row.note
+        == "generalist was trained by different runs on different envs (toy: runs/a, runs/b; toy2: runs/a, runs/c)"
+    )
+    mixed = comparison(result, "mixed", "boost")
+    assert mixed.verdict == "not compared"
+    assert mixed.note.startswith("mixed names both trained runs (`mixed_trained`) and runs that are not (`mixed_rule`)")
+
+
+def test_a_training_run_without_env_seeds_is_not_left_out_silently(tmp_path):
+    boost = write_sweep(tmp_path, {})
+    for seed in SEEDS:
+        write_run(tmp_path, "generalist", seed, list(boost[seed] + 1000), folder=f"a_s{seed}", training_run="runs/a")
+        b = write_run(
+            tmp_path, "generalist", seed, list(boost[seed] + 9000), folder=f"b_s{seed}", training_run="runs/b"
+        )
+        metrics = json.loads((b / "metrics.json").read_text())
+        for episode in metrics["per_episode"]:
+            del episode["env_seed"]  # an evaluator that recorded none
+        (b / "metrics.json").write_text(json.dumps(metrics))
+    row = comparison(build_report(tmp_path, reps=200), "generalist", "boost")
+    assert row.verdict == "not compared"
+    assert row.note.startswith("generalist's training run `runs/b` recorded no env seed (")
+
+
 def test_probability_of_improvement_on_a_hand_computed_case():
     x = np.array([3.0, 1.0, 2.0, 2.0])
     y = np.array([1.0, 2.0, 2.0, 0.0])
