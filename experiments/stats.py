@@ -291,7 +291,7 @@ def match_episodes(episodes: pd.DataFrame, env: str, agent: str, baseline: str) 
         if len(alone):
             other = baseline if who == agent else agent
             notes.append(f"{len(alone)} episodes of {who} have no counterpart in {other} ({_runs(alone)}): left out")
-    columns = ["env_seed", "score_x", "score_y", "run_x", "run_y", "training_runs_x", "training_set_x"]
+    columns = ["env_seed", "score_x", "score_y", "run_x", "run_y", "training_set_x"]
     return pairs[columns].reset_index(drop=True), "; ".join(notes)
 
 
@@ -306,9 +306,9 @@ def pool_training_runs(mine: pd.DataFrame, who: str) -> tuple[pd.DataFrame, str]
     whether these runs beat the baseline on average, not how a new training seed would do. Every
     training run must have played the same env seeds under the same setup, and trained and untrained
     runs must not share a name; else ``refusal`` names the runs and nothing is averaged. The episodes
-    come back with ``training_runs`` (how many training runs; 0 for an allocator that was not
-    trained, 1 for a single run, left as it is) and ``training_set`` (their ``agent.run``), and a
-    pooled episode's ``run`` is the tuple of its run folders.
+    come back with ``training_set``, the tuple of their training runs' ``agent.run`` (empty for an
+    allocator that was not trained; a single run is left as it is), and a pooled episode's ``run`` is
+    the tuple of its run folders.
     """
     trained = mine.training_run.notna()
     runs = sorted(mine.training_run[trained].unique())
@@ -317,7 +317,8 @@ def pool_training_runs(mine: pd.DataFrame, who: str) -> tuple[pd.DataFrame, str]
             f"{who} names both trained runs ({_runs(mine[trained])}) and runs that are not "
             f"({_runs(mine[~trained])}): which episodes are its is ambiguous"
         )
-    seeded = mine.dropna(subset=["env_seed"]).assign(training_runs=len(runs), training_set=", ".join(runs))
+    seeded = mine.dropna(subset=["env_seed"])
+    seeded = seeded.assign(training_set=[tuple(runs)] * len(seeded))
     if len(runs) < 2:
         return seeded, ""
     lost = sorted(set(runs) - set(seeded.training_run))
@@ -345,7 +346,6 @@ def pool_training_runs(mine: pd.DataFrame, who: str) -> tuple[pd.DataFrame, str]
         score=("score", "mean"),
         setup=("setup", "first"),
         run=("run", lambda folders: tuple(sorted(folders))),
-        training_runs=("training_runs", "first"),
         training_set=("training_set", "first"),
     ).reset_index()
     return pooled, ""
@@ -384,9 +384,9 @@ def _comparison(
             return {**row, "verdict": "not compared", "note": "; ".join(notes)}
         matched.append((e, pairs))
     sets = {e: p.training_set_x.iloc[0] for e, p in matched}
-    row["training_runs"] = int(matched[0][1].training_runs_x.iloc[0])
+    row["training_runs"] = len(matched[0][1].training_set_x.iloc[0])  # 0: not trained
     if len(set(sets.values())) > 1:  # `all` would average different models on different envs
-        listed = "; ".join(f"{e}: {runs or 'none'}" for e, runs in sets.items())
+        listed = "; ".join(f"{e}: {', '.join(runs) or 'none'}" for e, runs in sets.items())
         return {
             **row,
             "verdict": "not compared",
