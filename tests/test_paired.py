@@ -20,7 +20,13 @@ from rliable import library as rly
 from rliable import metrics as rly_metrics
 
 from experiments.report import build_report
-from experiments.stats import paired_improvement, performance_profiles, score_distribution
+from experiments.stats import (
+    paired_improvement,
+    paired_interval,
+    paired_interval_rliable,
+    performance_profiles,
+    score_distribution,
+)
 from experiments.sweep import EPISODE_METRICS, UNDEFINED_WITHOUT_CONVERSIONS
 
 ENV = {"name": "toy", "daily_budget": 10000.0, "plans_per_account": 4}
@@ -285,6 +291,33 @@ def test_probability_of_improvement_on_a_hand_computed_case():
     assert paired_improvement(y, x) == 0.375
     # rliable's definition with each paired episode a task played once by each side.
     assert rly_metrics.probability_of_improvement(x[None, :], y[None, :]) == pytest.approx(0.625)
+
+
+@pytest.mark.parametrize("shape", [(20, 1), (20, 7), (5, 3), (1, 1), (37, 2)])
+def test_the_vectorised_paired_interval_is_rliables(shape):
+    """The report's paired intervals (vectorised) equal rliable's own, resample for resample, and leave
+    NumPy's global generator alone; the (37, 2) case rounds the differences so that ties occur."""
+    diff = np.random.default_rng(sum(shape)).normal(size=shape)
+    if shape == (37, 2):
+        diff = np.round(diff)
+    np.random.seed(123)  # noqa: NPY002
+    before = np.random.get_state()[1].copy()  # noqa: NPY002
+    fast = paired_interval(diff, reps=2000, seed=7)
+    assert np.array_equal(np.random.get_state()[1], before)  # noqa: NPY002
+    reference = paired_interval_rliable(diff, reps=2000, seed=7)
+    assert fast.keys() == reference.keys()
+    for key in fast:
+        assert fast[key] == pytest.approx(reference[key], abs=1e-12), key
+    assert fast["diff_ci_low"] <= fast["diff"] <= fast["diff_ci_high"]
+    if shape[0] > 1:  # one episode resamples to itself whatever the seed
+        assert paired_interval(diff, reps=2000, seed=8) != fast
+
+
+def test_paired_interval_refuses_an_empty_or_flat_matrix():
+    with pytest.raises(ValueError, match="non-empty"):
+        paired_interval(np.zeros((0, 2)))
+    with pytest.raises(ValueError, match=r"\(episodes, envs\)"):
+        paired_interval(np.zeros(5))
 
 
 def test_probability_of_improvement_in_the_report_counts_paired_episodes(tmp_path):
