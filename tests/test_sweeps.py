@@ -17,6 +17,7 @@ import pytest
 from envs.jit import warm_up
 from experiments.evaluate import replace_atomically
 from experiments.report import build_report
+from hydra_plugins.budgetshift_sweeper.covering_sweeper import covering_jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHERS = ["joblib", "submitit_local"]
@@ -180,3 +181,28 @@ def test_a_trained_run_is_reported_under_its_agent_name(tmp_path):
         choices = {"hydra": {"runtime": {"choices": {"agent": "trained", "env": "default"}}}}
         (run_dir / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(choices))
         assert load_run(run_dir).agent == name
+
+
+def test_the_covering_sweeper_composes_one_job_per_override_value():
+    grid = [[f"env={e}", f"agent={a}", f"seed={s}"] for e in ("x", "y") for a in ("p", "q", "r") for s in (0, 1)]
+    chosen = covering_jobs(grid)
+    assert chosen == [grid[0], grid[1], grid[2], grid[4], grid[6]]  # x,p,0; x,p,1; x,q,0; x,r,0; y,p,0
+    assert {o for job in chosen for o in job} == {o for job in grid for o in job}
+    assert covering_jobs([[]]) == [[]]  # a sweep without overrides still composes its one job
+
+
+def test_a_typo_in_any_sweep_value_fails_before_a_job_runs(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = cli(
+        "experiments.evaluate",
+        "-m",
+        "agent=static,uniform,unifrom",
+        "seed=0,1,2",
+        *QUICK,
+        f"hydra.sweep.dir={sweep}",
+        ok=False,
+    )
+    assert "Could not find 'agent/unifrom'" in done.stderr
+    assert [p.name for p in sweep.iterdir()] == ["multirun.yaml"]  # nothing ran
+    done = cli("experiments.evaluate", "-m", "seed=0", "hydra.sweeper.validate=some", *QUICK, ok=False)
+    assert "hydra.sweeper.validate must be one of ['covering', 'all'], got 'some'" in done.stderr
