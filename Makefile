@@ -20,19 +20,29 @@ install: $(STAMP)
 # conf/family/finance.yaml, a new portfolio shape every episode; evaluate it beside every heuristic and
 # the oracles on the same env seeds of `default`, the vertical presets and the held-out presets; print
 # the paired report.
+# Training uses one core (PPO with torch_threads 1, env copies stepped in turn), so the heuristics'
+# and oracles' sweep, which does not depend on the trained model, runs beside it on the other
+# (MAIN_EVAL_JOBS workers; its log in $(RESULTS)/heuristics.log); the generalist's evaluation and the
+# report follow both. The numbers are the same as run one after the other (every run is seeded).
 # Everything lands in $(RESULTS): train/ (model, VecNormalize stats, production bundle, TensorBoard
 # logs), eval/ (run folders), report.md, summary.csv, paired.csv and the plots.
 RESULTS ?= results/main
 MAIN_STEPS ?= 336000
 MAIN_SEEDS ?= 0,1,2,3,4
 MAIN_ENVS ?= default,credit,insurance,securities,heldout_search,heldout_lean,heldout_wide
+MAIN_EVAL_JOBS ?= 1
 
 run: $(STAMP)
 	rm -rf $(RESULTS)
+	mkdir -p $(RESULTS)
+	@echo "Evaluating every heuristic and the oracles beside the training (log: $(RESULTS)/heuristics.log)"
+	$(PY) -m experiments.evaluate -m experiment=main hydra/launcher=joblib hydra.launcher.n_jobs=$(MAIN_EVAL_JOBS) \
+		hydra.sweep.dir=$(RESULTS)/eval/heuristics env=$(MAIN_ENVS) seed=$(MAIN_SEEDS) \
+		> $(RESULTS)/heuristics.log 2>&1 & heuristics=$$!; \
 	$(PY) -m experiments.train agent=residual family=finance env=default vec_env=dummy seed=0 \
-		total_timesteps=$(MAIN_STEPS) hydra.run.dir=$(RESULTS)/train
-	$(PY) -m experiments.evaluate -m experiment=main hydra/launcher=joblib hydra.sweep.dir=$(RESULTS)/eval/heuristics \
-		env=$(MAIN_ENVS) seed=$(MAIN_SEEDS)
+		total_timesteps=$(MAIN_STEPS) hydra.run.dir=$(RESULTS)/train \
+		|| { kill $$heuristics; exit 1; }; \
+	wait $$heuristics || { tail -n 30 $(RESULTS)/heuristics.log; echo "the heuristics' sweep failed: $(RESULTS)/heuristics.log"; exit 1; }
 	$(PY) -m experiments.evaluate -m agent=trained agent.name=generalist agent.run=$(RESULTS)/train env=$(MAIN_ENVS) \
 		episodes=4 seed=$(MAIN_SEEDS) hydra/launcher=joblib hydra.sweep.dir=$(RESULTS)/eval/generalist
 	$(PY) -m experiments.report $(RESULTS)/eval --out $(RESULTS)
