@@ -196,11 +196,14 @@ def paired_improvement(scores_x: np.ndarray, scores_y: np.ndarray) -> float:
     ``scores_x[i, m]`` and ``scores_y[i, m]`` are X's and Y's scores on episode ``i`` of env ``m``.
     rliable's ``metrics.probability_of_improvement`` averages ``S(x, y)`` (1 if ``x > y``, 1/2 if
     equal, 0 otherwise) over all pairs of runs of a task, then over tasks; with each paired episode
-    a task that X and Y played once, that is the mean of ``S`` over the paired episodes (vectorised
-    here: the bootstrap calls it thousands of times).
+    a task that X and Y played once, that is the mean of ``S`` over the paired episodes.
     """
-    diff = np.asarray(scores_x, dtype=float) - np.asarray(scores_y, dtype=float)
-    return float(np.mean((diff > 0) + 0.5 * (diff == 0)))
+    return float(_win_share(np.asarray(scores_x, dtype=float) - np.asarray(scores_y, dtype=float)))
+
+
+def _win_share(diff: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """The mean of ``S`` (1 if ``d > 0``, 1/2 if ``d == 0``, 0 otherwise) over ``axis`` of the differences ``d``."""
+    return np.mean((diff > 0) + 0.5 * (diff == 0), axis=axis)
 
 
 def _paired_statistics(diff: np.ndarray) -> np.ndarray:
@@ -242,7 +245,7 @@ def paired_interval(diff: np.ndarray, reps: int = 5000, seed: int = 0) -> dict[s
         resampled = diff[rng.choice(n, (size, n, m), replace=True), columns]  # (size, n, m)
         flat = resampled.reshape(size, n * m)
         estimates[start : start + size, 0] = flat.mean(axis=1)
-        estimates[start : start + size, 1] = ((flat > 0) + 0.5 * (flat == 0)).mean(axis=1)
+        estimates[start : start + size, 1] = _win_share(flat, axis=1)
     point = _paired_statistics(diff)
     diff_ci, poi_ci = (tuple(np.percentile(estimates[:, i], [2.5, 97.5])) for i in range(2))
     return _paired_result(point, diff_ci, poi_ci)
@@ -425,7 +428,7 @@ def _comparison(
             return {**row, "verdict": "not compared", "note": "; ".join(notes)}
         matched.append((e, pairs))
     sets = {e: p.training_set_x.iloc[0] for e, p in matched}
-    row["training_runs"] = len(matched[0][1].training_set_x.iloc[0])  # 0: not trained
+    row["training_runs"] = len(sets[envs[0]])  # 0: not trained
     if len(set(sets.values())) > 1:  # `all` would average different models on different envs
         listed = "; ".join(f"{e}: {', '.join(runs) or 'none'}" for e, runs in sets.items())
         return {
