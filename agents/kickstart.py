@@ -1,27 +1,41 @@
-"""Kickstart: a PPO learner that starts from a heuristic's behaviour instead of from noise.
+"""Kickstart: a PPO learner that starts from a teacher's behaviour instead of from noise.
 
 A learner started from random weights spends its first hundred thousand steps finding out what any
 sensible heuristic already does (fund plans with value per cost, let new plans learn). With
 ``kickstart`` in an agent's config, :func:`kickstart` runs before PPO on a fresh run:
 
-1. **Collect.** The heuristic (one of :data:`agents.heuristics.HEURISTICS`, ``boost`` by default)
-   plays ``steps`` env steps in the training env copies (the same vector env PPO then trains on,
-   whose VecNormalize statistics it warms up). Its budget shares become the action that gives them:
-   :func:`actions_from_shares`, the inverse of the env's masked softmax at the scenario's
-   ``temperature`` (exact unless a plan's share is below ``exp(-2 temperature)`` of the largest).
-2. **Clone.** The policy's mean is fitted to those actions (mean squared error over the active
+1. **Collect.** The teacher plays ``steps`` env steps in the training env copies (the same vector env
+   PPO then trains on, whose VecNormalize statistics it warms up); every step is labelled with the
+   teacher's action. Two kinds of teacher:
+
+   - a heuristic (one of :data:`agents.heuristics.HEURISTICS`, ``boost`` by default) for the softmax
+     head: its budget shares become the action that gives them, :func:`actions_from_shares`, the
+     inverse of the env's masked softmax at the scenario's ``temperature`` (exact unless a plan's
+     share is below ``exp(-2 temperature)`` of the largest);
+   - ``oracle_rank``, the privileged teacher of a ``rank_residual`` head (:mod:`agents.residual`): it
+     knows each episode's hidden portfolio, and its label is the tilt that turns ``rank``'s worth
+     (what the reporting shows) into the true worth ``oracle_rank`` ranks by, clipped to the head's
+     range (:func:`privileged_tilt`). The student still sees only the reporting, so it learns the
+     true worth's best guess from it (learning from a privileged expert: Chen et al. 2019, "Learning
+     by Cheating"; the hidden truth is never an input, in training or after).
+2. **Clone.** The policy's mean is fitted to those labels (mean squared error over the active
    plans) and its critic to the discounted returns of the normalised rewards (on episodes that end
    inside the collected data, so no return is cut short), for ``epochs`` passes with Adam.
+3. **DAgger rounds** (``dagger_rounds``, 0 by default; Ross, Gordon and Bagnell 2011): the clone
+   plays ``steps`` more steps (its deterministic action) while the teacher labels the states it
+   reaches, and the policy is fitted again on everything collected. A clone trained on the teacher's
+   states alone meets states the teacher never led to; these rounds teach it what to do there.
 
-PPO then starts from a policy whose deterministic action is (close to) the heuristic's and a critic
+PPO then starts from a policy whose deterministic action is (close to) the teacher's and a critic
 that already values its states; ``log_std`` sets the exploration noise it starts from (the
 default ``log_std_init`` of -0.5 is logit noise 3 at temperature 5, enough to drown the clone's
 allocation). This is behaviour cloning as a warm start ("kickstarting",
 Schmitt et al. 2018, in its simplest form: the teacher's term is dropped once RL starts); the
 policy stays a plain set policy, so export and the production loader are unchanged. The collected
-steps are counted in ``train_summary.json`` (``kickstart.steps``), not in PPO's ``num_timesteps``.
+steps are counted in ``train_summary.json`` (``kickstart.steps_collected``), not in PPO's
+``num_timesteps``; with ``total_timesteps=0`` the clone is the whole training.
 
-Needs the single-env vector envs in this process (``vec_env=dummy``): the heuristic reads each
+Needs the single-env vector envs in this process (``vec_env=dummy``): the teacher reads each
 copy's reporting stats. Deterministic: the same seed gives the same collected data and weights.
 """
 
@@ -33,11 +47,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch as th
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from agents.heuristics import HEURISTICS
+from agents.heuristics import HEURISTICS, RankAllocator
+from agents.oracle import OracleRankAllocator
+from agents.residual import RankResidualEnv
 from agents.sb3 import AgentSpecError
 from envs.budget_env import BudgetShiftEnv
 from envs.family import FamilyEnv
@@ -47,13 +64,19 @@ from envs.family import FamilyEnv
 class KickstartSpec:
     """The ``kickstart`` node of an agent config (all optional)."""
 
-    allocator: str = "boost"  # the heuristic to clone
-    steps: int = 40_000  # env steps collected over all copies
+    allocator: str = "boost"  # the teacher: a heuristic (softmax head) or PRIVILEGED (rank_residual head)
+    steps: int = 40_000  # env steps collected over all copies, per round
+    dagger_rounds: int = 0  # rounds after the teacher's in which the clone plays and the teacher labels
     epochs: int = 10  # passes over the collected steps
     batch_size: int = 336
     learning_rate: float = 1.0e-3
     value_weight: float = 0.5  # the critic's loss weight beside the actor's
     log_std: float | None = None  # PPO's exploration log-std from the clone on (None: the policy's log_std_init)
+
+
+#: The teacher of a rank_residual head: knows the hidden portfolio (module docstring).
+PRIVILEGED = "oracle_rank"
+TEACHERS = (*HEURISTICS, PRIVILEGED)
 
 
 def kickstart_spec(node: Mapping[str, Any] | None) -> KickstartSpec | None:
@@ -67,12 +90,15 @@ def kickstart_spec(node: Mapping[str, Any] | None) -> KickstartSpec | None:
     if unknown:
         raise AgentSpecError(f"unknown field agent.kickstart.{unknown[0]}; expected one of {known}")
     spec = KickstartSpec(**node)
-    if spec.allocator not in HEURISTICS:
-        raise AgentSpecError(f"agent.kickstart.allocator must be one of {sorted(HEURISTICS)}, got {spec.allocator!r}")
+    if spec.allocator not in TEACHERS:
+        raise AgentSpecError(f"agent.kickstart.allocator must be one of {sorted(TEACHERS)}, got {spec.allocator!r}")
     for name in ("steps", "epochs", "batch_size"):
         value = getattr(spec, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise AgentSpecError(f"agent.kickstart.{name} must be an integer >= 1, got {value!r}")
+    rounds = spec.dagger_rounds
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise AgentSpecError(f"agent.kickstart.dagger_rounds must be an integer >= 0, got {rounds!r}")
     for name in ("learning_rate", "value_weight"):
         value = getattr(spec, name)
         if not _finite(value) or value < 0:
@@ -110,35 +136,117 @@ def _episode_env(env: Any) -> BudgetShiftEnv:
     return inner.env if isinstance(inner, FamilyEnv) else inner
 
 
-def collect(vec_env: VecNormalize, allocator: str, steps: int, seed: int) -> dict[str, np.ndarray]:
-    """``allocator`` plays ``steps`` env steps (rounded up to whole steps of every copy) in ``vec_env``.
+def _residual_env(env: Any) -> RankResidualEnv | None:
+    """The :class:`RankResidualEnv` among a training copy's wrappers (None: a softmax head's copy)."""
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, RankResidualEnv):
+            return env
+        env = env.env
+    return None
 
-    Returns per step and copy: ``obs`` (raw, the observation the action was chosen on), ``action``,
-    ``reward`` (raw) and ``done``; and ``episode_return`` (raw) of every episode that ended.
+
+def privileged_tilt(
+    rank_worth: np.ndarray, true_worth: np.ndarray, active: np.ndarray, scale: float, max_plans: int
+) -> np.ndarray:
+    """The rank_residual action ``(max_plans,)`` whose tilt ``exp(scale x action)`` turns ``rank``'s worth
+    into the true one: ``log(true / rank) / scale``, clipped to [-1, 1] (a plan worth nothing gets -1);
+    0 on inactive and padded plans."""
+    action = np.zeros(max_plans, dtype=np.float32)
+    on = np.asarray(active, dtype=bool)
+    rank_worth, true_worth = np.asarray(rank_worth, dtype=np.float64), np.asarray(true_worth, dtype=np.float64)
+    if np.any(rank_worth[on] <= 0) or not np.all(np.isfinite(rank_worth[on])):
+        raise ValueError("rank's worth must be finite and > 0 on active plans")
+    with np.errstate(divide="ignore"):
+        log_ratio = np.log(np.maximum(true_worth, 0.0)) - np.log(np.where(on, rank_worth, 1.0))
+    action[: len(on)] = np.where(on, np.clip(log_ratio / scale, -1.0, 1.0), 0.0)
+    return action
+
+
+class HeuristicTeacher:
+    """A heuristic's shares as the softmax action that gives them (never sees the hidden portfolio)."""
+
+    def __init__(self, name: str, max_plans: int) -> None:
+        self.rule, self.max_plans = HEURISTICS[name](), max_plans
+
+    def start(self, copy: Any, seed: int) -> None:
+        env = _episode_env(copy)
+        self.rule.reset(env.scenario, None, seed=seed)
+
+    def label(self, copy: Any) -> np.ndarray:
+        env = _episode_env(copy)
+        active = env.active_mask()
+        shares = self.rule.allocate(env.reporting_stats(), env.clock(), active)
+        return actions_from_shares(shares, active, env.scenario.temperature, self.max_plans)
+
+
+class TiltTeacher:
+    """``oracle_rank``'s true worth as a rank_residual tilt (:func:`privileged_tilt`)."""
+
+    def __init__(self, residual: RankResidualEnv, max_plans: int) -> None:
+        self.residual, self.max_plans, self.oracle = residual, max_plans, OracleRankAllocator()
+
+    def start(self, copy: Any, seed: int) -> None:
+        env = _episode_env(copy)
+        self.oracle.reset(env.scenario, env.portfolio, seed=seed)
+
+    def label(self, copy: Any) -> np.ndarray:
+        env = _episode_env(copy)
+        stats, active = env.reporting_stats(), env.active_mask()
+        rank_worth = RankAllocator.worth(self.residual.rank, stats, env.clock(), active)  # untilted
+        true_worth = self.oracle.plan_worth(env.t)
+        return privileged_tilt(rank_worth, true_worth, active, self.residual.scale, self.max_plans)
+
+
+def _teachers(envs: list[Any], allocator: str, max_plans: int) -> list[HeuristicTeacher | TiltTeacher]:
+    residuals = [_residual_env(e) for e in envs]
+    if allocator == PRIVILEGED:
+        if any(r is None for r in residuals):
+            raise AgentSpecError(
+                f"agent.kickstart.allocator {PRIVILEGED} teaches a rank_residual head's tilt: set agent.head.kind "
+                "rank_residual, or clone a heuristic"
+            )
+        return [TiltTeacher(r, max_plans) for r in residuals]
+    if any(r is not None for r in residuals):
+        raise AgentSpecError(
+            f"a rank_residual head starts as rank itself and learns a tilt, not a heuristic's shares: set "
+            f"agent.kickstart.allocator {PRIVILEGED}, or agent.kickstart=null"
+        )
+    return [HeuristicTeacher(allocator, max_plans) for _ in envs]
+
+
+def collect(
+    vec_env: VecNormalize, allocator: str, steps: int, seed: int, player: Any = None, round_: int = 0
+) -> dict[str, np.ndarray]:
+    """``steps`` env steps (rounded up to whole steps of every copy) in ``vec_env``, labelled by the teacher
+    ``allocator``; the teacher plays them, or ``player`` (a policy: its deterministic action) does.
+
+    Returns per step and copy: ``obs`` (raw, the observation the action was chosen on), ``action`` (the
+    teacher's label), ``reward`` (raw) and ``done``; and ``episode_return`` (raw) of every episode that
+    ended. ``round_`` picks the heuristics' seed stream (round 0's is the kickstart's without rounds).
     """
     if not isinstance(vec_env, VecNormalize) or not isinstance(vec_env.venv, DummyVecEnv):
         raise AgentSpecError(
-            "agent.kickstart needs the training copies in this process (vec_env=dummy): the heuristic reads "
+            "agent.kickstart needs the training copies in this process (vec_env=dummy): the teacher reads "
             f"each copy's reporting stats; got {type(getattr(vec_env, 'venv', vec_env)).__name__}"
         )
     envs = vec_env.venv.envs
     n_envs = len(envs)
     rounds = -(-steps // n_envs)
-    seeds = np.random.SeedSequence([seed, 0x4B53]).generate_state(rounds * n_envs + n_envs, dtype=np.uint32)
-    heuristics = [HEURISTICS[allocator]() for _ in envs]
+    entropy = [seed, 0x4B53] if round_ == 0 else [seed, 0x4B53, round_]
+    seeds = np.random.SeedSequence(entropy).generate_state(rounds * n_envs + n_envs, dtype=np.uint32)
+    width = vec_env.observation_space.shape[0]
+    max_plans = vec_env.action_space.shape[0]
+    teachers = _teachers(envs, allocator, max_plans)
     episodes = 0
 
     def start(i: int) -> None:
         nonlocal episodes
-        env = _episode_env(envs[i])
-        heuristics[i].reset(env.scenario, None, seed=int(seeds[episodes]))  # never the hidden portfolio
+        teachers[i].start(envs[i], int(seeds[episodes]))
         episodes += 1
 
     vec_env.reset()
     for i in range(n_envs):
         start(i)
-    width = vec_env.observation_space.shape[0]
-    max_plans = vec_env.action_space.shape[0]
     out = {
         "obs": np.empty((rounds, n_envs, width), dtype=np.float32),
         "action": np.empty((rounds, n_envs, max_plans), dtype=np.float32),
@@ -150,11 +258,12 @@ def collect(vec_env: VecNormalize, allocator: str, steps: int, seed: int) -> dic
     for t in range(rounds):
         out["obs"][t] = vec_env.get_original_obs()
         for i, e in enumerate(envs):
-            env = _episode_env(e)
-            active = env.active_mask()
-            shares = heuristics[i].allocate(env.reporting_stats(), env.clock(), active)
-            out["action"][t, i] = actions_from_shares(shares, active, env.scenario.temperature, max_plans)
-        _, _, dones, _ = vec_env.step(out["action"][t])
+            out["action"][t, i] = teachers[i].label(e)
+        play = out["action"][t]
+        if player is not None:
+            with th.no_grad():
+                play, _ = player.predict(vec_env.normalize_obs(out["obs"][t]), deterministic=True)
+        _, _, dones, _ = vec_env.step(play)
         out["reward"][t] = vec_env.get_original_reward()
         out["done"][t] = dones
         running += out["reward"][t]
@@ -233,38 +342,64 @@ def fit(
 
 
 def kickstart(model: Any, vec_env: VecNormalize, spec: KickstartSpec, seed: int, gamma: float) -> dict[str, Any]:
-    """Collect ``spec.steps`` of the heuristic in ``vec_env`` and clone it into ``model.policy``.
+    """Collect ``spec.steps`` of the teacher in ``vec_env`` and clone it into ``model.policy``; then, for each
+    of ``spec.dagger_rounds``, collect ``spec.steps`` more played by the clone and fit again on everything.
 
     Returns what ``train_summary.json`` records under ``kickstart``.
     """
     if not hasattr(model.policy, "mlp_extractor") or not hasattr(model.policy.mlp_extractor, "actor"):
         raise AgentSpecError("agent.kickstart needs the set policy of PPO or A2C (agent.policy: set)")
     start = time.perf_counter()
-    data = collect(vec_env, spec.allocator, spec.steps, seed)
-    collected = time.perf_counter() - start
-    rounds, n_envs = data["reward"].shape
-    obs = vec_env.normalize_obs(data["obs"].reshape(rounds * n_envs, -1)).astype(np.float32)
-    rewards = vec_env.normalize_reward(data["reward"]) if vec_env.norm_reward else data["reward"]
-    returns, valid = discounted_returns(rewards, data["done"], gamma)
-    history = fit(
-        model.policy,
-        obs,
-        data["action"].reshape(rounds * n_envs, -1),
-        returns.reshape(-1),
-        valid.reshape(-1),
-        spec,
-        seed,
-    )
+    parts: list[dict[str, np.ndarray]] = []
+    record: list[dict[str, Any]] = []
+    history: dict[str, list[float]] = {"actor_loss": [], "value_loss": []}
+    collect_s = 0.0
+    for k in range(1 + spec.dagger_rounds):
+        began = time.perf_counter()
+        parts.append(collect(vec_env, spec.allocator, spec.steps, seed, model.policy if k else None, round_=k))
+        collect_s += time.perf_counter() - began
+        obs, labels, returns, valid = [], [], [], []
+        for data in parts:  # normalised with the statistics as they are now
+            rounds, n_envs = data["reward"].shape
+            obs.append(vec_env.normalize_obs(data["obs"].reshape(rounds * n_envs, -1)).astype(np.float32))
+            labels.append(data["action"].reshape(rounds * n_envs, -1))
+            rewards = vec_env.normalize_reward(data["reward"]) if vec_env.norm_reward else data["reward"]
+            ret, ok = discounted_returns(rewards, data["done"], gamma)
+            returns.append(ret.reshape(-1))
+            valid.append(ok.reshape(-1))
+        fitted = fit(
+            model.policy,
+            np.concatenate(obs),
+            np.concatenate(labels),
+            np.concatenate(returns),
+            np.concatenate(valid),
+            spec,
+            seed if k == 0 else seed + k,
+        )
+        del obs, labels
+        for key in history:
+            history[key] += fitted[key]
+        ended = parts[-1]["episode_return"]
+        record.append(
+            {
+                "player": "teacher" if k == 0 else "clone",
+                "steps": int(parts[-1]["reward"].size),
+                "episodes_completed": int(len(ended)),
+                "mean_episode_return": float(ended.mean()) if len(ended) else None,
+                "actor_loss": fitted["actor_loss"][-1],
+            }
+        )
     if spec.log_std is not None:
         with th.no_grad():
             model.policy.log_std.fill_(spec.log_std)
     return {
         **asdict(spec),
-        "steps_collected": int(rounds * n_envs),
-        "episodes_completed": int(len(data["episode_return"])),
-        "teacher_mean_episode_return": float(data["episode_return"].mean()) if len(data["episode_return"]) else None,
+        "steps_collected": int(sum(r["steps"] for r in record)),
+        "episodes_completed": int(len(parts[0]["episode_return"])),
+        "teacher_mean_episode_return": record[0]["mean_episode_return"],
+        "rounds": record,
         "actor_loss": history["actor_loss"],
         "value_loss": history["value_loss"],
-        "collect_s": round(collected, 2),
+        "collect_s": round(collect_s, 2),
         "wall_s": round(time.perf_counter() - start, 2),
     }

@@ -304,10 +304,18 @@ def check_agent(agent: Mapping[str, Any]) -> None:
         head = head_spec(agent.get("head"))
     except ValueError as exc:
         raise AgentSpecError(str(exc)) from None
-    if head.residual and agent.get("kickstart") is not None:
+    kick = agent.get("kickstart")
+    teacher = kick.get("allocator", "boost") if isinstance(kick, Mapping) else None
+    if head.residual and kick is not None and teacher != "oracle_rank":
         raise AgentSpecError(
-            "agent.kickstart clones a heuristic's shares into a softmax head; a rank_residual head starts "
-            "as rank itself (action 0): set agent.kickstart=null"
+            f"agent.kickstart.allocator {teacher!r} is a heuristic, whose shares a softmax head clones; a "
+            "rank_residual head starts as rank itself (action 0) and learns a tilt: set agent.kickstart.allocator "
+            "oracle_rank (the privileged teacher, agents/kickstart.py) or agent.kickstart=null"
+        )
+    if not head.residual and teacher == "oracle_rank":
+        raise AgentSpecError(
+            "agent.kickstart.allocator oracle_rank teaches a rank_residual head's tilt; a softmax head clones a "
+            "heuristic's shares: set agent.head.kind rank_residual or another allocator"
         )
 
 

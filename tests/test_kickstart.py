@@ -14,14 +14,20 @@ import numpy as np
 import pytest
 import torch as th
 
+from agents.heuristics import RankAllocator
 from agents.kickstart import (
+    PRIVILEGED,
     KickstartSpec,
+    TiltTeacher,
     actions_from_shares,
     collect,
     discounted_returns,
     kickstart,
     kickstart_spec,
+    privileged_tilt,
 )
+from agents.oracle import OracleRankAllocator
+from agents.residual import HeadSpec, tilt_from_action
 from agents.sb3 import AgentSpecError, build_model, build_vec_normalize, make_envs
 from envs.family import load_family
 from envs.scenario import load_scenario
@@ -73,6 +79,8 @@ def test_returns_stop_at_episode_ends_and_need_a_collected_end():
         ({"value_weight": -1}, "agent.kickstart.value_weight must be a finite number >= 0"),
         ({"log_std": "low"}, "agent.kickstart.log_std must be a finite number or null"),
         ({"log_std": float("inf")}, "agent.kickstart.log_std must be a finite number or null"),
+        ({"dagger_rounds": -1}, r"agent.kickstart.dagger_rounds must be an integer >= 0, got -1"),
+        ({"dagger_rounds": True}, r"agent.kickstart.dagger_rounds must be an integer >= 0"),
         ("boost", "agent.kickstart must be a mapping or null"),
     ],
 )
@@ -85,6 +93,7 @@ def test_the_defaults_and_null():
     assert kickstart_spec(None) is None
     assert kickstart_spec({}) == KickstartSpec()
     assert kickstart_spec({"allocator": "thompson", "steps": 10}).allocator == "thompson"
+    assert kickstart_spec({"allocator": PRIVILEGED, "dagger_rounds": 2}).dagger_rounds == 2
 
 
 AGENT = {
@@ -99,10 +108,10 @@ AGENT = {
 }
 
 
-def family_learner(seed: int = 0):
+def family_learner(seed: int = 0, head: HeadSpec | None = None):
     family = load_family("finance")
     scenario = load_scenario("default")
-    venv = build_vec_normalize(make_envs(scenario, 2, seed, "dummy", family), AGENT, family.max_plans)
+    venv = build_vec_normalize(make_envs(scenario, 2, seed, "dummy", family, head), AGENT, family.max_plans)
     return build_model(AGENT, venv, seed), venv
 
 
@@ -181,3 +190,84 @@ def test_a_kickstarted_training_run_records_it_and_a_resume_does_not_repeat_it(t
         native = compose("train", overrides=[*overrides, "progress_bar=false", "tensorboard=false", "export=false"])
     with pytest.raises(AgentSpecError, match="vec_env=dummy"):
         train(native, tmp_path / "native")
+
+
+def test_the_privileged_tilt_turns_ranks_worth_into_the_true_one():
+    rank_worth = np.array([1.0, 2.0, 0.5, 3.0, 1.0, 4.0])
+    true_worth = np.array([2.0, 1.0, 0.5, 3.0 * np.exp(5.0), 0.0, 9.0])
+    active = np.array([True, True, True, True, True, False])
+    scale = 2.0
+    action = privileged_tilt(rank_worth, true_worth, active, scale, max_plans=8)
+    assert action.shape == (8,) and action.dtype == np.float32
+    tilted = rank_worth * tilt_from_action(action[:6], scale)
+    np.testing.assert_allclose(tilted[:3], true_worth[:3], rtol=1e-6)  # within the head's range: exact
+    assert action[3] == 1.0 and action[4] == -1.0  # beyond it (e^5 > e^2, a worthless plan): the range's ends
+    assert np.all(action[5:] == 0.0)  # inactive and padded plans
+    with pytest.raises(ValueError, match="rank's worth must be finite and > 0"):
+        privileged_tilt(np.array([0.0, 1.0]), np.ones(2), np.ones(2, dtype=bool), scale, 2)
+
+
+def test_the_privileged_labels_are_oracle_ranks_worth_seen_through_ranks():
+    """Each label, applied as the tilt of rank's worth on the state it labels, gives oracle_rank's worth."""
+    model, venv = family_learner(head=HeadSpec("rank_residual"))
+    data = collect(venv, PRIVILEGED, 40, seed=0)
+    copy = venv.venv.envs[0]
+    residual, env = copy.env.env, copy.unwrapped.env  # PlanDetailsDropped(Monitor(RankResidualEnv(FamilyEnv)))
+    oracle = OracleRankAllocator()
+    oracle.reset(env.scenario, env.portfolio)
+    stats, active = env.reporting_stats(), env.active_mask()
+    teacher = TiltTeacher(residual, venv.action_space.shape[0])
+    teacher.start(copy, seed=0)
+    label = teacher.label(copy)
+    n = env.n_plans
+    rank_worth = RankAllocator.worth(residual.rank, stats, env.clock(), active)
+    true_worth = oracle.plan_worth(env.t)
+    inside = active & (np.abs(np.log(true_worth / rank_worth)) < residual.scale) & (true_worth > 0)
+    assert inside.sum() >= 2
+    tilted = rank_worth * tilt_from_action(label[:n], residual.scale)
+    np.testing.assert_allclose(tilted[inside], true_worth[inside], rtol=1e-5)
+    assert np.all(np.abs(data["action"]) <= 1.0) and np.any(data["action"] != 0.0)
+    assert data["action"].shape == (20, 2, venv.action_space.shape[0])
+
+
+def test_a_teacher_that_does_not_fit_the_head_is_refused():
+    _, residual = family_learner(head=HeadSpec("rank_residual"))
+    with pytest.raises(AgentSpecError, match="set agent.kickstart.allocator oracle_rank"):
+        collect(residual, "boost", 4, seed=0)
+    _, softmax = family_learner()
+    with pytest.raises(AgentSpecError, match="set agent.head.kind rank_residual"):
+        collect(softmax, PRIVILEGED, 4, seed=0)
+
+
+def test_dagger_rounds_let_the_clone_play_and_the_teacher_label_reproducibly(one_torch_thread):
+    spec = KickstartSpec(allocator=PRIVILEGED, steps=400, epochs=3, batch_size=64, dagger_rounds=1)
+    runs = []
+    for _ in range(2):
+        model, venv = family_learner(head=HeadSpec("rank_residual"))
+        runs.append((model, venv, kickstart(model, venv, spec, seed=5, gamma=0.99)))
+    (model, venv, summary), (model2, _, summary2) = runs
+    assert [r["player"] for r in summary["rounds"]] == ["teacher", "clone"]
+    assert summary["steps_collected"] == 800 and [r["steps"] for r in summary["rounds"]] == [400, 400]
+    assert len(summary["actor_loss"]) == 6  # 3 epochs a round
+    assert summary == {**summary2, "collect_s": summary["collect_s"], "wall_s": summary["wall_s"]}
+    for key, value in model.policy.state_dict().items():
+        th.testing.assert_close(value, model2.policy.state_dict()[key], rtol=0, atol=0)
+
+    # A clone's round is played by the clone: the env follows its actions, not the teacher's labels.
+    venv.training = False  # frozen statistics: the last observation normalises as it did when it was played
+    played = collect(venv, PRIVILEGED, 4, seed=5, player=model.policy, round_=1)
+    venv.training = True
+    last_obs = venv.normalize_obs(played["obs"][-1])
+    with th.no_grad():
+        chosen, _ = model.policy.predict(last_obs, deterministic=True)
+    for i, copy in enumerate(venv.venv.envs):
+        residual, n = copy.env.env, copy.unwrapped.env.n_plans
+        np.testing.assert_allclose(residual.rank.tilt, tilt_from_action(chosen[i, :n], residual.scale))
+        assert not np.allclose(residual.rank.tilt, tilt_from_action(played["action"][-1, i, :n], residual.scale))
+
+    # On fresh states the clone is far closer to the teacher's labels than the untrained policy.
+    fresh = collect(venv, PRIVILEGED, 200, seed=99, player=model.policy, round_=3)
+    obs = venv.normalize_obs(fresh["obs"].reshape(-1, fresh["obs"].shape[-1])).astype(np.float32)
+    labels = fresh["action"].reshape(-1, fresh["action"].shape[-1])
+    untrained, _ = family_learner(head=HeadSpec("rank_residual"))
+    assert imitation_error(model.policy, obs, labels) < 0.7 * imitation_error(untrained.policy, obs, labels)

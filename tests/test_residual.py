@@ -1,7 +1,7 @@
 """The rank_residual head (agents.residual): a policy that tilts rank's ranking, rank's fill spends.
 
 Action 0 must be ``rank`` exactly (same shares every step, same score), in the training wrapper and
-in the evaluation allocator; a tilt must reorder the fill; bad ``head`` nodes, a kickstart and the
+in the evaluation allocator; a tilt must reorder the fill; bad ``head`` nodes, a heuristic kickstart and the
 native batch are refused by name; a trained run evaluates through the same tilt and fill as it
 trained; its bundle replays the training fill hour by hour in the production loader, handing the
 fill's state from call to call (also through the CLI), and a broken head or state is refused by name.
@@ -110,11 +110,16 @@ def test_the_wrapper_over_a_family_scales_rewards_like_the_family_env():
         env.step(np.zeros(3, dtype=np.float32))
 
 
-def test_a_kickstart_and_the_native_batch_are_refused():
+def test_a_heuristic_kickstart_and_the_native_batch_are_refused():
     agent = {"name": "r", "kind": "sb3", "algo": "PPO", "policy": "set", "n_envs": 2}
-    check_agent({**agent, "head": {"kind": "rank_residual"}})
-    with pytest.raises(AgentSpecError, match="kickstart=null"):
-        check_agent({**agent, "head": {"kind": "rank_residual"}, "kickstart": {"allocator": "boost"}})
+    residual = {**agent, "head": {"kind": "rank_residual"}}
+    check_agent(residual)
+    check_agent({**residual, "kickstart": {"allocator": "oracle_rank", "dagger_rounds": 1}})
+    for kick in ({"allocator": "boost"}, {}):  # a heuristic's shares are no tilt (boost is the default teacher)
+        with pytest.raises(AgentSpecError, match="allocator oracle_rank .* or agent.kickstart=null"):
+            check_agent({**residual, "kickstart": kick})
+    with pytest.raises(AgentSpecError, match="oracle_rank teaches a rank_residual head's tilt"):
+        check_agent({**agent, "kickstart": {"allocator": "oracle_rank"}})
     with pytest.raises(AgentSpecError, match="agent.head.kind"):
         check_agent({**agent, "head": {"kind": "bad"}})
     with pytest.raises(AgentSpecError, match="vec_env=dummy"):
