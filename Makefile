@@ -15,19 +15,23 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# The main job: train the generalist (PPO, set policy, a rank_residual head: the policy tilts rank's
-# ranking and rank's fill spends, agents/residual.py; conf/agent/residual.yaml) on the scenario family
-# conf/family/finance.yaml, a new portfolio shape every episode; evaluate it beside every heuristic and
-# the oracles on the same env seeds of `default`, the vertical presets and the held-out presets; print
-# the paired report.
-# Training uses one core (PPO with torch_threads 1, env copies stepped in turn), so the heuristics'
+# The main job: train the generalist (the set policy with a rank_residual head: the policy tilts rank's
+# ranking and rank's fill spends, agents/residual.py) on the scenario family conf/family/finance.yaml, a
+# new portfolio shape every episode, by imitation of a privileged teacher with DAgger rounds
+# (MAIN_AGENT=dagger, conf/agent/dagger.yaml, agents/kickstart.py: oracle_rank labels each state with the
+# tilt that makes rank's worth the true one; the policy sees only the reporting), then MAIN_STEPS of
+# PPO (0: none; `make run MAIN_AGENT=residual MAIN_STEPS=336000` is the PPO residual); evaluate it
+# beside every heuristic and the oracles on the same env seeds of `default`, the vertical presets and
+# the held-out presets; print the paired report.
+# Training uses one core (torch_threads 1, env copies stepped in turn), so the heuristics'
 # and oracles' sweep, which does not depend on the trained model, runs beside it on the other
 # (MAIN_EVAL_JOBS workers; its log in $(RESULTS)/heuristics.log); the generalist's evaluation and the
 # report follow both. The numbers are the same as run one after the other (every run is seeded).
 # Everything lands in $(RESULTS): train/ (model, VecNormalize stats, production bundle, TensorBoard
 # logs), eval/ (run folders), report.md, summary.csv, paired.csv and the plots.
 RESULTS ?= results/main
-MAIN_STEPS ?= 336000
+MAIN_AGENT ?= dagger
+MAIN_STEPS ?= 0
 MAIN_SEEDS ?= 0,1,2,3,4
 MAIN_ENVS ?= default,credit,insurance,securities,heldout_search,heldout_lean,heldout_wide
 MAIN_EVAL_JOBS ?= 1
@@ -39,7 +43,7 @@ run: $(STAMP)
 	$(PY) -m experiments.evaluate -m experiment=main hydra/launcher=joblib hydra.launcher.n_jobs=$(MAIN_EVAL_JOBS) \
 		hydra.sweep.dir=$(RESULTS)/eval/heuristics env=$(MAIN_ENVS) seed=$(MAIN_SEEDS) \
 		> $(RESULTS)/heuristics.log 2>&1 & heuristics=$$!; \
-	$(PY) -m experiments.train agent=residual family=finance env=default vec_env=dummy seed=0 \
+	$(PY) -m experiments.train agent=$(MAIN_AGENT) family=finance env=default vec_env=dummy seed=0 \
 		total_timesteps=$(MAIN_STEPS) hydra.run.dir=$(RESULTS)/train \
 		|| { kill $$heuristics; exit 1; }; \
 	wait $$heuristics || { tail -n 30 $(RESULTS)/heuristics.log; echo "the heuristics' sweep failed: $(RESULTS)/heuristics.log"; exit 1; }

@@ -162,7 +162,7 @@ FALLBACKS: tuple[str, ...] = ("proportional", "uniform")
 #: ``load_allocator("generalist")`` loads one and refuses it if its manifest or graph differs from what
 #: was shipped. ``python -m experiments.ship`` writes a bundle there and prints the digest to pin here.
 SHIPPED_DIR = Path(__file__).resolve().parent / "bundles"
-SHIPPED_BUNDLES: dict[str, str] = {"generalist": "5a5920d303807b9056b5fb2de4112b5b41da82d9918deeeb82c032488c0e3769"}
+SHIPPED_BUNDLES: dict[str, str] = {"generalist": "7dd389ddf84fdcef2fd769e064b9acd9bb248239b690e53fe7b82939e316c7b0"}
 
 
 class BundleError(ValueError):
