@@ -374,7 +374,7 @@ def kickstart(model: Any, vec_env: VecNormalize, spec: KickstartSpec, seed: int,
             np.concatenate(returns),
             np.concatenate(valid),
             spec,
-            seed if k == 0 else seed + k,
+            seed + k,
         )
         del obs, labels
         for key in history:

@@ -304,9 +304,9 @@ def check_agent(agent: Mapping[str, Any]) -> None:
         head = head_spec(agent.get("head"))
     except ValueError as exc:
         raise AgentSpecError(str(exc)) from None
-    kick = agent.get("kickstart")
+    kick = agent.get("kickstart")  # a node that is not a mapping is kickstart_spec's to refuse
     teacher = kick.get("allocator", "boost") if isinstance(kick, Mapping) else None
-    if head.residual and kick is not None and teacher != "oracle_rank":
+    if head.residual and teacher is not None and teacher != "oracle_rank":
         raise AgentSpecError(
             f"agent.kickstart.allocator {teacher!r} is a heuristic, whose shares a softmax head clones; a "
             "rank_residual head starts as rank itself (action 0) and learns a tilt: set agent.kickstart.allocator "
