@@ -20,7 +20,8 @@ install: $(STAMP)
 # new portfolio shape every episode, by imitation of a privileged teacher with DAgger rounds
 # (MAIN_AGENT=dagger, conf/agent/dagger.yaml, agents/kickstart.py: oracle_rank labels each state with the
 # tilt that makes rank's worth the true one; the policy sees only the reporting), then MAIN_STEPS of
-# PPO (0: none; `make run MAIN_AGENT=residual MAIN_STEPS=336000` is the PPO residual); evaluate it
+# gentle PPO (0: the imitation alone; `make run MAIN_AGENT=residual MAIN_STEPS=336000` is the PPO
+# residual); evaluate it
 # beside every heuristic and the oracles on the same env seeds of `default`, the vertical presets and
 # the held-out presets; print the paired report.
 # Training uses one core (torch_threads 1, env copies stepped in turn), so the heuristics'
@@ -31,7 +32,7 @@ install: $(STAMP)
 # logs), eval/ (run folders), report.md, summary.csv, paired.csv and the plots.
 RESULTS ?= results/main
 MAIN_AGENT ?= dagger
-MAIN_STEPS ?= 0
+MAIN_STEPS ?= 134400
 MAIN_SEEDS ?= 0,1,2,3,4
 MAIN_ENVS ?= default,credit,insurance,securities,heldout_search,heldout_lean,heldout_wide
 MAIN_EVAL_JOBS ?= 1

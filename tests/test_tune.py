@@ -48,8 +48,8 @@ SEARCH_SPACES = sorted(p.stem for p in (ROOT / "conf" / "tune").glob("*.yaml"))
 #: SB3 agents with no search space, and why (every other one is tunable).
 UNTUNED = {
     "recurrent_ppo": "its flat MLP + LSTM policy (policy: mlp only) is not the project's learner; no space declared",
-    "dagger": "trained by imitation alone (total_timesteps 0): no PPO evaluations for the tuner to score or prune; "
-    "its kickstart knobs were compared by hand (conf/agent/dagger.yaml)",
+    "dagger": "mostly imitation (~3 of its ~4.5 minutes), which the tuner's PPO evaluations do not see; its "
+    "kickstart knobs and its short, gentle PPO were compared by hand (conf/agent/dagger.yaml)",
 }
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
