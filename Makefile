@@ -21,9 +21,8 @@ install: $(STAMP)
 # (MAIN_AGENT=dagger, conf/agent/dagger.yaml, agents/kickstart.py: oracle_rank labels each state with the
 # tilt that makes rank's worth the true one; the policy sees only the reporting), then MAIN_STEPS of
 # gentle PPO (0: the imitation alone; `make run MAIN_AGENT=residual MAIN_STEPS=336000` is the PPO
-# residual); evaluate it
-# beside every heuristic and the oracles on the same env seeds of `default`, the vertical presets and
-# the held-out presets; print the paired report.
+# residual); evaluate it beside every heuristic and the oracles on the same env seeds of `default`,
+# the vertical presets and the held-out presets; print the paired report.
 # Training uses one core (torch_threads 1, env copies stepped in turn), so the heuristics'
 # and oracles' sweep, which does not depend on the trained model, runs beside it on the other
 # (MAIN_EVAL_JOBS workers; its log in $(RESULTS)/heuristics.log); the generalist's evaluation and the
