@@ -35,6 +35,9 @@ MAIN_STEPS ?= 134400
 MAIN_SEEDS ?= 0,1,2,3,4
 MAIN_ENVS ?= default,credit,insurance,securities,heldout_search,heldout_lean,heldout_wide
 MAIN_EVAL_JOBS ?= 1
+# The trained generalist on MAIN_ENVS (run and confirm add the env seeds and the sweep folder).
+EVAL_GENERALIST = $(PY) -m experiments.evaluate -m agent=trained agent.name=generalist agent.run=$(RESULTS)/train \
+	env=$(MAIN_ENVS) episodes=4 hydra/launcher=joblib
 
 run: $(STAMP)
 	rm -rf $(RESULTS)
@@ -47,8 +50,7 @@ run: $(STAMP)
 		total_timesteps=$(MAIN_STEPS) hydra.run.dir=$(RESULTS)/train \
 		|| { kill $$heuristics; exit 1; }; \
 	wait $$heuristics || { tail -n 30 $(RESULTS)/heuristics.log; echo "the heuristics' sweep failed: $(RESULTS)/heuristics.log"; exit 1; }
-	$(PY) -m experiments.evaluate -m agent=trained agent.name=generalist agent.run=$(RESULTS)/train env=$(MAIN_ENVS) \
-		episodes=4 seed=$(MAIN_SEEDS) hydra/launcher=joblib hydra.sweep.dir=$(RESULTS)/eval/generalist
+	$(EVAL_GENERALIST) seed=$(MAIN_SEEDS) hydra.sweep.dir=$(RESULTS)/eval/generalist
 	$(PY) -m experiments.report $(RESULTS)/eval --out $(RESULTS)
 
 # A second, fresh evaluation of the main job's generalist (after `make run`): it, rank (the best
@@ -63,8 +65,7 @@ confirm: $(STAMP)
 	rm -rf $(RESULTS)/confirm
 	$(PY) -m experiments.evaluate -m agent=rank,uniform,oracle env=$(MAIN_ENVS) episodes=4 seed=$(CONFIRM_SEEDS) \
 		hydra/launcher=joblib hydra.sweep.dir=$(RESULTS)/confirm/eval/heuristics
-	$(PY) -m experiments.evaluate -m agent=trained agent.name=generalist agent.run=$(RESULTS)/train env=$(MAIN_ENVS) \
-		episodes=4 seed=$(CONFIRM_SEEDS) hydra/launcher=joblib hydra.sweep.dir=$(RESULTS)/confirm/eval/generalist
+	$(EVAL_GENERALIST) seed=$(CONFIRM_SEEDS) hydra.sweep.dir=$(RESULTS)/confirm/eval/generalist
 	$(PY) -m experiments.report $(RESULTS)/confirm/eval --out $(RESULTS)/confirm
 
 test: $(STAMP)

@@ -54,7 +54,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from agents.heuristics import HEURISTICS, RankAllocator
 from agents.oracle import OracleRankAllocator
-from agents.residual import RankResidualEnv
+from agents.residual import PRIVILEGED_TEACHER, RankResidualEnv
 from agents.sb3 import AgentSpecError
 from envs.budget_env import BudgetShiftEnv
 from envs.family import FamilyEnv
@@ -75,7 +75,7 @@ class KickstartSpec:
 
 
 #: The teacher of a rank_residual head: knows the hidden portfolio (module docstring).
-PRIVILEGED = "oracle_rank"
+PRIVILEGED = PRIVILEGED_TEACHER
 TEACHERS = (*HEURISTICS, PRIVILEGED)
 
 

@@ -46,6 +46,9 @@ from envs.family import FamilyEnv
 #: ``head.kind`` values: ``softmax`` (the env's own action: logits of a masked softmax) or ``rank_residual``.
 HEAD_KINDS = ("softmax", "rank_residual")
 HEAD_KEYS = ("kind", "scale")
+#: The kickstart teacher of a rank_residual head (agents/kickstart.py): oracle_rank, which knows the hidden
+#: portfolio, labels each state with the tilt that makes rank's worth the true one.
+PRIVILEGED_TEACHER = "oracle_rank"
 
 
 class HeadSpecError(ValueError):

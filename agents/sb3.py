@@ -66,7 +66,7 @@ from torch import nn
 from agents.allocator import sha256_file
 from agents.config import env_mapping
 from agents.policies import ACTIVE, SET_POLICIES
-from agents.residual import HeadSpec, RankResidualEnv, head_spec
+from agents.residual import PRIVILEGED_TEACHER, HeadSpec, RankResidualEnv, head_spec
 from agents.vec_env import make_sb3_vec_env
 from envs.budget_env import BudgetShiftEnv
 from envs.family import FamilyEnv, ScenarioFamily, load_family
@@ -306,16 +306,16 @@ def check_agent(agent: Mapping[str, Any]) -> None:
         raise AgentSpecError(str(exc)) from None
     kick = agent.get("kickstart")  # a node that is not a mapping is kickstart_spec's to refuse
     teacher = kick.get("allocator", "boost") if isinstance(kick, Mapping) else None
-    if head.residual and teacher is not None and teacher != "oracle_rank":
+    if head.residual and teacher is not None and teacher != PRIVILEGED_TEACHER:
         raise AgentSpecError(
             f"agent.kickstart.allocator {teacher!r} is a heuristic, whose shares a softmax head clones; a "
             "rank_residual head starts as rank itself (action 0) and learns a tilt: set agent.kickstart.allocator "
-            "oracle_rank (the privileged teacher, agents/kickstart.py) or agent.kickstart=null"
+            f"{PRIVILEGED_TEACHER} (the privileged teacher, agents/kickstart.py) or agent.kickstart=null"
         )
-    if not head.residual and teacher == "oracle_rank":
+    if not head.residual and teacher == PRIVILEGED_TEACHER:
         raise AgentSpecError(
-            "agent.kickstart.allocator oracle_rank teaches a rank_residual head's tilt; a softmax head clones a "
-            "heuristic's shares: set agent.head.kind rank_residual or another allocator"
+            f"agent.kickstart.allocator {PRIVILEGED_TEACHER} teaches a rank_residual head's tilt; a softmax head "
+            "clones a heuristic's shares: set agent.head.kind rank_residual or another allocator"
         )
 
 
