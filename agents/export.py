@@ -75,7 +75,7 @@ from agents.allocator import (
     stats_columns,
     write_stats_csv,
 )
-from agents.heuristics import RankParams, channel_traffic
+from agents.heuristics import channel_traffic
 from agents.residual import HeadSpec, RankResidualEnv, head_spec, tilt_from_action
 from agents.sb3 import ALGOS, RUN_CONFIG, RUN_MODELS, AgentSpecError, RunFolderError, load_run
 from envs.budget_env import BudgetShiftEnv
@@ -302,7 +302,7 @@ def run_episode(run: TrainedRun, seed: int = 0) -> EpisodeRecord:
     """
     residual = run.head.residual
     env = BudgetShiftEnv(run.scenario)
-    wrapper = RankResidualEnv(env, run.head.scale) if residual else None
+    wrapper = RankResidualEnv(env, run.head.scale, run.head.rank_params) if residual else None
     obs, _ = (wrapper or env).reset(seed=seed)
     steps: list[tuple[dict[str, np.ndarray], Clock, np.ndarray]] = []
     fill_shares: list[np.ndarray] = []
@@ -389,7 +389,7 @@ def build_manifest(run: TrainedRun, policy_path: Path, parity: dict[str, Any]) -
         extra["head"] = {
             "kind": head.kind,
             "scale": head.scale,
-            "rank": asdict(RankParams()),
+            "rank": asdict(head.rank_params),
             "channels": list(CHANNELS),
             "traffic": channel_traffic(sc).tolist(),
             "note": "shares = rank's fill (agents.heuristics.TiltedRank) on rank's worth x the graph's tilt; "

@@ -17,7 +17,10 @@ sequential rule over a ranking, which this head keeps and the policy only has to
   :class:`envs.family.FamilyEnv` the family's reward scale is applied as its ``step`` does). Observation,
   action space and info are the inner env's. Rank learns capacities over an episode, so the wrapper
   resets it with every episode's scenario (never its portfolio: rank reads the reporting only).
-- :func:`head_spec`: the validated ``head`` node of an agent config.
+- :func:`head_spec`: the validated ``head`` node of an agent config. Its optional ``fill`` overrides
+  rank's knobs (:class:`agents.heuristics.RankParams`, e.g. ``{headroom: 1.1}``) for the head's fill
+  only: the training wrapper, the evaluation allocator and the exported bundle (manifest
+  ``head.rank``) all run the head's knobs, while the heuristic ``rank`` keeps its own.
 
 The evaluation allocator (:class:`agents.trained.TrainedAllocator`) runs the same tilt and fill.
 Production: :mod:`agents.export` writes the graph's tilt (output ``tilt``) and the fill's knobs and
@@ -32,20 +35,20 @@ vertical where the training env's drawn scenarios sometimes did.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
 from agents.allocator import MAX_TILT_SCALE
-from agents.heuristics import TiltedRank
+from agents.heuristics import ParamsError, RankParams, TiltedRank
 from envs.budget_env import BudgetShiftEnv
 from envs.family import FamilyEnv
 
 #: ``head.kind`` values: ``softmax`` (the env's own action: logits of a masked softmax) or ``rank_residual``.
 HEAD_KINDS = ("softmax", "rank_residual")
-HEAD_KEYS = ("kind", "scale")
+HEAD_KEYS = ("kind", "scale", "fill")
 #: The kickstart teacher of a rank_residual head (agents/kickstart.py): oracle_rank, which knows the hidden
 #: portfolio, labels each state with the tilt that makes rank's worth the true one.
 PRIVILEGED_TEACHER = "oracle_rank"
@@ -59,10 +62,16 @@ class HeadSpecError(ValueError):
 class HeadSpec:
     kind: str = "softmax"
     scale: float = 2.0  # rank_residual: worth x exp(scale x action)
+    fill: tuple[tuple[str, float], ...] = ()  # rank_residual: the fill's knobs that differ from rank's defaults
 
     @property
     def residual(self) -> bool:
         return self.kind == "rank_residual"
+
+    @property
+    def rank_params(self) -> RankParams:
+        """The knobs of the head's fill: :class:`agents.heuristics.RankParams` with ``fill``'s overrides."""
+        return RankParams(**dict(self.fill))
 
 
 def head_spec(node: Mapping[str, Any] | None) -> HeadSpec:
@@ -80,7 +89,29 @@ def head_spec(node: Mapping[str, Any] | None) -> HeadSpec:
     scale = node.get("scale", HeadSpec.scale)
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not (0 < scale <= MAX_TILT_SCALE):
         raise HeadSpecError(f"agent.head.scale must be a number in (0, {MAX_TILT_SCALE:g}], got {scale!r}")
-    return HeadSpec(kind=kind, scale=float(scale))
+    return HeadSpec(kind=kind, scale=float(scale), fill=_fill(node.get("fill"), kind))
+
+
+def _fill(node: Any, kind: str) -> tuple[tuple[str, float], ...]:
+    """The validated ``head.fill`` node: rank's fill knobs (:class:`agents.heuristics.RankParams`) to override."""
+    if node is None:
+        return ()
+    if not isinstance(node, Mapping):
+        raise HeadSpecError(f"agent.head.fill must be a mapping of rank's knobs or null, got {node!r}")
+    if node and kind != "rank_residual":
+        raise HeadSpecError(f"agent.head.fill sets a rank_residual head's fill; head kind {kind!r} has none")
+    known = [f.name for f in fields(RankParams)]
+    unknown = sorted(set(node) - set(known))
+    if unknown:
+        raise HeadSpecError(f"unknown field agent.head.fill.{unknown[0]}; expected one of {known}")
+    for name, value in node.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise HeadSpecError(f"agent.head.fill.{name} must be a number, got {value!r}")
+        try:
+            RankParams(**{name: float(value)})
+        except ParamsError as exc:  # its message names agent.params.<name>: the heuristic's node
+            raise HeadSpecError(str(exc).replace("agent.params.", "agent.head.fill.", 1)) from None
+    return tuple(sorted((name, float(value)) for name, value in node.items()))
 
 
 def tilt_from_action(action: np.ndarray, scale: float) -> np.ndarray:
@@ -91,12 +122,14 @@ def tilt_from_action(action: np.ndarray, scale: float) -> np.ndarray:
 class RankResidualEnv(gym.Wrapper):
     """The training env of a ``rank_residual`` head (module docstring): action -> tilt -> rank's fill."""
 
-    def __init__(self, env: BudgetShiftEnv | FamilyEnv, scale: float = HeadSpec.scale) -> None:
+    def __init__(
+        self, env: BudgetShiftEnv | FamilyEnv, scale: float = HeadSpec.scale, params: RankParams | None = None
+    ) -> None:
         if not isinstance(env, BudgetShiftEnv | FamilyEnv):
             raise TypeError(f"RankResidualEnv wraps a BudgetShiftEnv or FamilyEnv, got {type(env).__name__}")
         super().__init__(env)
         self.scale = float(scale)
-        self.rank = TiltedRank()
+        self.rank = TiltedRank(params)  # params: the head's fill knobs (None: rank's defaults)
         self.last_shares: np.ndarray | None = None
 
     def _inner(self) -> BudgetShiftEnv:

@@ -61,7 +61,7 @@ class TrainedAllocator(Allocator):
         self.deterministic = deterministic
         self.temperature = scenario.temperature
         self.head = head_spec(self.agent.get("head"))
-        self.rank = TiltedRank() if self.head.residual else None
+        self.rank = TiltedRank(self.head.rank_params) if self.head.residual else None
         self._state: Any = None
         self._episode_start = np.ones(1, dtype=bool)
 

@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from agents.heuristics import RankAllocator, TiltedRank
+from agents.heuristics import RankAllocator, RankParams, TiltedRank
 from agents.residual import HeadSpec, RankResidualEnv, head_spec, tilt_from_action
 from agents.sb3 import AgentSpecError, check_agent, make_envs
 from envs.budget_env import BudgetShiftEnv
@@ -33,6 +33,11 @@ from experiments.evaluate import evaluate_allocator
         ({"kind": "rank_residual", "scale": True}, "agent.head.scale"),
         ({"kind": "rank_residual", "temperature": 2}, "unknown field agent.head.temperature"),
         ("rank_residual", "agent.head must be a mapping or null"),
+        ({"kind": "rank_residual", "fill": {"headroom": 0.5}}, "agent.head.fill.headroom must be >= 1, got 0.5"),
+        ({"kind": "rank_residual", "fill": {"headroom": "1.1"}}, "agent.head.fill.headroom must be a number"),
+        ({"kind": "rank_residual", "fill": {"speed": 1}}, "unknown field agent.head.fill.speed; expected one of"),
+        ({"kind": "rank_residual", "fill": 1.1}, "agent.head.fill must be a mapping of rank's knobs"),
+        ({"fill": {"headroom": 1.1}}, "agent.head.fill sets a rank_residual head's fill; head kind 'softmax'"),
     ],
 )
 def test_a_bad_head_is_refused_by_name(node, message):
@@ -43,6 +48,30 @@ def test_a_bad_head_is_refused_by_name(node, message):
 def test_the_default_head_is_the_softmax():
     assert head_spec(None) == HeadSpec() and not head_spec(None).residual
     assert head_spec({"kind": "rank_residual"}) == HeadSpec("rank_residual", 2.0)
+
+
+def test_the_heads_fill_overrides_ranks_knobs_and_runs_in_the_wrapper():
+    head = head_spec({"kind": "rank_residual", "fill": {"headroom": 1.1, "full_use": 0.9}})
+    assert head.rank_params == RankParams(headroom=1.1, full_use=0.9)
+    assert head_spec({"kind": "rank_residual", "fill": {}}).rank_params == RankParams()
+    scenario = load_scenario("small")
+    wrapped = RankResidualEnv(BudgetShiftEnv(scenario), params=head.rank_params)
+    assert wrapped.rank.params.headroom == 1.1
+    # Action 0 is rank with the same knobs, step for step.
+    zero = np.zeros(wrapped.action_space.shape, dtype=np.float32)
+    total, shares = _play(wrapped, lambda obs: zero, seed=3)
+    ref_total, ref_shares = _play(
+        RankResidualEnv(BudgetShiftEnv(scenario)), lambda obs: zero, seed=3
+    )  # rank's own knobs: another fill
+    assert total != ref_total
+    rank, env = RankAllocator(RankParams(headroom=1.1, full_use=0.9)), BudgetShiftEnv(scenario)
+    env.reset(seed=3)
+    rank.reset(scenario)
+    done, expected = False, 0.0
+    while not done:
+        _, reward, done, _, _ = env.step_shares(rank.allocate(env.reporting_stats(), env.clock(), env.active_mask()))
+        expected += reward
+    assert total == expected
 
 
 def test_the_tilt_clips_the_action_and_keeps_the_portfolio_slots():
@@ -132,7 +161,8 @@ def residual_run(tmp_path_factory):
     from tests.test_family import _family_run
 
     run_dir = tmp_path_factory.mktemp("residual_run")
-    summary = train(_family_run("+agent.head={kind: rank_residual, scale: 2.0}"), run_dir)
+    # A fill knob off rank's default: training, evaluation and the bundle must all run the head's fill.
+    summary = train(_family_run("+agent.head={kind: rank_residual, scale: 2.0, fill: {headroom: 1.2}}"), run_dir)
     return run_dir, summary
 
 
@@ -142,11 +172,13 @@ def test_a_residual_run_evaluates_as_it_trained(residual_run):
 
     run_dir, _ = residual_run
     trained = TrainedAllocator(run_dir)
-    assert trained.rank is not None
+    assert trained.rank is not None and trained.rank.params.headroom == 1.2
     scenario = load_scenario("small")
     score = evaluate_allocator(trained, scenario, [5])[0]["score"]
     # The same episode in the training wrapper, driven by the same deterministic policy.
-    env = RankResidualEnv(BudgetShiftEnv(dataclasses.replace(scenario, max_plans=trained.max_plans)))
+    env = RankResidualEnv(
+        BudgetShiftEnv(dataclasses.replace(scenario, max_plans=trained.max_plans)), params=trained.head.rank_params
+    )
     obs, _ = env.reset(seed=5)
     done = False
     while not done:
@@ -170,6 +202,7 @@ def test_the_bundle_replays_the_training_fill_hour_by_hour_with_its_state(residu
     bundle_dir = run_dir / summary["bundle"]
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert manifest["schema_version"] == 3 and manifest["head"]["kind"] == "rank_residual"
+    assert manifest["head"]["rank"]["headroom"] == 1.2  # the head's fill, not rank's default
     assert manifest["parity"]["fill_max_abs_diff"] == 0.0 and manifest["parity"]["n_observations"] > 0
     bundle = Bundle.load(bundle_dir)
     with pytest.raises(BundleError, match="policy_tilt"):
