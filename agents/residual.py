@@ -107,11 +107,12 @@ def _fill(node: Any, kind: str) -> tuple[tuple[str, float], ...]:
     for name, value in node.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise HeadSpecError(f"agent.head.fill.{name} must be a number, got {value!r}")
-        try:
-            RankParams(**{name: float(value)})
-        except ParamsError as exc:  # its message names agent.params.<name>: the heuristic's node
-            raise HeadSpecError(str(exc).replace("agent.params.", "agent.head.fill.", 1)) from None
-    return tuple(sorted((name, float(value)) for name, value in node.items()))
+    overrides = {name: float(value) for name, value in node.items()}
+    try:
+        RankParams(**overrides)  # rank's own range checks
+    except ParamsError as exc:  # its message names agent.params.<name>: the heuristic's node
+        raise HeadSpecError(str(exc).replace("agent.params.", "agent.head.fill.", 1)) from None
+    return tuple(sorted(overrides.items()))
 
 
 def tilt_from_action(action: np.ndarray, scale: float) -> np.ndarray:
