@@ -17,7 +17,10 @@ sensible heuristic already does (fund plans with value per cost, let new plans l
      (what the reporting shows) into the true worth ``oracle_rank`` ranks by, clipped to the head's
      range (:func:`privileged_tilt`). The student still sees only the reporting, so it learns the
      true worth's best guess from it (learning from a privileged expert: Chen et al. 2019, "Learning
-     by Cheating"; the hidden truth is never an input, in training or after).
+     by Cheating"; the hidden truth is never an input, in training or after). With ``late_stages:
+     vertical`` the teacher is late-blind (:func:`agents.oracle.late_blind`): its worth uses each
+     plan's vertical's mean rates after the first deep stage, which no policy can see in time, so the
+     labels carry less of what the student cannot learn.
 2. **Clone.** The policy's mean is fitted to those labels (mean squared error over the active
    plans) and its critic to the discounted returns of the normalised rewards (on episodes that end
    inside the collected data, so no return is cut short), for ``epochs`` passes with Adam.
@@ -53,7 +56,7 @@ import torch as th
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from agents.heuristics import HEURISTICS, RankAllocator
-from agents.oracle import OracleRankAllocator
+from agents.oracle import LATE_STAGES, OracleRankAllocator, OracleRankParams
 from agents.residual import PRIVILEGED_TEACHER, RankResidualEnv
 from agents.sb3 import AgentSpecError
 from envs.budget_env import BudgetShiftEnv
@@ -72,6 +75,7 @@ class KickstartSpec:
     learning_rate: float = 1.0e-3
     value_weight: float = 0.5  # the critic's loss weight beside the actor's
     log_std: float | None = None  # PPO's exploration log-std from the clone on (None: the policy's log_std_init)
+    late_stages: str = "plan"  # the privileged teacher's rates after the first deep stage: "plan" or "vertical"
 
 
 #: The teacher of a rank_residual head: knows the hidden portfolio (module docstring).
@@ -107,6 +111,15 @@ def kickstart_spec(node: Mapping[str, Any] | None) -> KickstartSpec | None:
         raise AgentSpecError(f"agent.kickstart.log_std must be a finite number or null, got {spec.log_std!r}")
     if spec.learning_rate == 0:
         raise AgentSpecError("agent.kickstart.learning_rate must be > 0, got 0")
+    if spec.late_stages not in LATE_STAGES:
+        raise AgentSpecError(
+            f"agent.kickstart.late_stages must be one of {list(LATE_STAGES)}, got {spec.late_stages!r}"
+        )
+    if spec.late_stages != "plan" and spec.allocator != PRIVILEGED:
+        raise AgentSpecError(
+            f"agent.kickstart.late_stages is the privileged teacher's ({PRIVILEGED}); a heuristic teacher "
+            f"({spec.allocator!r}) knows no hidden rates"
+        )
     return spec
 
 
@@ -180,10 +193,12 @@ class HeuristicTeacher:
 
 
 class TiltTeacher:
-    """``oracle_rank``'s true worth as a rank_residual tilt (:func:`privileged_tilt`)."""
+    """``oracle_rank``'s true worth as a rank_residual tilt (:func:`privileged_tilt`); ``late_stages``:
+    its rates after the first deep stage (:class:`agents.oracle.OracleRankParams`; "vertical": late-blind)."""
 
-    def __init__(self, residual: RankResidualEnv, max_plans: int) -> None:
-        self.residual, self.max_plans, self.oracle = residual, max_plans, OracleRankAllocator()
+    def __init__(self, residual: RankResidualEnv, max_plans: int, late_stages: str = "plan") -> None:
+        self.residual, self.max_plans = residual, max_plans
+        self.oracle = OracleRankAllocator(OracleRankParams(late_stages=late_stages))
 
     def start(self, copy: Any, seed: int) -> None:
         env = _episode_env(copy)
@@ -197,7 +212,9 @@ class TiltTeacher:
         return privileged_tilt(rank_worth, true_worth, active, self.residual.scale, self.max_plans)
 
 
-def _teachers(envs: list[Any], allocator: str, max_plans: int) -> list[HeuristicTeacher | TiltTeacher]:
+def _teachers(
+    envs: list[Any], allocator: str, max_plans: int, late_stages: str = "plan"
+) -> list[HeuristicTeacher | TiltTeacher]:
     residuals = [_residual_env(e) for e in envs]
     if allocator == PRIVILEGED:
         if any(r is None for r in residuals):
@@ -205,7 +222,7 @@ def _teachers(envs: list[Any], allocator: str, max_plans: int) -> list[Heuristic
                 f"agent.kickstart.allocator {PRIVILEGED} teaches a rank_residual head's tilt: set agent.head.kind "
                 "rank_residual, or clone a heuristic"
             )
-        return [TiltTeacher(r, max_plans) for r in residuals]
+        return [TiltTeacher(r, max_plans, late_stages) for r in residuals]
     if any(r is not None for r in residuals):
         raise AgentSpecError(
             f"a rank_residual head starts as rank itself and learns a tilt, not a heuristic's shares: set "
@@ -215,14 +232,21 @@ def _teachers(envs: list[Any], allocator: str, max_plans: int) -> list[Heuristic
 
 
 def collect(
-    vec_env: VecNormalize, allocator: str, steps: int, seed: int, player: Any = None, round_: int = 0
+    vec_env: VecNormalize,
+    allocator: str,
+    steps: int,
+    seed: int,
+    player: Any = None,
+    round_: int = 0,
+    late_stages: str = "plan",
 ) -> dict[str, np.ndarray]:
     """``steps`` env steps (rounded up to whole steps of every copy) in ``vec_env``, labelled by the teacher
     ``allocator``; the teacher plays them, or ``player`` (a policy: its deterministic action) does.
 
     Returns per step and copy: ``obs`` (raw, the observation the action was chosen on), ``action`` (the
     teacher's label), ``reward`` (raw) and ``done``; and ``episode_return`` (raw) of every episode that
-    ended. ``round_`` picks the heuristics' seed stream (round 0's is the kickstart's without rounds).
+    ended. ``round_`` picks the heuristics' seed stream (round 0's is the kickstart's without rounds);
+    ``late_stages`` is the privileged teacher's (:class:`TiltTeacher`).
     """
     if not isinstance(vec_env, VecNormalize) or not isinstance(vec_env.venv, DummyVecEnv):
         raise AgentSpecError(
@@ -236,7 +260,7 @@ def collect(
     seeds = np.random.SeedSequence(entropy).generate_state(rounds * n_envs + n_envs, dtype=np.uint32)
     width = vec_env.observation_space.shape[0]
     max_plans = vec_env.action_space.shape[0]
-    teachers = _teachers(envs, allocator, max_plans)
+    teachers = _teachers(envs, allocator, max_plans, late_stages)
     episodes = 0
 
     def start(i: int) -> None:
@@ -356,7 +380,9 @@ def kickstart(model: Any, vec_env: VecNormalize, spec: KickstartSpec, seed: int,
     collect_s = 0.0
     for k in range(1 + spec.dagger_rounds):
         began = time.perf_counter()
-        parts.append(collect(vec_env, spec.allocator, spec.steps, seed, model.policy if k else None, round_=k))
+        parts.append(
+            collect(vec_env, spec.allocator, spec.steps, seed, model.policy if k else None, k, spec.late_stages)
+        )
         collect_s += time.perf_counter() - began
         obs, labels, returns, valid = [], [], [], []
         for data in parts:  # normalised with the statistics as they are now

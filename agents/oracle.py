@@ -9,7 +9,7 @@ first-stage deep events) per conversion, by the step the conversion happens
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -18,6 +18,21 @@ from envs.features import CHANNELS
 from envs.scenario import MAX_STAGES
 
 PRICES = ("target", "observed")
+LATE_STAGES = ("plan", "vertical")
+
+
+def late_blind(scenario, portfolio):
+    """``portfolio`` with each plan's rates after its first deep stage replaced by its vertical's (the
+    catalogue's) mean rates: the truth less what no reporting shows within an episode (an insurance
+    renewal comes 30 days after the premium; a securities account is funded ~5.5 days after the lead).
+    The first stage (the plan's quality) and everything else are kept."""
+    rate = np.array(portfolio.stage_rate, dtype=np.float64)
+    vertical = np.asarray(portfolio.vertical)
+    for v_idx, v in enumerate(scenario.verticals):
+        rows = vertical == v_idx
+        for s_idx, stage in enumerate(v.stages[1:], start=1):
+            rate[rows, s_idx] = min(stage.rate, 1.0)
+    return replace(portfolio, stage_rate=rate)
 
 
 def attributable_per_conversion(scenario, portfolio, delay_draws: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,6 +67,7 @@ class OracleRankParams(FillParams):
     delay_draws: int = 256  # Monte Carlo draws of each plan's deep-funnel delays (attribution odds)
     price: str = "target"  # cost per conversion: "target" (its target CPA) or "observed" (reporting)
     price_prior: float = 5.0  # "observed": pseudo conversions at the target CPA shrinking the observed price
+    late_stages: str = "plan"  # rates after the first deep stage: the plan's own, or its "vertical"'s mean
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -61,6 +77,8 @@ class OracleRankParams(FillParams):
             raise ParamsError(f"agent.params.price must be one of {list(PRICES)}, got {self.price!r}")
         if not self.price_prior > 0.0:
             raise ParamsError(f"agent.params.price_prior must be > 0, got {self.price_prior!r}")
+        if self.late_stages not in LATE_STAGES:
+            raise ParamsError(f"agent.params.late_stages must be one of {list(LATE_STAGES)}, got {self.late_stages!r}")
 
 
 class OracleRankAllocator(FillAllocator):
@@ -83,8 +101,14 @@ class OracleRankAllocator(FillAllocator):
     hindsight planner ``oracle`` (:mod:`agents.planner`), which also replays this rule as one of
     its candidate plans.
 
+    With ``late_stages: vertical`` it is *late-blind* (:func:`late_blind`): each plan's rates after its
+    first deep stage are its vertical's mean rates, so it knows the plan's quality but not what comes
+    too late to be seen in an episode (insurance renewals, securities funding). It measures how much
+    of the oracles' lead no reporting-only policy can have in time, and is the privileged teacher's
+    variant that the student can actually imitate (``agent.kickstart.late_stages``).
+
     Knobs (:class:`OracleRankParams`): ``headroom``, ``full_use``, ``capacity_smoothing``,
-    ``delay_draws``, ``price``, ``price_prior``.
+    ``delay_draws``, ``price``, ``price_prior``, ``late_stages``.
     """
 
     name = "oracle_rank"
@@ -98,7 +122,8 @@ class OracleRankAllocator(FillAllocator):
         self.portfolio = pf
         vocabulary = np.array([CHANNELS.index(c.name) for c in sc.channels], dtype=np.int64)
         self.plan_channel = vocabulary[np.asarray(pf.channel, dtype=np.int64)]  # the truth's, not the reporting's
-        self.value_per_conversion, _ = attributable_per_conversion(sc, pf, self.params.delay_draws)  # (T, P)
+        known = pf if self.params.late_stages == "plan" else late_blind(sc, pf)
+        self.value_per_conversion, _ = attributable_per_conversion(sc, known, self.params.delay_draws)  # (T, P)
 
     def plan_channels(self, stats) -> np.ndarray:
         return self.plan_channel

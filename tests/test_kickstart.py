@@ -26,7 +26,7 @@ from agents.kickstart import (
     kickstart_spec,
     privileged_tilt,
 )
-from agents.oracle import OracleRankAllocator
+from agents.oracle import OracleRankAllocator, OracleRankParams
 from agents.residual import HeadSpec, tilt_from_action
 from agents.sb3 import AgentSpecError, build_model, build_vec_normalize, make_envs
 from envs.family import load_family
@@ -82,6 +82,8 @@ def test_returns_stop_at_episode_ends_and_need_a_collected_end():
         ({"dagger_rounds": -1}, r"agent.kickstart.dagger_rounds must be an integer >= 0, got -1"),
         ({"dagger_rounds": True}, r"agent.kickstart.dagger_rounds must be an integer >= 0"),
         ("boost", "agent.kickstart must be a mapping or null"),
+        ({"allocator": PRIVILEGED, "late_stages": "all"}, r"agent.kickstart.late_stages must be one of \['plan'"),
+        ({"allocator": "boost", "late_stages": "vertical"}, "agent.kickstart.late_stages is the privileged"),
     ],
 )
 def test_a_bad_spec_is_refused_by_name(node, message):
@@ -228,6 +230,29 @@ def test_the_privileged_labels_are_oracle_ranks_worth_seen_through_ranks():
     np.testing.assert_allclose(tilted[inside], true_worth[inside], rtol=1e-5)
     assert np.all(np.abs(data["action"]) <= 1.0) and np.any(data["action"] != 0.0)
     assert data["action"].shape == (20, 2, venv.action_space.shape[0])
+
+
+def test_a_late_blind_teacher_labels_with_the_late_blind_worth():
+    """``late_stages: vertical``: the labels turn rank's worth into the late-blind oracle_rank's."""
+    model, venv = family_learner(head=HeadSpec("rank_residual"))
+    collect(venv, PRIVILEGED, 8, seed=0, late_stages="vertical")  # a few steps in, so reporting has data
+    copy = venv.venv.envs[0]
+    residual, env = copy.env.env, copy.unwrapped.env
+    blind = OracleRankAllocator(OracleRankParams(late_stages="vertical"))
+    blind.reset(env.scenario, env.portfolio)
+    full = OracleRankAllocator()
+    full.reset(env.scenario, env.portfolio)
+    stats, active = env.reporting_stats(), env.active_mask()
+    rank_worth = RankAllocator.worth(residual.rank, stats, env.clock(), active)
+    scale, width = residual.scale, venv.action_space.shape[0]
+    teacher = TiltTeacher(residual, width, late_stages="vertical")
+    teacher.start(copy, seed=0)
+    np.testing.assert_array_equal(
+        teacher.label(copy), privileged_tilt(rank_worth, blind.plan_worth(env.t), active, scale, width)
+    )
+    whole_truth = privileged_tilt(rank_worth, full.plan_worth(env.t), active, scale, width)
+    assert not np.array_equal(teacher.label(copy), whole_truth)
+    assert TiltTeacher(residual, width).oracle.params.late_stages == "plan"  # the default: the whole truth
 
 
 def test_a_teacher_that_does_not_fit_the_head_is_refused():

@@ -10,6 +10,7 @@ import pytest
 
 from agents.config import HEURISTIC_ALLOCATORS
 from agents.heuristics import HEURISTICS
+from agents.oracle import attributable_per_conversion, late_blind
 from agents.planner import OracleAllocator, PlanDays, solve_plan
 from agents.registry import AgentConfigError, make_allocator
 from envs.budget_env import BudgetShiftEnv
@@ -84,6 +85,7 @@ def test_lp_reports_a_cpa_level_it_cannot_meet():
         ("oracle", {"lp_plan": 1}, "lp_plan"),
         ("oracle_rank", {"price": "cheapest"}, "price"),
         ("oracle_rank", {"price_prior": -1.0}, "price_prior"),
+        ("oracle_rank", {"late_stages": "account"}, "late_stages"),
     ],
 )
 def test_invalid_params_are_refused_naming_the_key(name, params, key):
@@ -97,6 +99,28 @@ def test_both_oracles_are_built_from_their_config():
     assert ranker.params.price == "observed"
     with pytest.raises(ValueError, match="hidden truth"):
         OracleAllocator().reset(load_scenario("small"))
+
+
+def test_the_late_blind_ranker_knows_each_plans_first_stage_and_its_verticals_later_rates():
+    scenario = load_scenario("default")
+    portfolio = PortfolioGenerator()(scenario, np.random.default_rng(3))
+    blind = late_blind(scenario, portfolio)
+    np.testing.assert_array_equal(blind.stage_rate[:, 0], portfolio.stage_rate[:, 0])  # the plan's quality
+    for v_idx, vertical in enumerate(scenario.verticals):
+        rows = np.asarray(portfolio.vertical) == v_idx
+        for s_idx, stage in enumerate(vertical.stages[1:], start=1):
+            assert np.all(blind.stage_rate[rows, s_idx] == min(stage.rate, 1.0))
+    assert not np.array_equal(blind.stage_rate, portfolio.stage_rate)  # plans' later rates vary around them
+    np.testing.assert_array_equal(blind.stage_value, portfolio.stage_value)
+    np.testing.assert_array_equal(portfolio.stage_rate[:, 1:] > 0, blind.stage_rate[:, 1:] > 0)  # same funnels
+
+    full = make_allocator({"name": "oracle_rank", "kind": "heuristic"})
+    late = make_allocator({"name": "oracle_rank", "kind": "heuristic", "params": {"late_stages": "vertical"}})
+    for ranker in (full, late):
+        ranker.reset(scenario, portfolio, seed=0)
+    expected, _ = attributable_per_conversion(scenario, blind, late.params.delay_draws)
+    np.testing.assert_array_equal(late.plan_worth(0), expected[0] / portfolio.target_cpa)
+    assert not np.allclose(late.plan_worth(0), full.plan_worth(0))
 
 
 def test_same_portfolio_same_plan():
