@@ -20,7 +20,8 @@ sensible heuristic already does (fund plans with value per cost, let new plans l
      by Cheating"; the hidden truth is never an input, in training or after). With ``late_stages:
      vertical`` the teacher is late-blind (:func:`agents.oracle.late_blind`): its worth uses each
      plan's vertical's mean rates after the first deep stage, which no policy can see in time, so the
-     labels carry less of what the student cannot learn.
+     labels carry less of what the student cannot learn (level with the full teacher over three
+     training seeds, README).
 2. **Clone.** The policy's mean is fitted to those labels (mean squared error over the active
    plans) and its critic to the discounted returns of the normalised rewards (on episodes that end
    inside the collected data, so no return is cut short), for ``epochs`` passes with Adam.

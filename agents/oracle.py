@@ -104,8 +104,9 @@ class OracleRankAllocator(FillAllocator):
     With ``late_stages: vertical`` it is *late-blind* (:func:`late_blind`): each plan's rates after its
     first deep stage are its vertical's mean rates, so it knows the plan's quality but not what comes
     too late to be seen in an episode (insurance renewals, securities funding). It measures how much
-    of the oracles' lead no reporting-only policy can have in time, and is the privileged teacher's
-    variant that the student can actually imitate (``agent.kickstart.late_stages``).
+    of the oracles' lead no reporting-only policy can have in time, and is a variant of the privileged
+    teacher (``agent.kickstart.late_stages``; level with the full teacher over three training seeds,
+    README "Where the learned agent stands").
 
     Knobs (:class:`OracleRankParams`): ``headroom``, ``full_use``, ``capacity_smoothing``,
     ``delay_draws``, ``price``, ``price_prior``, ``late_stages``.
