@@ -56,8 +56,8 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from agents.heuristics import HEURISTICS, RankAllocator
-from agents.oracle import LATE_STAGES, OracleRankAllocator, OracleRankParams
+from agents.heuristics import HEURISTICS, ParamsError, RankAllocator
+from agents.oracle import OracleRankAllocator, OracleRankParams
 from agents.residual import PRIVILEGED_TEACHER, RankResidualEnv
 from agents.sb3 import AgentSpecError
 from envs.budget_env import BudgetShiftEnv
@@ -112,10 +112,10 @@ def kickstart_spec(node: Mapping[str, Any] | None) -> KickstartSpec | None:
         raise AgentSpecError(f"agent.kickstart.log_std must be a finite number or null, got {spec.log_std!r}")
     if spec.learning_rate == 0:
         raise AgentSpecError("agent.kickstart.learning_rate must be > 0, got 0")
-    if spec.late_stages not in LATE_STAGES:
-        raise AgentSpecError(
-            f"agent.kickstart.late_stages must be one of {list(LATE_STAGES)}, got {spec.late_stages!r}"
-        )
+    try:
+        OracleRankParams(late_stages=spec.late_stages)  # oracle_rank's own check of the knob
+    except ParamsError as exc:  # its message names agent.params.late_stages: oracle_rank's node
+        raise AgentSpecError(str(exc).replace("agent.params.", "agent.kickstart.", 1)) from None
     if spec.late_stages != "plan" and spec.allocator != PRIVILEGED:
         raise AgentSpecError(
             f"agent.kickstart.late_stages is the privileged teacher's ({PRIVILEGED}); a heuristic teacher "
