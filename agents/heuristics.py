@@ -1,7 +1,8 @@
 """Fixed allocation rules: the baselines every learned allocator is compared with.
 
 Each heuristic is a plain, documented policy over what an advertiser's reporting shows
-(:data:`envs.features.STAT_NAMES`), the clock and the mask of plans that exist. None of them reads
+(:data:`envs.features.STAT_NAMES`), the clock and the mask of plans that exist (``bayes_rank`` also
+reads public knowledge from the scenario: its verticals' funnels and delays). None of them reads
 the portfolio's hidden truth (``oracle_rank``, :mod:`agents.oracle`, reuses :class:`FillAllocator` with
 a true worth); ``static`` reads only the morning's plan budgets
 (``portfolio.static_share``, the advertiser's own setting). Knobs live in one ``Params`` dataclass
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agents.base import Allocator
-from envs.features import CHANNELS, STATUSES, Clock
+from envs.features import CHANNELS, STATUSES, VERTICALS, Clock
 from envs.shares import diurnal_traffic, pacing, redistribute_over_caps, vertical_caps
 
 
@@ -568,6 +569,161 @@ class TiltedRank(RankAllocator):
         return worth * self.tilt
 
 
+# --------------------------------------------------------------------------------------------
+# A Bayesian ranker: the posterior mean of each plan's worth, from the reporting and public priors
+# --------------------------------------------------------------------------------------------
+
+
+def kind_odds(is_new: np.ndarray, log_cpa_ratio: np.ndarray, mix) -> tuple[np.ndarray, np.ndarray]:
+    """``(p_potential, p_trap)``, each (P,): how likely each plan is a potential plan or a trap, from
+    what the reporting shows of it from the first step (``mix``: an :class:`envs.scenario.PlanMix`, the
+    prior's plan mix). A plan new to the episode is a potential plan or a new ordinary one in the mix's
+    proportions; an established one is ordinary or a trap, weighed by how likely its target CPA's log
+    ratio to its vertical's median is under each (traps are set up at ``trap_cpa_mult`` x the target,
+    plans' targets vary with log-sd ``cpa_sigma``)."""
+    z = np.asarray(log_cpa_ratio, dtype=np.float64) / mix.cpa_sigma
+    like_trap = mix.trap_fraction * np.exp(-0.5 * (z - math.log(mix.trap_cpa_mult) / mix.cpa_sigma) ** 2)
+    ordinary = 1.0 - mix.potential_fraction - mix.trap_fraction - mix.new_fraction
+    like_ordinary = ordinary * np.exp(-0.5 * z**2)
+    p_trap = np.where(is_new, 0.0, like_trap / np.maximum(like_trap + like_ordinary, 1e-300))
+    p_potential = np.where(is_new, mix.potential_fraction / (mix.potential_fraction + mix.new_fraction), 0.0)
+    return p_potential, p_trap
+
+
+def beta_strength(mean: np.ndarray, var: np.ndarray) -> np.ndarray:
+    """The pseudo-trials ``a + b`` of the Beta prior with this mean and variance (``inf`` where the rate is
+    known: no variance, or a rate of 1; at least 0.5)."""
+    mean, var = np.asarray(mean, dtype=np.float64), np.asarray(var, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = np.where(var > 0, mean * (1.0 - mean) / var - 1.0, np.inf)
+    return np.where(mean >= 1.0, np.inf, np.maximum(k, 0.5))
+
+
+def quality_prior(rate: np.ndarray, p_potential: np.ndarray, p_trap: np.ndarray, mix) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, strength)``, each (P,): the Beta prior of each plan's first deep-stage rate (its quality),
+    its vertical's ``rate`` times a multiplier whose law is the kind mixture's: ``potential_deep_mult``,
+    ``trap_deep_mult``, or an ordinary plan's log-normal of mean 1 and log-sd ``deep_sigma``."""
+    ordinary = 1.0 - p_potential - p_trap
+    m1 = ordinary + p_potential * mix.potential_deep_mult + p_trap * mix.trap_deep_mult
+    m2 = ordinary * math.exp(mix.deep_sigma**2) + p_potential * mix.potential_deep_mult**2
+    m2 = m2 + p_trap * mix.trap_deep_mult**2
+    rate = np.asarray(rate, dtype=np.float64)
+    mean = np.minimum(rate * m1, 1.0)
+    return mean, beta_strength(mean, rate**2 * np.maximum(m2 - m1**2, 0.0))
+
+
+@dataclass
+class BayesRankParams(FillParams):
+    headroom: float = 1.1  # the fill's (FillParams'), chosen on family episodes (README)
+    delay_draws: int = 512  # Monte Carlo draws of each vertical's deep-funnel delays
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check("delay_draws", self.delay_draws, self.delay_draws >= 1, ">= 1")
+
+
+class BayesRankAllocator(FillAllocator):
+    """``bayes_rank``: fund plans in order of the posterior mean of their deep value per cost.
+
+    A reporting-only rule, like ``rank``, but the worth is a Bayesian estimate instead of a smoothed
+    ratio. It uses the reporting (conversions each step, matured first-stage deep events and the deep
+    value of every stage, each plan's target CPA, age and vertical) and public knowledge: the scenario's
+    verticals (the advertiser's own funnel: each stage's mean rate, value and delay distribution, the
+    attribution windows) and, for the prior over plans, the plan mix of the training family's centre
+    (:class:`envs.scenario.PlanMix`'s defaults, never the scenario's own mix).
+
+    Rule, for each plan at each step:
+
+    - *Prior on its quality* (the first deep stage's rate): the vertical's rate times the multiplier of
+      its kind (:func:`kind_odds`, :func:`quality_prior`): a plan new to the episode (no older than
+      it) may be a potential plan, an established one with a trap-cheap target CPA is likely a trap.
+    - *Evidence*: the trials that could have matured by now, the plan's conversions of each past step
+      times the chance that the stage's cumulative delay is within their age (the vertical's delays,
+      discretised as the simulator does), against the events reported. The first stage's rate is the
+      Beta posterior mean ``(k m + events) / (k + trials)``. The later stages (a drawdown, a renewal,
+      an account funded) are not reported apart: the deep value beyond the first stage's events
+      scales all of them by one multiplier, Gamma-Poisson, with the prior's late-stage spread
+      (``stage_sigma``): ``(kappa + late events seen) / (kappa + late events expected)``.
+    - *Worth*: the expected attributable deep value of a conversion now (stages that would mature
+      after the attribution window do not count), over its target CPA (the oCPM price at the
+      platform's mature prediction).
+
+    Plans are then funded from the best down, each up to ``headroom`` x the spend it can absorb
+    (:class:`FillAllocator`, as ``rank``). Its headroom is 1.1, not ``rank``'s 1.5: a ranking that
+    trusts its estimates spends where it ranks (chosen on 60 family episodes, never evaluation ones:
+    README "Where the learned agent stands"). It keeps the episode's conversions step by step, so it is
+    not a production fallback (those decide from the current stats alone).
+
+    Knobs (:class:`BayesRankParams`): ``headroom``, ``full_use``, ``capacity_smoothing`` (the fill's),
+    ``delay_draws``.
+    """
+
+    name = "bayes_rank"
+    Params = BayesRankParams
+
+    def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
+        super().reset(scenario, portfolio, seed)
+        from envs.scenario import PlanMix  # research only: the production loader never resets from a scenario
+
+        sc, draws = scenario, self.params.delay_draws
+        self.mix = PlanMix()
+        n_stages = max(len(v.stages) for v in sc.verticals)
+        shape = (len(VERTICALS), n_stages)
+        self.stage_rate, self.stage_value = np.zeros(shape), np.zeros(shape)
+        self.median_cpa = np.ones(len(VERTICALS))
+        self.matured = np.zeros((*shape, sc.horizon + 1))  # chance a stage's outcome is in by each age
+        self.in_time = np.zeros((*shape, sc.horizon))  # chance it is by a conversion at each step's horizon
+        for v, window in zip(sc.verticals, sc.vertical_attribution_steps(), strict=True):
+            row = VERTICALS.index(v.name)
+            rng = np.random.default_rng([row, 7])
+            delay = np.zeros(draws)
+            room = sc.horizon + window - np.arange(sc.horizon)
+            for s, stage in enumerate(v.stages):
+                z = rng.standard_normal(draws)
+                median = stage.delay_median_hours / sc.hours_per_step
+                delay = delay + np.maximum(1.0, np.floor(median * np.exp(stage.delay_sigma * z) + 0.5))
+                cum = np.sort(delay)
+                self.matured[row, s] = np.searchsorted(cum, np.arange(sc.horizon + 1), side="right") / draws
+                self.in_time[row, s] = np.searchsorted(cum, room, side="left") / draws
+                self.stage_rate[row, s], self.stage_value[row, s] = min(stage.rate, 1.0), stage.value
+            self.median_cpa[row] = v.target_cpa
+        self.late_strength = 1.0 / math.expm1(self.mix.stage_sigma**2)  # Gamma shape of the late multiplier
+        self.conversions: list[np.ndarray] = []
+
+    def worth(self, stats, clock, active):
+        if not hasattr(self, "conversions"):
+            raise RuntimeError(f"{self.name} learns from the episode's reporting: call reset(scenario) first")
+        vertical = np.asarray(stats["vertical"], dtype=np.int64)
+        self.conversions.append(np.array(stats["conversions_last"], dtype=np.float64))
+        history = np.stack(self.conversions)  # row j: the conversions of the step before decision j
+        age = np.minimum(len(history) - 1 - np.arange(len(history)), self.matured.shape[2] - 1)
+        trials = np.einsum("jp,psj->ps", history, self.matured[vertical][:, :, age])  # (P, S)
+
+        # The first stage: the plan's quality.
+        target = np.asarray(stats["target_cpa"], dtype=np.float64)
+        is_new = np.asarray(stats["age_hours"], dtype=np.float64) <= (self.t + 1) * self.hours_per_step
+        p_potential, p_trap = kind_odds(is_new, np.log(target / self.median_cpa[vertical]), self.mix)
+        rate, value = self.stage_rate[vertical], self.stage_value[vertical]
+        mean, k = quality_prior(rate[:, 0], p_potential, p_trap, self.mix)
+        events = np.asarray(stats["deep_events_total"], dtype=np.float64)
+        k = np.where(np.isinf(k), 1e12, k)  # a known rate: evidence does not move it
+        quality = (k * mean + events) / (k + trials[:, 0])
+
+        # The later stages, one multiplier on the vertical's rates.
+        later = np.cumprod(rate, axis=1) / np.maximum(rate[:, :1], 1e-300)  # reach of stage s from the first
+        later[:, 0] = 0.0
+        expected_events = quality * (later * trials).sum(axis=1)
+        expected_value = quality * (later * value * trials).sum(axis=1)
+        unit = np.where(expected_events > 0, expected_value / np.maximum(expected_events, 1e-300), 1.0)
+        seen = np.maximum(np.asarray(stats["deep_value_total"], dtype=np.float64) - value[:, 0] * events, 0.0)
+        multiplier = (self.late_strength + seen / unit) / (self.late_strength + expected_events)
+        self.quality, self.late_multiplier = quality, multiplier  # the posterior, for diagnostics and tests
+
+        in_time = self.in_time[vertical][:, :, min(self.t, self.in_time.shape[2] - 1)]
+        per_conversion = quality * (value[:, 0] * in_time[:, 0] + multiplier * (later * value * in_time).sum(axis=1))
+        return per_conversion / target
+
+
 HEURISTICS: dict[str, type[HeuristicAllocator]] = {
     cls.name: cls
     for cls in (
@@ -578,5 +734,6 @@ HEURISTICS: dict[str, type[HeuristicAllocator]] = {
         BoostAllocator,
         ThompsonAllocator,
         RankAllocator,
+        BayesRankAllocator,
     )
 }

@@ -11,6 +11,7 @@ from scipy import stats
 
 from agents.config import HEURISTIC_ALLOCATORS
 from agents.heuristics import (
+    BayesRankAllocator,
     BoostAllocator,
     BoostParams,
     CpaGuardAllocator,
@@ -34,7 +35,7 @@ CREDIT, SECURITIES = VERTICALS.index("credit"), VERTICALS.index("securities")
 LEARNING, LEARNED = STATUSES.index("learning"), STATUSES.index("learned")
 
 
-def scenario_with(n_plans: int, securities_cap: float = 0.6):
+def scenario_with(n_plans: int, securities_cap: float = 0.6, days: int = 2):
     """The small preset with ``n_plans`` plans in credit and capped securities."""
     base = load_scenario("small")
     return load_scenario(
@@ -43,7 +44,7 @@ def scenario_with(n_plans: int, securities_cap: float = 0.6):
             "accounts": 1,
             "plans_per_account": n_plans,
             "max_plans": max(n_plans, 8),
-            "days": 2,
+            "days": days,
             "steps_per_day": 24,
             "daily_budget": base.daily_budget,
             "cpa_target": base.cpa_target,
@@ -195,6 +196,56 @@ def test_boost_funds_a_young_learning_plan_until_it_exits_learning():
     assert shares[2] == pytest.approx(shares[1])
     stats["status"][0] = LEARNED
     np.testing.assert_allclose(allocator.allocate(stats, clock(), active), 1 / 3)  # out of learning: no boost
+
+
+def bayes(n_plans: int) -> tuple[BayesRankAllocator, object]:
+    scenario = scenario_with(n_plans, days=7)  # a week: day 0's credit approvals all mature
+    allocator = BayesRankAllocator()
+    allocator.reset(scenario)
+    return allocator, scenario
+
+
+def test_bayes_rank_starts_from_a_prior_read_from_target_cpa_and_age():
+    allocator, scenario = bayes(3)
+    credit = next(v for v in scenario.verticals if v.name == "credit")
+    stats = blank_stats(3, target_cpa=credit.target_cpa)
+    stats["target_cpa"][1] *= 0.6  # an established plan as cheap as a trap is set up
+    stats["age_hours"][2] = 0.0  # launched with the episode: maybe a potential plan
+    worth = allocator.worth(stats, clock(), np.ones(3, dtype=bool))
+    rate = credit.stages[0].rate
+    assert allocator.quality[0] == pytest.approx(rate, rel=0.01)  # an ordinary plan, most likely
+    assert allocator.quality[1] < 0.5 * rate and allocator.quality[2] > 1.1 * rate  # a trap, maybe a potential plan
+    assert worth[2] > worth[0] > worth[1]  # the trap-cheap plan is worth less per cost though it is cheaper
+
+
+def test_bayes_rank_believes_matured_evidence_and_the_late_value_it_reports():
+    allocator, scenario = bayes(3)
+    credit = next(v for v in scenario.verticals if v.name == "credit")
+    rate, first_value = credit.stages[0].rate, credit.stages[0].value
+    stats = blank_stats(3, target_cpa=credit.target_cpa)
+    active = np.ones(3, dtype=bool)
+    for t in range(scenario.horizon):
+        stats["conversions_last"] = np.full(3, 100.0 if t < 12 else 0.0)  # 1,200 conversions on day 0
+        stats["deep_events_total"] = np.array([2.0, 1.0, 1.0]) * rate * 1200.0  # plan 0 twice the vertical's rate
+        late = allocator.late_multiplier if t else np.ones(3)
+        stats["deep_value_total"] = stats["deep_events_total"] * first_value
+        stats["deep_value_total"][2] += 10 * rate * 1200.0 * credit.stages[1].rate * credit.stages[1].value
+        allocator.worth(stats, clock(), active)
+    assert allocator.quality[0] == pytest.approx(2 * allocator.quality[1], rel=0.05)  # matured: the evidence
+    assert allocator.quality[1] == pytest.approx(rate, rel=0.05)
+    assert late[2] > 1.0 > late[1]  # more value past the first stage than expected, or none at all
+    with pytest.raises(RuntimeError, match="reset"):
+        BayesRankAllocator().worth(stats, clock(), active)
+
+
+def test_bayes_rank_plays_a_deterministic_episode_unlike_rank():
+    seeds = episode_seeds(4, 2)
+    scores = [
+        [e["score"] for e in evaluate_allocator(make_allocator({"name": n, "kind": "heuristic"}), "default", seeds)]
+        for n in ("bayes_rank", "bayes_rank", "rank")
+    ]
+    assert scores[0] == scores[1]
+    assert scores[0] != scores[2]
 
 
 def test_thompson_concentrates_on_the_plan_with_the_best_posterior_and_is_seeded():

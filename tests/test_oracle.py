@@ -10,12 +10,12 @@ import pytest
 
 from agents.config import HEURISTIC_ALLOCATORS
 from agents.heuristics import HEURISTICS
-from agents.oracle import attributable_per_conversion, late_blind
+from agents.oracle import attributable_per_conversion, late_blind, rate_prior
 from agents.planner import OracleAllocator, PlanDays, solve_plan
 from agents.registry import AgentConfigError, make_allocator
 from envs.budget_env import BudgetShiftEnv
 from envs.features import VERTICALS
-from envs.scenario import PortfolioGenerator, load_scenario
+from envs.scenario import KIND_POTENTIAL, KIND_REGULAR, KIND_TRAP, PortfolioGenerator, load_scenario
 from experiments.common import episode_seeds
 from experiments.evaluate import evaluate_allocator, run_episode
 
@@ -86,6 +86,8 @@ def test_lp_reports_a_cpa_level_it_cannot_meet():
         ("oracle_rank", {"price": "cheapest"}, "price"),
         ("oracle_rank", {"price_prior": -1.0}, "price_prior"),
         ("oracle_rank", {"late_stages": "account"}, "late_stages"),
+        ("oracle_rank", {"evidence": "posterior"}, "evidence"),
+        ("bayes_rank", {"delay_draws": 0}, "delay_draws"),
     ],
 )
 def test_invalid_params_are_refused_naming_the_key(name, params, key):
@@ -121,6 +123,71 @@ def test_the_late_blind_ranker_knows_each_plans_first_stage_and_its_verticals_la
     expected, _ = attributable_per_conversion(scenario, blind, late.params.delay_draws)
     np.testing.assert_array_equal(late.plan_worth(0), expected[0] / portfolio.target_cpa)
     assert not np.allclose(late.plan_worth(0), full.plan_worth(0))
+
+
+def test_the_rate_prior_knows_kinds_or_reads_them_from_what_the_reporting_shows():
+    scenario = load_scenario("default")
+    portfolio = PortfolioGenerator()(scenario, np.random.default_rng(3))
+    kind, vertical = np.asarray(portfolio.kind), np.asarray(portfolio.vertical)
+    first = np.array([scenario.verticals[v].stages[0].rate for v in vertical])
+    mix = scenario.plans
+
+    mean, strength = rate_prior(scenario, portfolio, "kind")
+    potential, trap, ordinary = kind == KIND_POTENTIAL, kind == KIND_TRAP, kind == KIND_REGULAR
+    assert potential.any() and trap.any() and ordinary.any()
+    np.testing.assert_allclose(mean[potential, 0], np.minimum(first[potential] * mix.potential_deep_mult, 1.0))
+    np.testing.assert_allclose(mean[trap, 0], first[trap] * mix.trap_deep_mult)
+    assert np.all(np.isinf(strength[potential | trap, 0]))  # these kinds' quality is set, not drawn
+    np.testing.assert_allclose(mean[ordinary, 0], first[ordinary])
+    assert np.all(np.isfinite(strength[ordinary, 0]) & (strength[ordinary, 0] > 0))
+    for v_idx, v in enumerate(scenario.verticals):  # later stages: the vertical's rate, finite strength
+        rows = vertical == v_idx
+        for s_idx, stage in enumerate(v.stages[1:], start=1):
+            np.testing.assert_allclose(mean[rows, s_idx], min(stage.rate, 1.0))
+            assert np.all(strength[rows, s_idx] > 0)
+    beyond = portfolio.stage_rate == 0
+    assert np.all(mean[beyond] == 0)
+
+    public, public_strength = rate_prior(scenario, portfolio, "public")
+    new = (portfolio.launch_step > 0) | (portfolio.prior_age_steps == 0)
+    np.testing.assert_allclose(public[:, 1:], mean[:, 1:])  # kinds act on the first stage only
+    ratio = public[:, 0] / first
+    assert np.all(ratio[new] > 1.0)  # a new plan may be a potential one
+    cheap = ~new & (portfolio.target_cpa < 0.75 * np.array([scenario.verticals[v].target_cpa for v in vertical]))
+    assert cheap.any() and np.all(ratio[cheap] < ratio[~new & ~cheap].min())  # a trap-cheap target CPA
+    assert np.all(np.isfinite(public_strength[:, 0]))  # no kind is certain from the reporting
+    with pytest.raises(ValueError, match="by must be one of"):
+        rate_prior(scenario, portfolio, "none")
+
+
+def test_the_evidence_limited_ranker_starts_at_the_prior_and_learns_what_matures():
+    scenario = load_scenario("insurance")
+    portfolio = PortfolioGenerator()(scenario, np.random.default_rng(5))
+    ranker = make_allocator({"name": "oracle_rank", "kind": "heuristic", "params": {"evidence": "public"}})
+    ranker.reset(scenario, portfolio, seed=0)
+    prior, _ = rate_prior(scenario, portfolio, "public")
+    n = scenario.n_plans
+    np.testing.assert_allclose(ranker.evidence_rates({"conversions_last": np.zeros(n)}), prior)
+    for _ in range(scenario.horizon - 1):  # a flood of conversions every step
+        rates = ranker.evidence_rates({"conversions_last": np.full(n, 1e7)})
+    truth = portfolio.stage_rate
+    np.testing.assert_allclose(rates[:, 0], truth[:, 0], rtol=1e-3)  # the first stage matures in days
+    stages = scenario.verticals[0].stages
+    late = [s for s, st in enumerate(stages) if st.delay_median_hours > 24 * scenario.days * 2]
+    assert late, "insurance has a stage (the renewal) that matures after the episode"
+    np.testing.assert_allclose(rates[:, late], prior[:, late])  # never seen in the episode: the prior's
+    assert not np.allclose(truth[:, late], prior[:, late])
+
+
+def test_the_evidence_limited_ranker_plays_a_deterministic_episode():
+    env = BudgetShiftEnv("default")
+    scores = []
+    for _ in range(2):
+        ranker = make_allocator({"name": "oracle_rank", "kind": "heuristic", "params": {"evidence": "public"}})
+        scores.append(run_episode(env, ranker, 7)[0]["score"])
+    full = run_episode(env, make_allocator({"name": "oracle_rank", "kind": "heuristic"}), 7)[0]["score"]
+    assert scores[0] == scores[1] and np.isfinite(scores[0])
+    assert scores[0] != full  # it ranks by less than the truth
 
 
 def test_same_portfolio_same_plan():
