@@ -53,8 +53,8 @@ run: $(STAMP)
 	$(EVAL_GENERALIST) seed=$(MAIN_SEEDS) hydra.sweep.dir=$(RESULTS)/eval/generalist
 	$(PY) -m experiments.report $(RESULTS)/eval --out $(RESULTS)
 
-# A second, fresh evaluation of the main job's generalist (after `make run`): it, rank (the best
-# heuristic), uniform and the oracle (the normalised score's ends) on env seeds CONFIRM_SEEDS of the
+# A second, fresh evaluation of the main job's generalist (after `make run`): it, bayes_rank (the best
+# heuristic), rank (the one the generalist tilts), uniform and the oracle (the normalised score's ends) on env seeds CONFIRM_SEEDS of the
 # same envs, 40 episodes an env that make run never plays, and their paired report in
 # $(RESULTS)/confirm. make run's 20 episodes an env leave edges of a few percent unresolved; 40
 # resolve most (README, "Where the learned agent stands"). About 2 minutes.
@@ -63,7 +63,7 @@ CONFIRM_SEEDS ?= 5,6,7,8,9,10,11,12,13,14
 confirm: $(STAMP)
 	@test -f $(RESULTS)/train/model.zip || { echo "no trained generalist in $(RESULTS)/train: run make run first"; exit 1; }
 	rm -rf $(RESULTS)/confirm
-	$(PY) -m experiments.evaluate -m agent=rank,uniform,oracle env=$(MAIN_ENVS) episodes=4 seed=$(CONFIRM_SEEDS) \
+	$(PY) -m experiments.evaluate -m agent=rank,bayes_rank,uniform,oracle env=$(MAIN_ENVS) episodes=4 seed=$(CONFIRM_SEEDS) \
 		hydra/launcher=joblib hydra.sweep.dir=$(RESULTS)/confirm/eval/heuristics
 	$(EVAL_GENERALIST) seed=$(CONFIRM_SEEDS) hydra.sweep.dir=$(RESULTS)/confirm/eval/generalist
 	$(PY) -m experiments.report $(RESULTS)/confirm/eval --out $(RESULTS)/confirm
