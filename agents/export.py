@@ -302,7 +302,7 @@ def run_episode(run: TrainedRun, seed: int = 0) -> EpisodeRecord:
     """
     residual = run.head.residual
     env = BudgetShiftEnv(run.scenario)
-    wrapper = RankResidualEnv(env, run.head.scale, run.head.rank_params) if residual else None
+    wrapper = RankResidualEnv(env, run.head.scale, run.head.rank_params, run.head.base) if residual else None
     obs, _ = (wrapper or env).reset(seed=seed)
     steps: list[tuple[dict[str, np.ndarray], Clock, np.ndarray]] = []
     fill_shares: list[np.ndarray] = []
@@ -489,6 +489,11 @@ def export_bundle(run_dir: Path, out_dir: Path, *, which: str = "final") -> Path
         model's by more than :data:`PARITY_TOLERANCE` on an episode of the training scenario.
     """
     run = read_run(Path(run_dir), which)
+    if run.head.residual and run.head.base != "rank":
+        raise ExportError(
+            f"{run_dir}: its head tilts {run.head.base} (agent.head.base), whose fill keeps the episode's reporting; "
+            "the production loader runs rank's fill only (agent.head.base: rank)"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     policy_path = out_dir / POLICY_FILE

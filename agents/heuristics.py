@@ -546,27 +546,45 @@ class RankAllocator(FillAllocator):
         return vpc * np.where(learning, p.learning_bonus, 1.0)
 
 
-class TiltedRank(RankAllocator):
-    """``rank`` whose worth is multiplied by ``self.tilt`` (set before each ``allocate``; None: rank itself).
+class Tilted:
+    """A ranking rule's worth multiplied by ``self.tilt`` (set before each ``allocate``; None: the rule
+    itself): the fill of a residual policy (:mod:`agents.residual`), whose action sets the tilt. Mixed
+    into a :class:`FillAllocator` (:class:`TiltedRank`, :class:`TiltedBayesRank`). :meth:`base_worth` is
+    the untilted worth, computed once a step (a teacher labelling the step and the fill then share it:
+    ``bayes_rank`` records the reporting as it goes)."""
+
+    tilt: np.ndarray | None = None
+
+    def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
+        super().reset(scenario, portfolio, seed)
+        self.tilt = None
+        self._base: tuple[int | None, np.ndarray | None] = (None, None)
+
+    def base_worth(self, stats, clock, active) -> np.ndarray:
+        """The rule's own worth at this step (computed once a step)."""
+        step, worth = getattr(self, "_base", (None, None))
+        if step != self.t:
+            worth = super().worth(stats, clock, active)
+            self._base = (self.t, worth)
+        return worth
+
+    def worth(self, stats, clock, active):
+        worth = self.base_worth(stats, clock, active)
+        if self.tilt is None:
+            return worth
+        if np.shape(self.tilt) != np.shape(worth):
+            raise ValueError(f"tilt has shape {np.shape(self.tilt)}, the portfolio {np.shape(worth)}")
+        return worth * self.tilt
+
+
+class TiltedRank(Tilted, RankAllocator):
+    """``rank`` whose worth is multiplied by ``self.tilt`` (:class:`Tilted`; None: rank itself).
 
     The fill of a ``rank_residual`` policy (:mod:`agents.residual`): the policy's action sets the tilt.
     Here, not there, so that the production loader runs it with NumPy alone. Not a heuristic of its own
     (not in :data:`HEURISTICS`)."""
 
     name = "rank_tilted"
-    tilt: np.ndarray | None = None
-
-    def reset(self, scenario, portfolio=None, seed: int | None = None) -> None:
-        super().reset(scenario, portfolio, seed)
-        self.tilt = None
-
-    def worth(self, stats, clock, active):
-        worth = super().worth(stats, clock, active)
-        if self.tilt is None:
-            return worth
-        if np.shape(self.tilt) != np.shape(worth):
-            raise ValueError(f"tilt has shape {np.shape(self.tilt)}, the portfolio {np.shape(worth)}")
-        return worth * self.tilt
 
 
 # --------------------------------------------------------------------------------------------
@@ -722,6 +740,14 @@ class BayesRankAllocator(FillAllocator):
         in_time = self.in_time[vertical][:, :, min(self.t, self.in_time.shape[2] - 1)]
         per_conversion = quality * (value[:, 0] * in_time[:, 0] + multiplier * (later * value * in_time).sum(axis=1))
         return per_conversion / target
+
+
+class TiltedBayesRank(Tilted, BayesRankAllocator):
+    """``bayes_rank`` whose worth is multiplied by ``self.tilt`` (:class:`Tilted`): the fill of a residual
+    head with ``base: bayes_rank`` (:mod:`agents.residual`). Research only: it keeps the episode's
+    reporting, so the production loader does not run it (export refuses such a head)."""
+
+    name = "bayes_rank_tilted"
 
 
 HEURISTICS: dict[str, type[HeuristicAllocator]] = {

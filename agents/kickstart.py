@@ -56,7 +56,7 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from agents.heuristics import HEURISTICS, ParamsError, RankAllocator
+from agents.heuristics import HEURISTICS, ParamsError
 from agents.oracle import OracleRankAllocator, OracleRankParams
 from agents.residual import PRIVILEGED_TEACHER, RankResidualEnv
 from agents.sb3 import AgentSpecError
@@ -208,9 +208,9 @@ class TiltTeacher:
     def label(self, copy: Any) -> np.ndarray:
         env = _episode_env(copy)
         stats, active = env.reporting_stats(), env.active_mask()
-        rank_worth = RankAllocator.worth(self.residual.rank, stats, env.clock(), active)  # untilted
+        base_worth = self.residual.rank.base_worth(stats, env.clock(), active)  # untilted (rank's, or bayes_rank's)
         true_worth = self.oracle.plan_worth(env.t)
-        return privileged_tilt(rank_worth, true_worth, active, self.residual.scale, self.max_plans)
+        return privileged_tilt(base_worth, true_worth, active, self.residual.scale, self.max_plans)
 
 
 def _teachers(

@@ -29,21 +29,22 @@ planner uses that to plan in hindsight on a private copy of the episode (an
    parametric search: the LP's own prediction of the score picks the ``lp_plans`` best levels. A
    plan's daily spend becomes a constant share of the day (the env paces it by the plan's channel);
    budget the funded plans cannot use goes to those that are capacity-bound.
-3. **Commit.** The LP plans are replayed too, beside the reporting-only rule ``rank``
-   (:mod:`agents.heuristics`, default knobs: the strongest heuristic, which on some episodes outscores
-   ``oracle_rank``; it does not feed the LP), and the planner plays the row with the best replayed
-   score, share for share: the real episode then follows the replay exactly (same portfolio, same
-   draws, same shares), so its score is the best score of every plan it tried. In particular it
-   never scores below ``oracle_rank`` nor below ``rank`` with its default knobs.
+3. **Commit.** The LP plans are replayed too, beside the reporting-only rules ``bayes_rank`` and
+   ``rank`` (:mod:`agents.heuristics`, default knobs: the strongest heuristics, which on some episodes
+   outscore ``oracle_rank`` and the LP plans; they do not feed the LP), and the planner plays the row
+   with the best replayed score, share for share: the real episode then follows the replay exactly
+   (same portfolio, same draws, same shares), so its score is the best score of every plan it tried.
+   In particular it never scores below ``oracle_rank``, ``bayes_rank`` nor ``rank`` with their default
+   knobs.
 
 The replays run on the numba backend and score with the scenario's :class:`envs.objective.DeepValueScore`:
 an env built with ``backend="reference"`` (whose controller may differ in the last bit) or a custom
 ``objective`` is not what the planner replays, so its guarantees (the replay's score, never below
-``oracle_rank`` or ``rank``) hold for the default env only.
+``oracle_rank``, ``bayes_rank`` or ``rank``) hold for the default env only.
 
-Cost: ``1 + candidates`` replays in one batched kernel call, then ``lp_plans`` more and ``rank``; large
-portfolios replay fewer rows (at most ``max_replay_plans`` plan-rows per batch, plus ``rank``'s row in the
-second, and never fewer than the ranker, one LP plan and ``rank``).
+Cost: ``1 + candidates`` replays in one batched kernel call, then ``lp_plans`` more, ``bayes_rank`` and
+``rank``; large portfolios replay fewer rows (at most ``max_replay_plans`` plan-rows per batch, plus the
+two rules' rows in the second, and never fewer than the ranker, one LP plan and the two rules).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linprog
 
-from agents.heuristics import HeuristicAllocator, ParamsError, RankAllocator
+from agents.heuristics import BayesRankAllocator, HeuristicAllocator, ParamsError, RankAllocator
 from agents.oracle import OracleRankAllocator, OracleRankParams, attributable_per_conversion
 from envs.features import VERTICALS, Clock
 from envs.kernels import BUDGET, CONVERSIONS, SPEND
@@ -189,9 +190,12 @@ class OracleAllocator(HeuristicAllocator):
         rankers = [self._ranker(None)] + [self._ranker(int(leader)) for leader in leaders]
         first = self.replay(rankers)
         plans = self.lp_schedules(self.plan_days(first), max(1, min(p.lp_plans, rows_per_batch)))
-        rank = RankAllocator()  # the best reporting-only rule: the oracle must never score below it
-        rank.reset(sc, None, seed)  # no portfolio: it must not read the truth
-        replays = [first, self.replay([*plans, rank])]
+        # The reporting-only rules the oracle must never score below (rank last); no portfolio: they
+        # must not read the truth.
+        rules = [BayesRankAllocator(), RankAllocator()]
+        for rule in rules:
+            rule.reset(sc, None, seed)
+        replays = [first, self.replay([*plans, *rules])]
         best_score, best = -np.inf, None
         for replay in replays:
             row = int(np.argmax(replay.score))

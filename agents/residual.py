@@ -21,6 +21,13 @@ sequential rule over a ranking, which this head keeps and the policy only has to
   rank's knobs (:class:`agents.heuristics.RankParams`, e.g. ``{headroom: 1.1}``) for the head's fill
   only: the training wrapper, the evaluation allocator and the exported bundle (manifest
   ``head.rank``) all run the head's knobs, while the heuristic ``rank`` keeps its own.
+- ``head.base`` (:data:`BASES`): the ranking the action tilts, ``rank`` (default) or ``bayes_rank``
+  (:class:`agents.heuristics.TiltedBayesRank`: ``bayes_rank``'s posterior worth and fill, ``fill``
+  then overrides its knobs). The privileged teacher then labels the tilt that makes bayes_rank's
+  worth the true one. Research only: its fill keeps the episode's reporting, which the production
+  loader does not, so export refuses such a run (the training run ends without a bundle, with a
+  warning). Over three training seeds it was level with or below ``bayes_rank`` itself (README,
+  "Where the learned agent stands").
 
 The evaluation allocator (:class:`agents.trained.TrainedAllocator`) runs the same tilt and fill.
 Production: :mod:`agents.export` writes the graph's tilt (output ``tilt``) and the fill's knobs and
@@ -42,13 +49,19 @@ import gymnasium as gym
 import numpy as np
 
 from agents.allocator import MAX_TILT_SCALE
-from agents.heuristics import ParamsError, RankParams, TiltedRank
+from agents.heuristics import BayesRankParams, FillParams, ParamsError, RankParams, Tilted, TiltedBayesRank, TiltedRank
 from envs.budget_env import BudgetShiftEnv
 from envs.family import FamilyEnv
 
 #: ``head.kind`` values: ``softmax`` (the env's own action: logits of a masked softmax) or ``rank_residual``.
 HEAD_KINDS = ("softmax", "rank_residual")
-HEAD_KEYS = ("kind", "scale", "fill")
+HEAD_KEYS = ("kind", "scale", "fill", "base")
+#: A rank_residual head's base ranking (``head.base``): its tilted fill and that fill's knobs. ``rank`` (the
+#: default, the one production runs) or ``bayes_rank`` (research only: export refuses it).
+BASES: dict[str, tuple[type[Tilted], type[FillParams]]] = {
+    "rank": (TiltedRank, RankParams),
+    "bayes_rank": (TiltedBayesRank, BayesRankParams),
+}
 #: The kickstart teacher of a rank_residual head (agents/kickstart.py): oracle_rank, which knows the hidden
 #: portfolio, labels each state with the tilt that makes rank's worth the true one.
 PRIVILEGED_TEACHER = "oracle_rank"
@@ -62,16 +75,22 @@ class HeadSpecError(ValueError):
 class HeadSpec:
     kind: str = "softmax"
     scale: float = 2.0  # rank_residual: worth x exp(scale x action)
-    fill: tuple[tuple[str, float], ...] = ()  # rank_residual: the fill's knobs that differ from rank's defaults
+    fill: tuple[tuple[str, float], ...] = ()  # rank_residual: the fill's knobs that differ from its base's defaults
+    base: str = "rank"  # rank_residual: the ranking the action tilts (BASES)
 
     @property
     def residual(self) -> bool:
         return self.kind == "rank_residual"
 
     @property
-    def rank_params(self) -> RankParams:
-        """The knobs of the head's fill: :class:`agents.heuristics.RankParams` with ``fill``'s overrides."""
-        return RankParams(**dict(self.fill))
+    def rank_params(self) -> FillParams:
+        """The knobs of the head's fill: its base's params (:class:`agents.heuristics.RankParams` for
+        ``rank``) with ``fill``'s overrides."""
+        return BASES[self.base][1](**dict(self.fill))
+
+    def tilted_fill(self) -> Tilted:
+        """A fresh tilted fill of the head's base with the head's knobs (reset it per episode)."""
+        return BASES[self.base][0](self.rank_params)
 
 
 def head_spec(node: Mapping[str, Any] | None) -> HeadSpec:
@@ -89,18 +108,25 @@ def head_spec(node: Mapping[str, Any] | None) -> HeadSpec:
     scale = node.get("scale", HeadSpec.scale)
     if isinstance(scale, bool) or not isinstance(scale, int | float) or not (0 < scale <= MAX_TILT_SCALE):
         raise HeadSpecError(f"agent.head.scale must be a number in (0, {MAX_TILT_SCALE:g}], got {scale!r}")
-    return HeadSpec(kind=kind, scale=float(scale), fill=_fill(node.get("fill"), kind))
+    base = node.get("base", HeadSpec.base)
+    if base not in BASES:
+        raise HeadSpecError(f"agent.head.base must be one of {list(BASES)}, got {base!r}")
+    if base != HeadSpec.base and kind != "rank_residual":
+        raise HeadSpecError(f"agent.head.base sets a rank_residual head's ranking; head kind {kind!r} has none")
+    return HeadSpec(kind=kind, scale=float(scale), fill=_fill(node.get("fill"), kind, base), base=base)
 
 
-def _fill(node: Any, kind: str) -> tuple[tuple[str, float], ...]:
-    """The validated ``head.fill`` node: rank's fill knobs (:class:`agents.heuristics.RankParams`) to override."""
+def _fill(node: Any, kind: str, base: str = "rank") -> tuple[tuple[str, float], ...]:
+    """The validated ``head.fill`` node: the base's fill knobs (``rank``'s:
+    :class:`agents.heuristics.RankParams`) to override."""
     if node is None:
         return ()
     if not isinstance(node, Mapping):
-        raise HeadSpecError(f"agent.head.fill must be a mapping of rank's knobs or null, got {node!r}")
+        raise HeadSpecError(f"agent.head.fill must be a mapping of {base}'s knobs or null, got {node!r}")
     if node and kind != "rank_residual":
         raise HeadSpecError(f"agent.head.fill sets a rank_residual head's fill; head kind {kind!r} has none")
-    known = [f.name for f in fields(RankParams)]
+    params = BASES[base][1]
+    known = [f.name for f in fields(params)]
     unknown = sorted(set(node) - set(known))
     if unknown:
         raise HeadSpecError(f"unknown field agent.head.fill.{unknown[0]}; expected one of {known}")
@@ -109,7 +135,7 @@ def _fill(node: Any, kind: str) -> tuple[tuple[str, float], ...]:
             raise HeadSpecError(f"agent.head.fill.{name} must be a number, got {value!r}")
     overrides = {name: float(value) for name, value in node.items()}
     try:
-        RankParams(**overrides)  # rank's own range checks
+        params(**overrides)  # the base's own range checks
     except ParamsError as exc:  # its message names agent.params.<name>: the heuristic's node
         raise HeadSpecError(str(exc).replace("agent.params.", "agent.head.fill.", 1)) from None
     return tuple(sorted(overrides.items()))
@@ -124,13 +150,19 @@ class RankResidualEnv(gym.Wrapper):
     """The training env of a ``rank_residual`` head (module docstring): action -> tilt -> rank's fill."""
 
     def __init__(
-        self, env: BudgetShiftEnv | FamilyEnv, scale: float = HeadSpec.scale, params: RankParams | None = None
+        self,
+        env: BudgetShiftEnv | FamilyEnv,
+        scale: float = HeadSpec.scale,
+        params: FillParams | None = None,
+        base: str = HeadSpec.base,
     ) -> None:
         if not isinstance(env, BudgetShiftEnv | FamilyEnv):
             raise TypeError(f"RankResidualEnv wraps a BudgetShiftEnv or FamilyEnv, got {type(env).__name__}")
+        if base not in BASES:
+            raise ValueError(f"base must be one of {list(BASES)}, got {base!r}")
         super().__init__(env)
         self.scale = float(scale)
-        self.rank = TiltedRank(params)  # params: the head's fill knobs (None: rank's defaults)
+        self.rank = BASES[base][0](params)  # params: the head's fill knobs (None: the base's defaults)
         self.last_shares: np.ndarray | None = None
 
     def _inner(self) -> BudgetShiftEnv:

@@ -65,7 +65,7 @@ from torch import nn
 
 from agents.allocator import sha256_file
 from agents.config import env_mapping
-from agents.heuristics import RankParams
+from agents.heuristics import FillParams
 from agents.policies import ACTIVE, SET_POLICIES
 from agents.residual import PRIVILEGED_TEACHER, HeadSpec, RankResidualEnv, head_spec
 from agents.vec_env import make_sb3_vec_env
@@ -224,7 +224,13 @@ def make_envs(
         (BudgetShiftEnv, {"scenario": scenario}) if family is None else (FamilyEnv, {"family": family})
     )
     if residual:
-        env_kwargs = {"env_cls": env_cls, "env_kwargs": env_kwargs, "scale": head.scale, "params": head.rank_params}
+        env_kwargs = {
+            "env_cls": env_cls,
+            "env_kwargs": env_kwargs,
+            "scale": head.scale,
+            "params": head.rank_params,
+            "base": head.base,
+        }
         env_cls = _residual_env
     return make_vec_env(
         env_cls,
@@ -250,8 +256,10 @@ class PlanDetailsDropped(gym.Wrapper):
         return obs, reward, terminated, truncated, {k: v for k, v in info.items() if not isinstance(v, np.ndarray)}
 
 
-def _residual_env(env_cls: type, env_kwargs: dict[str, Any], scale: float, params: RankParams) -> RankResidualEnv:
-    return RankResidualEnv(env_cls(**env_kwargs), scale=scale, params=params)
+def _residual_env(
+    env_cls: type, env_kwargs: dict[str, Any], scale: float, params: FillParams, base: str = "rank"
+) -> RankResidualEnv:
+    return RankResidualEnv(env_cls(**env_kwargs), scale=scale, params=params, base=base)
 
 
 def run_family(config: Mapping[str, Any]) -> ScenarioFamily | None:

@@ -31,7 +31,6 @@ import numpy as np
 import torch as th
 
 from agents.base import Allocator
-from agents.heuristics import TiltedRank
 from agents.residual import head_spec, tilt_from_action
 from agents.sb3 import PlanPooledRunningMeanStd, load_run
 from envs.features import N_GLOBAL_FEATURES, N_PLAN_FEATURES, Clock, build_observation
@@ -61,7 +60,7 @@ class TrainedAllocator(Allocator):
         self.deterministic = deterministic
         self.temperature = scenario.temperature
         self.head = head_spec(self.agent.get("head"))
-        self.rank = TiltedRank(self.head.rank_params) if self.head.residual else None
+        self.rank = self.head.tilted_fill() if self.head.residual else None
         self._state: Any = None
         self._episode_start = np.ones(1, dtype=bool)
 

@@ -201,11 +201,12 @@ def test_same_portfolio_same_plan():
     np.testing.assert_array_equal(schedules[0], schedules[1])
 
 
-def test_the_episode_follows_the_replay_and_never_scores_below_the_ranker():
+def test_the_episode_follows_the_replay_and_never_scores_below_the_rankers():
     env = BudgetShiftEnv("small")
     oracle = make_allocator({"name": "oracle", "kind": "heuristic"})
     ranker = make_allocator({"name": "oracle_rank", "kind": "heuristic"})
     rank = make_allocator({"name": "rank", "kind": "heuristic"})
+    bayes = make_allocator({"name": "bayes_rank", "kind": "heuristic"})
     for env_seed in episode_seeds(3, 3):
         played, _ = run_episode(env, oracle, env_seed)
         assert played["score"] == oracle.planned_score == oracle.scores.max()  # its replay, exactly
@@ -213,6 +214,9 @@ def test_the_episode_follows_the_replay_and_never_scores_below_the_ranker():
         rank_score = run_episode(env, rank, env_seed)[0]["score"]
         assert oracle.scores[-1] == rank_score  # the last row replays rank, exactly
         assert played["score"] >= rank_score
+        bayes_score = run_episode(env, bayes, env_seed)[0]["score"]
+        assert oracle.scores[-2] == bayes_score  # the one before it, bayes_rank
+        assert played["score"] >= bayes_score
 
 
 # --------------------------------------------------------------------------------------------

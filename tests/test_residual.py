@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from agents.heuristics import RankAllocator, RankParams, TiltedRank
+from agents.heuristics import BayesRankAllocator, BayesRankParams, RankAllocator, RankParams, TiltedRank
 from agents.residual import HeadSpec, RankResidualEnv, head_spec, tilt_from_action
 from agents.sb3 import AgentSpecError, check_agent, make_envs
 from envs.budget_env import BudgetShiftEnv
@@ -38,6 +38,12 @@ from experiments.evaluate import evaluate_allocator
         ({"kind": "rank_residual", "fill": {"speed": 1}}, "unknown field agent.head.fill.speed; expected one of"),
         ({"kind": "rank_residual", "fill": 1.1}, "agent.head.fill must be a mapping of rank's knobs"),
         ({"fill": {"headroom": 1.1}}, "agent.head.fill sets a rank_residual head's fill; head kind 'softmax'"),
+        ({"kind": "rank_residual", "base": "thompson"}, r"agent.head.base must be one of \['rank', 'bayes_rank'\]"),
+        ({"base": "bayes_rank"}, "agent.head.base sets a rank_residual head's ranking; head kind 'softmax'"),
+        (
+            {"kind": "rank_residual", "base": "bayes_rank", "fill": {"prior_spend": 0.1}},
+            "unknown field agent.head.fill.prior_spend",  # rank's knob, not bayes_rank's
+        ),
     ],
 )
 def test_a_bad_head_is_refused_by_name(node, message):
@@ -84,6 +90,28 @@ def _play(env, action_fn, seed):
         total += reward
         shares.append(info["shares"])
     return total, np.array(shares)
+
+
+def test_a_head_on_bayes_rank_tilts_its_worth_and_fills_with_its_knobs():
+    head = head_spec({"kind": "rank_residual", "base": "bayes_rank", "fill": {"headroom": 1.25}})
+    assert head.base == "bayes_rank" and head.rank_params == BayesRankParams(headroom=1.25)
+    assert head_spec({"kind": "rank_residual"}).base == "rank"
+    scenario = load_scenario("default")
+    wrapped = RankResidualEnv(BudgetShiftEnv(scenario), params=head.rank_params, base=head.base)
+    zero = np.zeros(wrapped.action_space.shape, dtype=np.float32)
+    total, _ = _play(wrapped, lambda obs: zero, seed=3)
+    # Action 0 is bayes_rank with the head's knobs, step for step.
+    rule, env = BayesRankAllocator(BayesRankParams(headroom=1.25)), BudgetShiftEnv(scenario)
+    env.reset(seed=3)
+    rule.reset(scenario)
+    done, expected = False, 0.0
+    while not done:
+        _, reward, done, _, _ = env.step_shares(rule.allocate(env.reporting_stats(), env.clock(), env.active_mask()))
+        expected += reward
+    assert total == pytest.approx(expected, rel=1e-12)
+    assert total != pytest.approx(_play(RankResidualEnv(BudgetShiftEnv(scenario)), lambda obs: zero, seed=3)[0])
+    with pytest.raises(ValueError, match="base must be one of"):
+        RankResidualEnv(BudgetShiftEnv(scenario), base="boost")
 
 
 def test_action_zero_is_rank_exactly():
@@ -161,6 +189,35 @@ def residual_run(tmp_path_factory):
     # A fill knob off rank's default: training, evaluation and the bundle must all run the head's fill.
     summary = train(_family_run("+agent.head={kind: rank_residual, scale: 2.0, fill: {headroom: 1.2}}"), run_dir)
     return run_dir, summary
+
+
+@pytest.mark.slow
+def test_a_run_on_bayes_rank_trains_and_evaluates_as_it_trained_but_is_not_exported(tmp_path):
+    from agents.trained import TrainedAllocator
+    from experiments.train import train
+    from tests.test_family import _family_run
+
+    cfg = _family_run(
+        "+agent.head={kind: rank_residual, base: bayes_rank, fill: {headroom: 1.2}}",
+        "+agent.kickstart={allocator: oracle_rank, steps: 48, dagger_rounds: 1, epochs: 1}",
+    )
+    summary = train(cfg, tmp_path)
+    assert summary["bundle"] is None  # export refuses a fill the production loader does not run
+    trained = TrainedAllocator(tmp_path)
+    assert type(trained.rank).__name__ == "TiltedBayesRank" and trained.rank.params.headroom == 1.2
+    scenario = load_scenario("small")
+    score = evaluate_allocator(trained, scenario, [5])[0]["score"]
+    env = RankResidualEnv(
+        BudgetShiftEnv(dataclasses.replace(scenario, max_plans=trained.max_plans)),
+        params=trained.head.rank_params,
+        base="bayes_rank",
+    )
+    obs, _ = env.reset(seed=5)
+    done = False
+    while not done:
+        action = trained.model.predict(trained.normalize(obs[None]), deterministic=True)[0][0]
+        obs, _, done, _, info = env.step(action)
+    assert info["score"]["score"] == pytest.approx(score, rel=1e-12)
 
 
 @pytest.mark.slow
