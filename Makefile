@@ -57,7 +57,7 @@ run: $(STAMP)
 # heuristic), rank (the one the generalist tilts), uniform and the oracle (the normalised score's ends) on env seeds CONFIRM_SEEDS of the
 # same envs, 40 episodes an env that make run never plays, and their paired report in
 # $(RESULTS)/confirm. make run's 20 episodes an env leave edges of a few percent unresolved; 40
-# resolve most (README, "Where the learned agent stands"). About 2 minutes.
+# resolve most (README, "Where the learned agent stands"). About 3 minutes.
 CONFIRM_SEEDS ?= 5,6,7,8,9,10,11,12,13,14
 
 confirm: $(STAMP)
