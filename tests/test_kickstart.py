@@ -209,9 +209,12 @@ def test_the_privileged_tilt_turns_ranks_worth_into_the_true_one():
         privileged_tilt(np.array([0.0, 1.0]), np.ones(2), np.ones(2, dtype=bool), scale, 2)
 
 
-def test_the_privileged_labels_are_oracle_ranks_worth_seen_through_ranks():
-    """Each label, applied as the tilt of rank's worth on the state it labels, gives oracle_rank's worth."""
-    model, venv = family_learner(head=HeadSpec("rank_residual"))
+@pytest.mark.parametrize("base", ["rank", "bayes_rank"])
+def test_the_privileged_labels_are_oracle_ranks_worth_seen_through_the_heads_base(base):
+    """Each label, applied as the tilt of the head's base worth (rank's, or bayes_rank's) on the state it
+    labels, gives oracle_rank's worth. bayes_rank records each step's reporting once: the label and the
+    fill share the step's worth."""
+    model, venv = family_learner(head=HeadSpec("rank_residual", base=base))
     data = collect(venv, PRIVILEGED, 40, seed=0)
     copy = venv.venv.envs[0]
     residual, env = copy.env.env, copy.unwrapped.env  # PlanDetailsDropped(Monitor(RankResidualEnv(FamilyEnv)))
@@ -222,37 +225,19 @@ def test_the_privileged_labels_are_oracle_ranks_worth_seen_through_ranks():
     teacher.start(copy, seed=0)
     label = teacher.label(copy)
     n = env.n_plans
-    rank_worth = RankAllocator.worth(residual.rank, stats, env.clock(), active)
+    base_worth = residual.rank.base_worth(stats, env.clock(), active)
+    if base == "rank":
+        np.testing.assert_array_equal(base_worth, RankAllocator.worth(residual.rank, stats, env.clock(), active))
+    else:
+        assert type(residual.rank).__name__ == "TiltedBayesRank"
+        assert len(residual.rank.conversions) == env.t + 1  # one record a step: steps 0..t
     true_worth = oracle.plan_worth(env.t)
-    inside = active & (np.abs(np.log(true_worth / rank_worth)) < residual.scale) & (true_worth > 0)
+    inside = active & (np.abs(np.log(true_worth / base_worth)) < residual.scale) & (true_worth > 0)
     assert inside.sum() >= 2
-    tilted = rank_worth * tilt_from_action(label[:n], residual.scale)
+    tilted = base_worth * tilt_from_action(label[:n], residual.scale)
     np.testing.assert_allclose(tilted[inside], true_worth[inside], rtol=1e-5)
     assert np.all(np.abs(data["action"]) <= 1.0) and np.any(data["action"] != 0.0)
     assert data["action"].shape == (20, 2, venv.action_space.shape[0])
-
-
-def test_on_a_bayes_rank_head_the_labels_turn_bayes_ranks_worth_into_the_truth():
-    """``head.base: bayes_rank``: the labels tilt bayes_rank's worth, which records each step's reporting
-    once (the label and the fill share the step's worth)."""
-    model, venv = family_learner(head=HeadSpec("rank_residual", base="bayes_rank"))
-    collect(venv, PRIVILEGED, 16, seed=0)  # 8 steps of each copy, played by the teacher
-    copy = venv.venv.envs[0]
-    residual, env = copy.env.env, copy.unwrapped.env
-    assert type(residual.rank).__name__ == "TiltedBayesRank"
-    oracle = OracleRankAllocator()
-    oracle.reset(env.scenario, env.portfolio)
-    stats, active = env.reporting_stats(), env.active_mask()
-    teacher = TiltTeacher(residual, venv.action_space.shape[0])
-    teacher.start(copy, seed=0)
-    label = teacher.label(copy)
-    assert len(residual.rank.conversions) == env.t + 1  # one record a step: steps 0..t
-    base = residual.rank.base_worth(stats, env.clock(), active)
-    true_worth = oracle.plan_worth(env.t)
-    inside = active & (np.abs(np.log(true_worth / base)) < residual.scale) & (true_worth > 0)
-    assert inside.sum() >= 2
-    tilted = base * tilt_from_action(label[: env.n_plans], residual.scale)
-    np.testing.assert_allclose(tilted[inside], true_worth[inside], rtol=1e-5)
 
 
 def test_a_late_blind_teacher_labels_with_the_late_blind_worth():

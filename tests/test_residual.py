@@ -67,14 +67,7 @@ def test_the_heads_fill_overrides_ranks_knobs_and_runs_in_the_wrapper():
     zero = np.zeros(wrapped.action_space.shape, dtype=np.float32)
     total, _ = _play(wrapped, lambda obs: zero, seed=3)
     assert total != _play(RankResidualEnv(BudgetShiftEnv(scenario)), lambda obs: zero, seed=3)[0]
-    rank, env = RankAllocator(RankParams(headroom=1.1, full_use=0.9)), BudgetShiftEnv(scenario)
-    env.reset(seed=3)
-    rank.reset(scenario)
-    done, expected = False, 0.0
-    while not done:
-        _, reward, done, _, _ = env.step_shares(rank.allocate(env.reporting_stats(), env.clock(), env.active_mask()))
-        expected += reward
-    assert total == expected
+    assert total == _rule_return(RankAllocator(RankParams(headroom=1.1, full_use=0.9)), scenario, seed=3)
 
 
 def test_the_tilt_clips_the_action_and_keeps_the_portfolio_slots():
@@ -92,6 +85,18 @@ def _play(env, action_fn, seed):
     return total, np.array(shares)
 
 
+def _rule_return(rule, scenario, seed: int) -> float:
+    """The episode return of a ranking rule played directly (``step_shares``), for the zero-tilt checks."""
+    env = BudgetShiftEnv(scenario)
+    env.reset(seed=seed)
+    rule.reset(scenario)
+    done, total = False, 0.0
+    while not done:
+        _, reward, done, _, _ = env.step_shares(rule.allocate(env.reporting_stats(), env.clock(), env.active_mask()))
+        total += reward
+    return total
+
+
 def test_a_head_on_bayes_rank_tilts_its_worth_and_fills_with_its_knobs():
     head = head_spec({"kind": "rank_residual", "base": "bayes_rank", "fill": {"headroom": 1.25}})
     assert head.base == "bayes_rank" and head.rank_params == BayesRankParams(headroom=1.25)
@@ -101,14 +106,9 @@ def test_a_head_on_bayes_rank_tilts_its_worth_and_fills_with_its_knobs():
     zero = np.zeros(wrapped.action_space.shape, dtype=np.float32)
     total, _ = _play(wrapped, lambda obs: zero, seed=3)
     # Action 0 is bayes_rank with the head's knobs, step for step.
-    rule, env = BayesRankAllocator(BayesRankParams(headroom=1.25)), BudgetShiftEnv(scenario)
-    env.reset(seed=3)
-    rule.reset(scenario)
-    done, expected = False, 0.0
-    while not done:
-        _, reward, done, _, _ = env.step_shares(rule.allocate(env.reporting_stats(), env.clock(), env.active_mask()))
-        expected += reward
-    assert total == pytest.approx(expected, rel=1e-12)
+    assert total == pytest.approx(
+        _rule_return(BayesRankAllocator(BayesRankParams(headroom=1.25)), scenario, 3), rel=1e-12
+    )
     assert total != pytest.approx(_play(RankResidualEnv(BudgetShiftEnv(scenario)), lambda obs: zero, seed=3)[0])
     with pytest.raises(ValueError, match="base must be one of"):
         RankResidualEnv(BudgetShiftEnv(scenario), base="boost")
@@ -205,19 +205,7 @@ def test_a_run_on_bayes_rank_trains_and_evaluates_as_it_trained_but_is_not_expor
     assert summary["bundle"] is None  # export refuses a fill the production loader does not run
     trained = TrainedAllocator(tmp_path)
     assert type(trained.rank).__name__ == "TiltedBayesRank" and trained.rank.params.headroom == 1.2
-    scenario = load_scenario("small")
-    score = evaluate_allocator(trained, scenario, [5])[0]["score"]
-    env = RankResidualEnv(
-        BudgetShiftEnv(dataclasses.replace(scenario, max_plans=trained.max_plans)),
-        params=trained.head.rank_params,
-        base="bayes_rank",
-    )
-    obs, _ = env.reset(seed=5)
-    done = False
-    while not done:
-        action = trained.model.predict(trained.normalize(obs[None]), deterministic=True)[0][0]
-        obs, _, done, _, info = env.step(action)
-    assert info["score"]["score"] == pytest.approx(score, rel=1e-12)
+    _assert_evaluates_as_in_training(trained)
 
 
 @pytest.mark.slow
@@ -227,11 +215,18 @@ def test_a_residual_run_evaluates_as_it_trained(residual_run):
     run_dir, _ = residual_run
     trained = TrainedAllocator(run_dir)
     assert trained.rank is not None and trained.rank.params.headroom == 1.2
+    _assert_evaluates_as_in_training(trained)
+
+
+def _assert_evaluates_as_in_training(trained) -> None:
+    """The trained allocator's episode on small (seed 5) scores what the same deterministic policy scores
+    in the training wrapper (the head's base and fill knobs)."""
     scenario = load_scenario("small")
     score = evaluate_allocator(trained, scenario, [5])[0]["score"]
-    # The same episode in the training wrapper, driven by the same deterministic policy.
     env = RankResidualEnv(
-        BudgetShiftEnv(dataclasses.replace(scenario, max_plans=trained.max_plans)), params=trained.head.rank_params
+        BudgetShiftEnv(dataclasses.replace(scenario, max_plans=trained.max_plans)),
+        params=trained.head.rank_params,
+        base=trained.head.base,
     )
     obs, _ = env.reset(seed=5)
     done = False
