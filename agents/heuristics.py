@@ -725,7 +725,8 @@ class BayesRankAllocator(FillAllocator):
         mean, k = quality_prior(rate[:, 0], p_potential, p_trap, self.mix)
         events = np.asarray(stats["deep_events_total"], dtype=np.float64)
         k = np.where(np.isinf(k), 1e12, k)  # a known rate: evidence does not move it
-        quality = (k * mean + events) / (k + trials[:, 0])
+        # A rate: events reported faster than the delays predict cannot push it past 1.
+        quality = np.minimum((k * mean + events) / (k + trials[:, 0]), 1.0)
 
         # The later stages, one multiplier on the vertical's rates.
         later = np.cumprod(rate, axis=1) / np.maximum(rate[:, :1], 1e-300)  # reach of stage s from the first

@@ -238,6 +238,15 @@ def test_bayes_rank_believes_matured_evidence_and_the_late_value_it_reports():
         BayesRankAllocator().worth(stats, clock(), active)
 
 
+def test_bayes_rank_keeps_its_rates_rates_whatever_the_reporting_says():
+    allocator, _ = bayes(2)
+    stats = blank_stats(2)
+    stats["conversions_last"] = np.array([1.0, 0.0])  # young conversions: nothing due yet
+    stats["deep_events_total"] = np.array([500.0, 0.0])  # yet many events reported
+    worth = allocator.worth(stats, clock(), np.ones(2, dtype=bool))
+    assert np.all(allocator.quality <= 1.0) and np.all(np.isfinite(worth))
+
+
 def test_bayes_rank_plays_a_deterministic_episode_unlike_rank():
     seeds = episode_seeds(4, 2)
     scores = [
