@@ -630,6 +630,32 @@ def quality_prior(rate: np.ndarray, p_potential: np.ndarray, p_trap: np.ndarray,
     return mean, beta_strength(mean, rate**2 * np.maximum(m2 - m1**2, 0.0))
 
 
+def delay_shares(cum_delay: np.ndarray, limits: np.ndarray, side: str) -> np.ndarray:
+    """(..., L): for each row of sorted Monte Carlo delay draws ``cum_delay`` (..., D), the share of draws
+    at most (``side="right"``) or below (``side="left"``) each limit; ``limits`` (L,) for every row, or
+    broadcastable to (..., L)."""
+    rows = cum_delay.reshape(-1, cum_delay.shape[-1])
+    shape = (*cum_delay.shape[:-1], np.shape(limits)[-1])
+    bounds = np.broadcast_to(limits, shape).reshape(len(rows), -1)
+    counts = np.stack([np.searchsorted(row, bound, side=side) for row, bound in zip(rows, bounds, strict=True)])
+    return counts.reshape(shape) / cum_delay.shape[-1]
+
+
+def matured_trials(history: list[np.ndarray], matured: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """(P, S): each plan's conversions so far whose stage-s outcome is due by now, in expectation.
+
+    ``history``: the conversions reported at each decision so far (entry j: those of the step before
+    decision j, so ``len(history) - 1 - j`` steps old now); ``matured`` (R, S, A): the chance that a
+    stage's outcome is in by each age in steps (the last age stands for older ones), one row per plan,
+    or per group with ``rows`` (P,) each plan's row."""
+    counts = np.stack(history)
+    age = np.minimum(len(counts) - 1 - np.arange(len(counts)), matured.shape[2] - 1)
+    odds = matured[:, :, age]  # the ages first: a gather by plan then copies (P, S, steps so far) only
+    if rows is not None:
+        odds = odds[rows]
+    return np.einsum("jp,psj->ps", counts, odds)
+
+
 @dataclass
 class BayesRankParams(FillParams):
     headroom: float = 1.1  # the fill's (FillParams'), chosen on family episodes (README)
@@ -692,18 +718,16 @@ class BayesRankAllocator(FillAllocator):
         self.matured = np.zeros((*shape, sc.horizon + 1))  # chance a stage's outcome is in by each age
         self.in_time = np.zeros((*shape, sc.horizon))  # chance it is by a conversion at each step's horizon
         for v, window in zip(sc.verticals, sc.vertical_attribution_steps(), strict=True):
-            row = VERTICALS.index(v.name)
-            rng = np.random.default_rng([row, 7])
-            delay = np.zeros(draws)
-            room = sc.horizon + window - np.arange(sc.horizon)
-            for s, stage in enumerate(v.stages):
-                z = rng.standard_normal(draws)
-                median = stage.delay_median_hours / sc.hours_per_step
-                delay = delay + np.maximum(1.0, np.floor(median * np.exp(stage.delay_sigma * z) + 0.5))
-                cum = np.sort(delay)
-                self.matured[row, s] = np.searchsorted(cum, np.arange(sc.horizon + 1), side="right") / draws
-                self.in_time[row, s] = np.searchsorted(cum, room, side="left") / draws
-                self.stage_rate[row, s], self.stage_value[row, s] = min(stage.rate, 1.0), stage.value
+            row, n = VERTICALS.index(v.name), len(v.stages)
+            z = np.random.default_rng([row, 7]).standard_normal((n, draws))
+            median = np.array([stage.delay_median_hours / sc.hours_per_step for stage in v.stages])[:, None]
+            sigma = np.array([stage.delay_sigma for stage in v.stages])[:, None]
+            steps = np.maximum(1.0, np.floor(median * np.exp(sigma * z) + 0.5))  # the kernel's discretisation
+            cum = np.sort(np.cumsum(steps, axis=0), axis=1)  # (stages, draws) steps from a conversion to each
+            self.matured[row, :n] = delay_shares(cum, np.arange(sc.horizon + 1), "right")
+            self.in_time[row, :n] = delay_shares(cum, sc.horizon + window - np.arange(sc.horizon), "left")
+            self.stage_rate[row, :n] = [min(stage.rate, 1.0) for stage in v.stages]
+            self.stage_value[row, :n] = [stage.value for stage in v.stages]
             self.median_cpa[row] = v.target_cpa
         self.late_strength = 1.0 / math.expm1(self.mix.stage_sigma**2)  # Gamma shape of the late multiplier
         self.conversions: list[np.ndarray] = []
@@ -713,9 +737,7 @@ class BayesRankAllocator(FillAllocator):
             raise RuntimeError(f"{self.name} learns from the episode's reporting: call reset(scenario) first")
         vertical = np.asarray(stats["vertical"], dtype=np.int64)
         self.conversions.append(np.array(stats["conversions_last"], dtype=np.float64))
-        history = np.stack(self.conversions)  # row j: the conversions of the step before decision j
-        age = np.minimum(len(history) - 1 - np.arange(len(history)), self.matured.shape[2] - 1)
-        trials = np.einsum("jp,psj->ps", history, self.matured[vertical][:, :, age])  # (P, S)
+        trials = matured_trials(self.conversions, self.matured, vertical)  # (P, S)
 
         # The first stage: the plan's quality.
         target = np.asarray(stats["target_cpa"], dtype=np.float64)
@@ -738,7 +760,7 @@ class BayesRankAllocator(FillAllocator):
         multiplier = (self.late_strength + seen / unit) / (self.late_strength + expected_events)
         self.quality, self.late_multiplier = quality, multiplier  # the posterior, for diagnostics and tests
 
-        in_time = self.in_time[vertical][:, :, min(self.t, self.in_time.shape[2] - 1)]
+        in_time = self.in_time[:, :, min(self.t, self.in_time.shape[2] - 1)][vertical]
         per_conversion = quality * (value[:, 0] * in_time[:, 0] + multiplier * (later * value * in_time).sum(axis=1))
         return per_conversion / target
 

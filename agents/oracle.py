@@ -13,7 +13,16 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from agents.heuristics import FillAllocator, FillParams, ParamsError, beta_strength, kind_odds, quality_prior
+from agents.heuristics import (
+    FillAllocator,
+    FillParams,
+    ParamsError,
+    beta_strength,
+    delay_shares,
+    kind_odds,
+    matured_trials,
+    quality_prior,
+)
 from envs.features import CHANNELS
 from envs.scenario import KIND_POTENTIAL, KIND_TRAP, MAX_STAGES
 
@@ -54,12 +63,7 @@ def in_time_odds(scenario, portfolio, cum_delay: np.ndarray) -> np.ndarray:
     sc, pf = scenario, portfolio
     # An event of a conversion at step t counts if t + delay < sc.horizon + attribution_steps.
     room = sc.horizon + np.asarray(pf.attribution_steps)[:, None] - np.arange(sc.horizon)[None, :]  # (P, T)
-    draws = cum_delay.shape[2]
-    out = np.empty((sc.n_plans, MAX_STAGES, sc.horizon))
-    for p in range(sc.n_plans):
-        for s in range(MAX_STAGES):
-            out[p, s] = np.searchsorted(cum_delay[p, s], room[p], side="left") / draws
-    return out
+    return delay_shares(cum_delay, room[:, None, :], "left")
 
 
 def attributable_per_conversion(scenario, portfolio, delay_draws: int) -> tuple[np.ndarray, np.ndarray]:
@@ -201,11 +205,8 @@ class OracleRankAllocator(FillAllocator):
         if self.params.evidence != "none":
             cum_delay = cumulative_delays(sc, known, self.params.delay_draws)
             self.in_time = in_time_odds(sc, known, cum_delay)  # (P, S, T)
-            ages = np.arange(sc.horizon + 1)
             # (P, S, T + 1): the chance that a conversion's stage-s outcome has matured at each age (steps).
-            self.matured = np.stack(
-                [[np.searchsorted(row, ages, side="right") / cum_delay.shape[2] for row in plan] for plan in cum_delay]
-            )
+            self.matured = delay_shares(cum_delay, np.arange(sc.horizon + 1), "right")
             self.known_rate = np.asarray(known.stage_rate, dtype=np.float64)
             self.prior_mean, self.prior_strength = rate_prior(sc, pf, self.params.evidence)
 
@@ -222,11 +223,9 @@ class OracleRankAllocator(FillAllocator):
         records the reporting's ``conversions_last`` (the conversions of the step before this one), so
         call it once a step, in order."""
         self.conversions.append(np.array(stats["conversions_last"], dtype=np.float64))
-        history = np.stack(self.conversions)  # (t + 1, P); row j: conversions of step j - 1
-        ages = np.minimum(len(history) - 1 - np.arange(len(history)), self.matured.shape[2] - 1)
         rate = self.known_rate
         reach_before = np.concatenate([np.ones((len(rate), 1)), np.cumprod(rate, axis=1)[:, :-1]], axis=1)
-        outcomes = np.einsum("jp,psj->ps", history, self.matured[:, :, ages]) * reach_before  # (P, S)
+        outcomes = matured_trials(self.conversions, self.matured) * reach_before  # (P, S)
         k, m = self.prior_strength, self.prior_mean
         known = np.isinf(k)
         k = np.where(known, 0.0, k)
