@@ -6,7 +6,7 @@ sensible heuristic already does (fund plans with value per cost, let new plans l
 
 1. **Collect.** The teacher plays ``steps`` env steps in the training env copies (the same vector env
    PPO then trains on, whose VecNormalize statistics it warms up); every step is labelled with the
-   teacher's action. Two kinds of teacher:
+   teacher's action. Three kinds of teacher:
 
    - a heuristic (one of :data:`agents.heuristics.HEURISTICS`, ``boost`` by default) for the softmax
      head: its budget shares become the action that gives them, :func:`actions_from_shares`, the
@@ -21,7 +21,13 @@ sensible heuristic already does (fund plans with value per cost, let new plans l
      vertical`` the teacher is late-blind (:func:`agents.oracle.late_blind`): its worth uses each
      plan's vertical's mean rates after the first deep stage, which no policy can see in time, so the
      labels carry less of what the student cannot learn (level with the full teacher over three
-     training seeds, README).
+     training seeds, README);
+   - ``bayes_rank``, distilled into a ``rank_residual`` head (:class:`BayesTiltTeacher`): its label is
+     the tilt that turns ``rank``'s worth into ``bayes_rank``'s posterior worth. A reporting-only
+     teacher: the student learns a ranking it could in principle compute, with labels free of the
+     noise of the hidden truth (the privileged labels' error around what the reporting can tell), and
+     the production loader runs it with rank's fill, where ``bayes_rank`` itself (which keeps the
+     episode's conversions) has no production path.
 2. **Clone.** The policy's mean is fitted to those labels (mean squared error over the active
    plans) and its critic to the discounted returns of the normalised rewards (on episodes that end
    inside the collected data, so no return is cut short), for ``epochs`` passes with Adam.
@@ -56,9 +62,9 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from agents.heuristics import HEURISTICS, ParamsError
+from agents.heuristics import HEURISTICS, BayesRankAllocator, ParamsError
 from agents.oracle import OracleRankAllocator, OracleRankParams
-from agents.residual import PRIVILEGED_TEACHER, RankResidualEnv
+from agents.residual import PRIVILEGED_TEACHER, TILT_TEACHERS, RankResidualEnv
 from agents.sb3 import AgentSpecError
 from envs.budget_env import BudgetShiftEnv
 from envs.family import FamilyEnv
@@ -193,6 +199,30 @@ class HeuristicTeacher:
         return actions_from_shares(shares, active, env.scenario.temperature, self.max_plans)
 
 
+class BayesTiltTeacher:
+    """``bayes_rank``'s worth as a rank_residual tilt: ``log(bayes_rank's worth / rank's worth) / scale``
+    (:func:`privileged_tilt` with bayes_rank's posterior worth in place of the true one). A distillation
+    teacher: it reads the reporting only (its posterior keeps the episode's conversions, which the
+    student's observation summarises), so the student learns to rank as bayes_rank does while the
+    production loader keeps running rank's fill. Called once a step per copy, in step order (its
+    posterior records each step's reporting)."""
+
+    def __init__(self, residual: RankResidualEnv, max_plans: int) -> None:
+        self.residual, self.max_plans = residual, max_plans
+        self.bayes = BayesRankAllocator()
+
+    def start(self, copy: Any, seed: int) -> None:
+        self.bayes.reset(_episode_env(copy).scenario, None, seed=seed)
+
+    def label(self, copy: Any) -> np.ndarray:
+        env = _episode_env(copy)
+        stats, clock, active = env.reporting_stats(), env.clock(), env.active_mask()
+        base_worth = self.residual.rank.base_worth(stats, clock, active)
+        worth = self.bayes.worth(stats, clock, active)
+        self.bayes.t += 1  # the step counter its fill would advance (worth reads it: ages, attribution)
+        return privileged_tilt(base_worth, worth, active, self.residual.scale, self.max_plans)
+
+
 class TiltTeacher:
     """``oracle_rank``'s true worth as a rank_residual tilt (:func:`privileged_tilt`); ``late_stages``:
     its rates after the first deep stage (:class:`agents.oracle.OracleRankParams`; "vertical": late-blind)."""
@@ -215,7 +245,7 @@ class TiltTeacher:
 
 def _teachers(
     envs: list[Any], allocator: str, max_plans: int, late_stages: str = "plan"
-) -> list[HeuristicTeacher | TiltTeacher]:
+) -> list[HeuristicTeacher | TiltTeacher | BayesTiltTeacher]:
     residuals = [_residual_env(e) for e in envs]
     if allocator == PRIVILEGED:
         if any(r is None for r in residuals):
@@ -224,12 +254,19 @@ def _teachers(
                 "rank_residual, or clone a heuristic"
             )
         return [TiltTeacher(r, max_plans, late_stages) for r in residuals]
-    if any(r is not None for r in residuals):
+    if all(r is None for r in residuals):
+        return [HeuristicTeacher(allocator, max_plans) for _ in envs]
+    if allocator not in TILT_TEACHERS:
         raise AgentSpecError(
             f"a rank_residual head starts as rank itself and learns a tilt, not a heuristic's shares: set "
-            f"agent.kickstart.allocator {PRIVILEGED}, or agent.kickstart=null"
+            f"agent.kickstart.allocator to one of {list(TILT_TEACHERS)}, or agent.kickstart=null"
         )
-    return [HeuristicTeacher(allocator, max_plans) for _ in envs]
+    if any(isinstance(r.rank, BayesRankAllocator) for r in residuals):
+        raise AgentSpecError(
+            f"agent.kickstart.allocator {allocator} teaches the tilt from rank's worth to its own, and "
+            f"agent.head.base is bayes_rank already: set agent.head.base rank, or teach with {PRIVILEGED}"
+        )
+    return [BayesTiltTeacher(r, max_plans) for r in residuals]
 
 
 def collect(

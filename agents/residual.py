@@ -65,6 +65,10 @@ BASES: dict[str, tuple[type[Tilted], type[FillParams]]] = {
 #: The kickstart teacher of a rank_residual head (agents/kickstart.py): oracle_rank, which knows the hidden
 #: portfolio, labels each state with the tilt that makes rank's worth the true one.
 PRIVILEGED_TEACHER = "oracle_rank"
+#: The teachers of a rank_residual head's tilt (``agent.kickstart.allocator``): the privileged one, and
+#: ``bayes_rank``, distilled (its label is the tilt that turns rank's worth into bayes_rank's posterior
+#: worth: a reporting-only ranker whose own fill has no production path, learnt into one that has).
+TILT_TEACHERS = (PRIVILEGED_TEACHER, "bayes_rank")
 
 
 class HeadSpecError(ValueError):

@@ -67,7 +67,7 @@ from agents.allocator import sha256_file
 from agents.config import env_mapping
 from agents.heuristics import FillParams
 from agents.policies import ACTIVE, SET_POLICIES
-from agents.residual import PRIVILEGED_TEACHER, HeadSpec, RankResidualEnv, head_spec
+from agents.residual import PRIVILEGED_TEACHER, TILT_TEACHERS, HeadSpec, RankResidualEnv, head_spec
 from agents.vec_env import make_sb3_vec_env
 from envs.budget_env import BudgetShiftEnv
 from envs.family import FamilyEnv, ScenarioFamily, load_family
@@ -315,11 +315,17 @@ def check_agent(agent: Mapping[str, Any]) -> None:
         raise AgentSpecError(str(exc)) from None
     kick = agent.get("kickstart")  # a node that is not a mapping is kickstart_spec's to refuse
     teacher = kick.get("allocator", "boost") if isinstance(kick, Mapping) else None
-    if head.residual and teacher is not None and teacher != PRIVILEGED_TEACHER:
+    if head.residual and teacher is not None and teacher not in TILT_TEACHERS:
         raise AgentSpecError(
             f"agent.kickstart.allocator {teacher!r} is a heuristic, whose shares a softmax head clones; a "
             "rank_residual head starts as rank itself (action 0) and learns a tilt: set agent.kickstart.allocator "
-            f"{PRIVILEGED_TEACHER} (the privileged teacher, agents/kickstart.py) or agent.kickstart=null"
+            f"{PRIVILEGED_TEACHER} (the privileged teacher, agents/kickstart.py), bayes_rank (distilled) or "
+            "agent.kickstart=null"
+        )
+    if head.residual and teacher == "bayes_rank" and head.base == "bayes_rank":
+        raise AgentSpecError(
+            "agent.kickstart.allocator bayes_rank teaches the tilt from rank's worth to bayes_rank's, and "
+            f"agent.head.base is bayes_rank already: set agent.head.base rank, or teach with {PRIVILEGED_TEACHER}"
         )
     if not head.residual and teacher == PRIVILEGED_TEACHER:
         raise AgentSpecError(

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch as th
 
-from agents.heuristics import RankAllocator
+from agents.heuristics import RankAllocator, TiltedBayesRank
 from agents.kickstart import (
     PRIVILEGED,
+    BayesTiltTeacher,
     KickstartSpec,
     TiltTeacher,
     actions_from_shares,
@@ -263,10 +264,45 @@ def test_a_late_blind_teacher_labels_with_the_late_blind_worth():
     assert TiltTeacher(residual, width).oracle.params.late_stages == "plan"  # the default: the whole truth
 
 
+def test_the_distilled_labels_turn_ranks_worth_into_bayes_ranks():
+    """``allocator: bayes_rank`` on a rank_residual head: each label, applied as the tilt of rank's worth,
+    gives the worth bayes_rank itself ranks by on that step (the teacher records each step's reporting
+    once, as bayes_rank playing the episode would), while the teacher's labels play the episode."""
+    _, venv = family_learner(head=HeadSpec("rank_residual"))
+    venv.reset()
+    copy = venv.venv.envs[0]
+    residual, env = copy.env.env, copy.unwrapped.env
+    width = venv.action_space.shape[0]
+    teacher = BayesTiltTeacher(residual, width)
+    teacher.start(copy, seed=0)
+    reference = TiltedBayesRank()  # tilt None: bayes_rank itself, its worth read once a step
+    reference.reset(env.scenario)
+    checked = 0
+    for _ in range(30):
+        stats, clock, active = env.reporting_stats(), env.clock(), env.active_mask()
+        rank_worth = RankAllocator.worth(residual.rank, stats, clock, active)
+        label = teacher.label(copy)
+        bayes_worth = reference.base_worth(stats, clock, active)
+        reference.allocate(stats, clock, active)  # its step counter moves on, as the teacher's does
+        n = env.n_plans
+        inside = active & (np.abs(np.log(bayes_worth / rank_worth)) < residual.scale)
+        tilted = rank_worth * tilt_from_action(label[:n], residual.scale)
+        np.testing.assert_allclose(tilted[inside], bayes_worth[inside], rtol=1e-5)
+        assert np.all(label[n:] == 0.0) and np.all(np.abs(label) <= 1.0)
+        checked += int(inside.sum())
+        venv.step(np.stack([label, np.zeros(width, dtype=np.float32)]))
+    assert checked > 30 and len(teacher.bayes.conversions) == 30
+
+
 def test_a_teacher_that_does_not_fit_the_head_is_refused():
     _, residual = family_learner(head=HeadSpec("rank_residual"))
-    with pytest.raises(AgentSpecError, match="set agent.kickstart.allocator oracle_rank"):
+    with pytest.raises(
+        AgentSpecError, match=r"set agent.kickstart.allocator to one of \['oracle_rank', 'bayes_rank'\]"
+    ):
         collect(residual, "boost", 4, seed=0)
+    _, on_bayes = family_learner(head=HeadSpec("rank_residual", base="bayes_rank"))
+    with pytest.raises(AgentSpecError, match="agent.head.base is bayes_rank already"):
+        collect(on_bayes, "bayes_rank", 4, seed=0)
     _, softmax = family_learner()
     with pytest.raises(AgentSpecError, match="set agent.head.kind rank_residual"):
         collect(softmax, PRIVILEGED, 4, seed=0)

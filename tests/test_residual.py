@@ -169,9 +169,18 @@ def test_a_heuristic_kickstart_and_the_native_batch_are_refused():
     residual = {**agent, "head": {"kind": "rank_residual"}}
     check_agent(residual)
     check_agent({**residual, "kickstart": {"allocator": "oracle_rank", "dagger_rounds": 1}})
+    check_agent({**residual, "kickstart": {"allocator": "bayes_rank"}})  # distilled
     for kick in ({"allocator": "boost"}, {}):  # a heuristic's shares are no tilt (boost is the default teacher)
-        with pytest.raises(AgentSpecError, match="allocator oracle_rank .* or agent.kickstart=null"):
+        with pytest.raises(AgentSpecError, match="allocator oracle_rank .* bayes_rank .* or agent.kickstart=null"):
             check_agent({**residual, "kickstart": kick})
+    with pytest.raises(AgentSpecError, match="agent.head.base is bayes_rank already"):
+        check_agent(
+            {
+                **residual,
+                "head": {"kind": "rank_residual", "base": "bayes_rank"},
+                "kickstart": {"allocator": "bayes_rank"},
+            }
+        )
     with pytest.raises(AgentSpecError, match="oracle_rank teaches a rank_residual head's tilt"):
         check_agent({**agent, "kickstart": {"allocator": "oracle_rank"}})
     with pytest.raises(AgentSpecError, match="agent.head.kind"):
