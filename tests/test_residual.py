@@ -218,6 +218,25 @@ def test_a_run_on_bayes_rank_trains_and_evaluates_as_it_trained_but_is_not_expor
 
 
 @pytest.mark.slow
+def test_a_run_distilled_from_bayes_rank_ships_with_ranks_fill(tmp_path):
+    """``kickstart.allocator: bayes_rank`` on a rank head: the labels come from bayes_rank, the fill stays
+    rank's, so the run exports a bundle (export replays its parity episode through the loader)."""
+    from agents.allocator import Bundle
+    from experiments.train import train
+    from tests.test_family import _family_run
+
+    cfg = _family_run(
+        "+agent.head={kind: rank_residual, fill: {headroom: 1.1}}",
+        "+agent.kickstart={allocator: bayes_rank, steps: 48, dagger_rounds: 1, epochs: 1}",
+    )
+    summary = train(cfg, tmp_path)
+    assert summary["kickstart"]["allocator"] == "bayes_rank" and summary["kickstart"]["steps_collected"] == 96
+    assert summary["bundle"] is not None
+    head = Bundle.load(tmp_path / summary["bundle"]).residual
+    assert head is not None and head.params.headroom == 1.1
+
+
+@pytest.mark.slow
 def test_a_residual_run_evaluates_as_it_trained(residual_run):
     from agents.trained import TrainedAllocator
 
