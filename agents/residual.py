@@ -68,7 +68,8 @@ PRIVILEGED_TEACHER = "oracle_rank"
 #: The teachers of a rank_residual head's tilt (``agent.kickstart.allocator``): the privileged one, and
 #: ``bayes_rank``, distilled (its label is the tilt that turns rank's worth into bayes_rank's posterior
 #: worth: a reporting-only ranker whose own fill has no production path, learnt into one that has).
-TILT_TEACHERS = (PRIVILEGED_TEACHER, "bayes_rank")
+DISTILLED_TEACHER = "bayes_rank"
+TILT_TEACHERS = (PRIVILEGED_TEACHER, DISTILLED_TEACHER)
 
 
 class HeadSpecError(ValueError):

@@ -67,7 +67,7 @@ from agents.allocator import sha256_file
 from agents.config import env_mapping
 from agents.heuristics import FillParams
 from agents.policies import ACTIVE, SET_POLICIES
-from agents.residual import PRIVILEGED_TEACHER, TILT_TEACHERS, HeadSpec, RankResidualEnv, head_spec
+from agents.residual import DISTILLED_TEACHER, PRIVILEGED_TEACHER, TILT_TEACHERS, HeadSpec, RankResidualEnv, head_spec
 from agents.vec_env import make_sb3_vec_env
 from envs.budget_env import BudgetShiftEnv
 from envs.family import FamilyEnv, ScenarioFamily, load_family
@@ -319,13 +319,13 @@ def check_agent(agent: Mapping[str, Any]) -> None:
         raise AgentSpecError(
             f"agent.kickstart.allocator {teacher!r} is a heuristic, whose shares a softmax head clones; a "
             "rank_residual head starts as rank itself (action 0) and learns a tilt: set agent.kickstart.allocator "
-            f"{PRIVILEGED_TEACHER} (the privileged teacher, agents/kickstart.py), bayes_rank (distilled) or "
-            "agent.kickstart=null"
+            f"{PRIVILEGED_TEACHER} (the privileged teacher, agents/kickstart.py), {DISTILLED_TEACHER} (distilled) "
+            "or agent.kickstart=null"
         )
-    if head.residual and teacher == "bayes_rank" and head.base == "bayes_rank":
+    if head.residual and teacher == DISTILLED_TEACHER and head.base == DISTILLED_TEACHER:
         raise AgentSpecError(
-            "agent.kickstart.allocator bayes_rank teaches the tilt from rank's worth to bayes_rank's, and "
-            f"agent.head.base is bayes_rank already: set agent.head.base rank, or teach with {PRIVILEGED_TEACHER}"
+            f"agent.kickstart.allocator {teacher} teaches the tilt from rank's worth to its own, and "
+            f"agent.head.base is {teacher} already: set agent.head.base rank, or teach with {PRIVILEGED_TEACHER}"
         )
     if not head.residual and teacher == PRIVILEGED_TEACHER:
         raise AgentSpecError(
