@@ -294,6 +294,16 @@ def test_the_distilled_labels_turn_ranks_worth_into_bayes_ranks():
     assert checked > 30 and len(teacher.bayes.conversions) == 30
 
 
+def test_the_distilled_teacher_collects_the_same_labels_for_the_same_seed():
+    runs = []
+    for _ in range(2):
+        _, venv = family_learner(head=HeadSpec("rank_residual"))
+        runs.append(collect(venv, "bayes_rank", 60, seed=4))
+    for key in ("obs", "action", "reward"):
+        np.testing.assert_array_equal(runs[0][key], runs[1][key])
+    assert np.any(runs[0]["action"] != 0.0)
+
+
 def test_a_teacher_that_does_not_fit_the_head_is_refused():
     _, residual = family_learner(head=HeadSpec("rank_residual"))
     with pytest.raises(
