@@ -446,6 +446,14 @@ class FillAllocator(HeuristicAllocator):
     def worth(self, stats: Mapping[str, np.ndarray], clock: Clock, active: np.ndarray) -> np.ndarray:
         """(n_plans,) what a unit of budget is worth on each plan now: the fill's order."""
 
+    def step_worth(self, stats: Mapping[str, np.ndarray], clock: Clock, active: np.ndarray) -> np.ndarray:
+        """This step's :meth:`worth`, moving on the step counter as :meth:`allocate` does but without the
+        fill (capacities are not learned): for a teacher that reads the rule's ranking each step
+        (:class:`agents.kickstart.BayesTiltTeacher`). Call it once a step, in order."""
+        worth = np.asarray(self.worth(stats, clock, active), dtype=np.float64)
+        self.t += 1
+        return worth
+
     def _learn_capacity(self, stats: Mapping[str, np.ndarray], channel: np.ndarray) -> None:
         p = self.params
         budget, spend = stats["budget_last"], stats["spend_last"]

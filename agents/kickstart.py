@@ -199,7 +199,31 @@ class HeuristicTeacher:
         return actions_from_shares(shares, active, env.scenario.temperature, self.max_plans)
 
 
-class BayesTiltTeacher:
+class TiltTeacher:
+    """``oracle_rank``'s true worth as a rank_residual tilt (:func:`privileged_tilt`); ``late_stages``:
+    its rates after the first deep stage (:class:`agents.oracle.OracleRankParams`; "vertical": late-blind)."""
+
+    def __init__(self, residual: RankResidualEnv, max_plans: int, late_stages: str = "plan") -> None:
+        self.residual, self.max_plans = residual, max_plans
+        self.oracle = OracleRankAllocator(OracleRankParams(late_stages=late_stages))
+
+    def start(self, copy: Any, seed: int) -> None:
+        env = _episode_env(copy)
+        self.oracle.reset(env.scenario, env.portfolio, seed=seed)
+
+    def target_worth(self, env: BudgetShiftEnv, stats: dict[str, np.ndarray], active: np.ndarray) -> np.ndarray:
+        """The worth the label turns the head's base worth into: the true one."""
+        return self.oracle.plan_worth(env.t)
+
+    def label(self, copy: Any) -> np.ndarray:
+        env = _episode_env(copy)
+        stats, active = env.reporting_stats(), env.active_mask()
+        base_worth = self.residual.rank.base_worth(stats, env.clock(), active)  # untilted (rank's, or bayes_rank's)
+        target = self.target_worth(env, stats, active)
+        return privileged_tilt(base_worth, target, active, self.residual.scale, self.max_plans)
+
+
+class BayesTiltTeacher(TiltTeacher):
     """``bayes_rank``'s worth as a rank_residual tilt: ``log(bayes_rank's worth / rank's worth) / scale``
     (:func:`privileged_tilt` with bayes_rank's posterior worth in place of the true one). A distillation
     teacher: it reads the reporting only (its posterior keeps the episode's conversions, which the
@@ -214,38 +238,14 @@ class BayesTiltTeacher:
     def start(self, copy: Any, seed: int) -> None:
         self.bayes.reset(_episode_env(copy).scenario, None, seed=seed)
 
-    def label(self, copy: Any) -> np.ndarray:
-        env = _episode_env(copy)
-        stats, clock, active = env.reporting_stats(), env.clock(), env.active_mask()
-        base_worth = self.residual.rank.base_worth(stats, clock, active)
-        worth = self.bayes.worth(stats, clock, active)
-        self.bayes.t += 1  # the step counter its fill would advance (worth reads it: ages, attribution)
-        return privileged_tilt(base_worth, worth, active, self.residual.scale, self.max_plans)
-
-
-class TiltTeacher:
-    """``oracle_rank``'s true worth as a rank_residual tilt (:func:`privileged_tilt`); ``late_stages``:
-    its rates after the first deep stage (:class:`agents.oracle.OracleRankParams`; "vertical": late-blind)."""
-
-    def __init__(self, residual: RankResidualEnv, max_plans: int, late_stages: str = "plan") -> None:
-        self.residual, self.max_plans = residual, max_plans
-        self.oracle = OracleRankAllocator(OracleRankParams(late_stages=late_stages))
-
-    def start(self, copy: Any, seed: int) -> None:
-        env = _episode_env(copy)
-        self.oracle.reset(env.scenario, env.portfolio, seed=seed)
-
-    def label(self, copy: Any) -> np.ndarray:
-        env = _episode_env(copy)
-        stats, active = env.reporting_stats(), env.active_mask()
-        base_worth = self.residual.rank.base_worth(stats, env.clock(), active)  # untilted (rank's, or bayes_rank's)
-        true_worth = self.oracle.plan_worth(env.t)
-        return privileged_tilt(base_worth, true_worth, active, self.residual.scale, self.max_plans)
+    def target_worth(self, env: BudgetShiftEnv, stats: dict[str, np.ndarray], active: np.ndarray) -> np.ndarray:
+        """bayes_rank's posterior worth at this step."""
+        return self.bayes.step_worth(stats, env.clock(), active)
 
 
 def _teachers(
     envs: list[Any], allocator: str, max_plans: int, late_stages: str = "plan"
-) -> list[HeuristicTeacher | TiltTeacher | BayesTiltTeacher]:
+) -> list[HeuristicTeacher | TiltTeacher]:
     residuals = [_residual_env(e) for e in envs]
     if allocator == PRIVILEGED:
         if any(r is None for r in residuals):
